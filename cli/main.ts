@@ -1,0 +1,17 @@
+/**
+ * The `wisp` command. Each sub-command lives in cli/commands/<name>.ts and registers itself
+ * here; a command module does its heavy imports lazily so `wisp --help` stays fast.
+ */
+import { Command } from 'commander';
+
+const program = new Command('wisp')
+  .description('wisp: distributed speculative LLM serving (edge drafting, SLO-aware batched verification)')
+  .showHelpAfterError();
+
+// Registrations (one line per command module).
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const e = err as Error & { code?: string };
+  process.stderr.write(`wisp: ${e.code ? `[${e.code}] ` : ''}${e.message}\n`);
+  process.exit(1);
+});
