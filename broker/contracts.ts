@@ -83,6 +83,8 @@ export const SessionOpenSchema = z.object({
   replyTo: z.string().min(1).max(255),
   /** Device clock when sent (for latency accounting only, never for ordering). */
   sentAtMs: ms,
+  /** The device's network round trip, ms: the scheduler subtracts the return half from deadlines. */
+  rttMs: ms.optional(),
 });
 export type SessionOpen = z.infer<typeof SessionOpenSchema>;
 
@@ -243,6 +245,10 @@ export const WorkerStatusSchema = z.object({
   state: z.enum(['ready', 'busy', 'stopping']),
   sessions: z.number().int().min(0),
   kvBytes: z.number().int().min(0),
+  /** Changes every time the worker process starts: a new one has no batch in flight. */
+  incarnation: id,
+  /** The batch that just ended (done or failed); absent on heartbeats. */
+  doneBatchId: id.optional(),
   lastBatch: z
     .object({
       batchId: id,

@@ -9,6 +9,16 @@ const program = new Command('wisp')
   .showHelpAfterError();
 
 // Registrations (one line per command module).
+import { registerGenerate } from './commands/generate.ts';
+registerGenerate(program);
+import { registerModels } from './commands/models.ts';
+registerModels(program);
+import { registerEstimator } from './commands/estimator.ts';
+registerEstimator(program);
+import { registerRoles } from './commands/roles.ts';
+registerRoles(program);
+import { registerEnqueue } from './commands/enqueue.ts';
+registerEnqueue(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const e = err as Error & { code?: string };

@@ -45,3 +45,22 @@ export interface BatchDecision {
   /** The estimator's prediction for the chosen batch, in ms (0 when empty). */
   predictedMs: number;
 }
+
+// ---- Added by the policies module (H4) ----
+
+/** Draft-logit statistics of one drafted token, the speculation controller's input. */
+export interface DraftTokenFeatures {
+  /** Probability of the token the draft chose (its top-1), in [0, 1]. */
+  top1Prob: number;
+  /** Entropy of the draft distribution, nats. */
+  entropy: number;
+  /** top-1 probability minus top-2 probability, in [0, 1]. */
+  margin: number;
+  /** Largest minus smallest logit (or top-1 minus mean; whatever the producer uses consistently). */
+  logitSpread: number;
+  /** 0-based index of the token within this round's draft. */
+  position: number;
+}
+
+/** The batch policies available by config (DESIGN §5 baselines plus WISP). */
+export type PolicyName = 'wisp' | 'sled' | 'centralized';

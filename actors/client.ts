@@ -1,0 +1,124 @@
+/**
+ * The client role: publishes PromptRequests through the broker and collects each request's
+ * TokenChunks from its own result queue until the last one (or a typed error) arrives.
+ */
+import { randomUUID } from 'node:crypto';
+import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo } from '../broker/contracts.ts';
+import type { BrokerClient, ConsumerHandle } from '../broker/connection.ts';
+import { PROMPTS_QUEUE, clientQueue, devicePromptQueue } from '../broker/topology.ts';
+import { wallClock, type Clock } from './clock.ts';
+
+export interface PromptSpec {
+  prompt?: string;
+  promptTokens?: number[];
+  maxNewTokens: number;
+  sampling?: Sampling;
+  slo?: Slo;
+  model?: string;
+  /** Send to this device's own queue instead of the shared one. */
+  deviceId?: string;
+}
+
+export interface ClientResult {
+  requestId: string;
+  sessionId: string | null;
+  tokens: number[];
+  text: string;
+  /** From the device's stats (device clock), null when the request failed. */
+  stats: SessionStats | null;
+  error: { code: string; message: string } | null;
+  /** Client-side wall time from publish to the last chunk, ms. */
+  elapsedMs: number;
+}
+
+interface Pending {
+  tokens: number[];
+  text: string;
+  sessionId: string | null;
+  startedMs: number;
+  resolve: (r: ClientResult) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class WispClient {
+  readonly clientId: string;
+  #broker: BrokerClient;
+  #clock: Clock;
+  #pending = new Map<string, Pending>();
+  #consumer: ConsumerHandle | null = null;
+
+  constructor(broker: BrokerClient, clientId = `c${randomUUID().slice(0, 12)}`, clock: Clock = wallClock) {
+    this.clientId = clientId;
+    this.#broker = broker;
+    this.#clock = clock;
+  }
+
+  get replyQueue(): string {
+    return clientQueue(this.clientId);
+  }
+
+  async start(): Promise<void> {
+    await this.#broker.declareQueue(this.replyQueue);
+    this.#consumer = await this.#broker.consume(
+      this.replyQueue,
+      ClientInboxSchema,
+      (m) => {
+        const id = m.requestId;
+        const p = id ? this.#pending.get(id) : undefined;
+        if (!p || !id) return;
+        if (m.type === 'error') return this.#settle(id, p, null, { code: m.code, message: m.message });
+        p.sessionId = m.sessionId;
+        p.tokens.push(...m.tokens);
+        p.text += m.text;
+        if (m.done) this.#settle(id, p, m.stats ?? null, null);
+      },
+      { prefetch: 256 },
+    );
+  }
+
+  #settle(id: string, p: Pending, stats: SessionStats | null, error: ClientResult['error']): void {
+    clearTimeout(p.timer);
+    this.#pending.delete(id);
+    p.resolve({ requestId: id, sessionId: p.sessionId, tokens: p.tokens, text: p.text, stats, error, elapsedMs: this.#clock.now() - p.startedMs });
+  }
+
+  /** Publishes one prompt; resolves with its whole answer (or its error, or a timeout). */
+  async submit(spec: PromptSpec, timeoutMs = 120_000, requestId?: string): Promise<ClientResult> {
+    return (await this.send(spec, timeoutMs, requestId)).result;
+  }
+
+  /** Publishes one prompt; resolves once the broker confirmed it, with the answer still to come. */
+  async send(spec: PromptSpec, timeoutMs = 120_000, requestId = `r${randomUUID().slice(0, 12)}`): Promise<{ requestId: string; result: Promise<ClientResult> }> {
+    const message: PromptRequest = {
+      v: PROTOCOL_VERSION,
+      type: 'prompt',
+      requestId,
+      ...(spec.prompt !== undefined ? { prompt: spec.prompt } : {}),
+      ...(spec.promptTokens !== undefined ? { promptTokens: spec.promptTokens } : {}),
+      maxNewTokens: spec.maxNewTokens,
+      ...(spec.sampling ? { sampling: spec.sampling } : {}),
+      ...(spec.slo ? { slo: spec.slo } : {}),
+      ...(spec.model ? { model: spec.model } : {}),
+      ...(spec.deviceId ? { deviceId: spec.deviceId } : {}),
+      replyTo: this.replyQueue,
+    };
+    const result = new Promise<ClientResult>((resolve) => {
+      const p: Pending = {
+        tokens: [],
+        text: '',
+        sessionId: null,
+        startedMs: this.#clock.now(),
+        resolve,
+        timer: setTimeout(() => this.#settle(requestId, p, null, { code: 'timeout', message: `no answer within ${timeoutMs} ms` }), timeoutMs),
+      };
+      this.#pending.set(requestId, p);
+    });
+    await this.#broker.publish(spec.deviceId ? devicePromptQueue(spec.deviceId) : PROMPTS_QUEUE, message);
+    return { requestId, result };
+  }
+
+  async close(): Promise<void> {
+    await this.#consumer?.cancel();
+    for (const [id, p] of this.#pending) this.#settle(id, p, null, { code: 'cancelled', message: 'client closed' });
+  }
+}

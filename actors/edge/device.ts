@@ -1,0 +1,292 @@
+/**
+ * One emulated edge device: its profile (draft time per token, network round trip, jitter),
+ * its draft model, its speculation controller (learning across its sessions), its reply queue,
+ * and one EdgeSession machine per prompt it serves (one at a time, like a phone with one user).
+ */
+import { createActor, fromPromise } from 'xstate';
+import {
+  DeviceInboxSchema,
+  PROTOCOL_VERSION,
+  type ClientInbox,
+  type DeviceInbox,
+  type PromptRequest,
+  type Sampling,
+  type ServingMode,
+  type SessionStats,
+  type Slo,
+} from '../../broker/contracts.ts';
+import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
+import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
+import type { DeviceProfile } from '../../config/schema.ts';
+import type { DecoderRunner } from '../../inference/types.ts';
+import type { WispTokenizer } from '../../inference/tokenizer.ts';
+import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
+import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../../policies/controller.ts';
+import type { Logger } from '../../telemetry/logger.ts';
+import type { Clock } from '../clock.ts';
+import { draftRound, type DraftSessionState, type DraftStopRule } from './drafter.ts';
+
+export interface EdgeDeviceOptions {
+  deviceId: string;
+  profileName: string;
+  profile: DeviceProfile;
+  /** Multiplies every emulated time (draft pacing, network); 0 = none. */
+  timeScale: number;
+  mode: ServingMode;
+  controller: ControllerState;
+  draft: DecoderRunner;
+  draftModelName: string;
+  targetModel?: string;
+  tokenizer: WispTokenizer;
+  broker: BrokerClient;
+  defaultSlo: Slo;
+  verifyTimeoutMs: number;
+  maxRetries: number;
+  logger: Logger;
+  clock: Clock;
+  /** Deterministic jitter source (tests and benchmarks seed it). */
+  random?: () => number;
+}
+
+/** The outcome of one served prompt, as the client sees it in the last TokenChunk. */
+export interface ServedPrompt {
+  requestId: string;
+  sessionId: string;
+  tokens: number[];
+  stats: SessionStats;
+  error: { code: string; message: string } | null;
+}
+
+let sessionCounter = 0;
+
+export class EdgeDevice {
+  readonly id: string;
+  #opts: EdgeDeviceOptions;
+  #controller: ControllerState;
+  /** EWMA of the queueing delay results report, ms: the controller drafts more when it is high. */
+  #expectedQueueMs = 0;
+  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void }>();
+  #consumer: ConsumerHandle | null = null;
+  #busy: Promise<unknown> = Promise.resolve();
+  #random: () => number;
+  energyJ = 0;
+
+  constructor(opts: EdgeDeviceOptions) {
+    this.id = opts.deviceId;
+    this.#opts = opts;
+    this.#controller = opts.controller;
+    this.#random = opts.random ?? Math.random;
+  }
+
+  async start(): Promise<void> {
+    this.#consumer = await this.#opts.broker.consume(deviceQueue(this.id), DeviceInboxSchema, (m) => this.#onReply(m), { prefetch: 64 });
+  }
+
+  async stop(): Promise<void> {
+    await this.#consumer?.cancel();
+    this.#consumer = null;
+  }
+
+  get controller(): ControllerState {
+    return this.#controller;
+  }
+
+  /** One-way network delay, ms: half the round trip plus jitter, scaled. */
+  #oneWayMs(): number {
+    const { rttMs, jitterMs } = this.#opts.profile;
+    return Math.max(0, (rttMs / 2 + (this.#random() * 2 - 1) * jitterMs / 2) * this.#opts.timeScale);
+  }
+
+  #onReply(m: DeviceInbox): void {
+    const target = m.sessionId ? this.#sessions.get(m.sessionId) : undefined;
+    if (!target) return; // a late answer for a session that ended: nothing to do
+    const delay = this.#oneWayMs();
+    if (delay > 0) setTimeout(() => target.deliver(m), delay);
+    else target.deliver(m);
+  }
+
+  #sendUp(message: unknown): void {
+    const delay = this.#oneWayMs();
+    const publish = () => void this.#opts.broker.publish(SCHEDULER_QUEUE, message).catch((err: Error) => this.#opts.logger.warn({ err: err.message }, 'publish failed; the session retries'));
+    if (delay > 0) setTimeout(publish, delay);
+    else publish();
+  }
+
+  /** Serves prompts one after another; resolves when this one is done. */
+  serve(prompt: PromptRequest): Promise<ServedPrompt> {
+    const run = this.#busy.then(() => this.#serve(prompt));
+    this.#busy = run.catch(() => {});
+    return run;
+  }
+
+  async #serve(prompt: PromptRequest): Promise<ServedPrompt> {
+    const o = this.#opts;
+    const clock = o.clock;
+    const startedAtMs = clock.now();
+    const sessionId = `${this.id}.${(++sessionCounter).toString(36)}.${Math.floor(this.#random() * 1e9).toString(36)}`;
+    const log = o.logger.child({ sessionId, requestId: prompt.requestId });
+    const sampling: Sampling = prompt.sampling ?? { temperature: 0, topP: 1, seed: 0 };
+    const slo = prompt.slo ?? o.defaultSlo;
+    const reply = (m: ClientInbox) => o.broker.publish(prompt.replyTo, m).catch((err: Error) => log.warn({ err: err.message }, 'client reply failed'));
+
+    let promptTokens: number[];
+    try {
+      promptTokens = prompt.promptTokens ?? o.tokenizer.encode(prompt.prompt ?? '');
+      if (promptTokens.length === 0) throw new Error('the prompt encodes to no tokens');
+      const bad = promptTokens.find((t) => t >= o.draft.info.vocabSize);
+      if (bad !== undefined) throw new Error(`prompt token ${bad} is outside the vocabulary (size ${o.draft.info.vocabSize})`);
+    } catch (err) {
+      const message = (err as Error).message;
+      await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'malformed', message, requestId: prompt.requestId });
+      return { requestId: prompt.requestId, sessionId, tokens: [], stats: emptyStats(), error: { code: 'malformed', message } };
+    }
+
+    const draftState: DraftSessionState = { cache: o.draft.newCache(), tokens: [] };
+    const stopRule: DraftStopRule = {
+      predict: (f) => predictAcceptance(this.#controller, f),
+      shouldStop: (prediction, f) => shouldStopDrafting(this.#controller, { nextPrediction: prediction, position: f.position, expectedQueueMs: this.#expectedQueueMs }),
+    };
+    const paceMsPerToken = o.profile.draftMsPerToken * o.timeScale;
+    let text = '';
+    const emitted: number[] = [];
+
+    const machine = edgeSessionMachine.provide({
+      actions: {
+        sendOpen: () =>
+          this.#sendUp({
+            v: PROTOCOL_VERSION,
+            type: 'open',
+            sessionId,
+            deviceId: this.id,
+            requestId: prompt.requestId,
+            draftModel: o.draftModelName,
+            ...(prompt.model ?? o.targetModel ? { targetModel: prompt.model ?? o.targetModel } : {}),
+            mode: o.mode,
+            promptTokens,
+            maxNewTokens: prompt.maxNewTokens,
+            slo,
+            sampling,
+            replyTo: deviceQueue(this.id),
+            sentAtMs: clock.now(),
+            rttMs: o.profile.rttMs * o.timeScale,
+          }),
+        sendVerify: (_, p) =>
+          this.#sendUp({
+            v: PROTOCOL_VERSION,
+            type: 'verify',
+            sessionId,
+            deviceId: this.id,
+            round: p.round,
+            committedLength: p.committedLength,
+            draftTokens: p.draft.tokens,
+            predictedAcceptance: p.draft.predictedAcceptance.map((a) => Math.min(1, Math.max(0, a))),
+            ...(p.draft.dists ? { draftDists: p.draft.dists } : {}),
+            replyTo: deviceQueue(this.id),
+            sentAtMs: clock.now(),
+          }),
+        sendClose: (_, p) => this.#sendUp({ v: PROTOCOL_VERSION, type: 'close', sessionId, deviceId: this.id, reason: p.reason }),
+        emitTokens: (_, p) => {
+          emitted.push(...p.tokens);
+          // Decode the whole output each time: a token may complete a multi-byte character.
+          const full = o.tokenizer.decode(emitted);
+          const delta = full.slice(text.length);
+          text = full;
+          void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, done: false });
+        },
+        roundVerified: (_, p) => {
+          this.#controller = learnFromRound(this.#controller, p.draft.features, p.result.accepted, p.result.verified);
+          this.#expectedQueueMs = 0.8 * this.#expectedQueueMs + 0.2 * p.result.queueMs;
+        },
+      },
+      actors: {
+        draft: fromPromise(async ({ input }: { input: DraftInput }) =>
+          draftRound(draftState, input, { runner: o.draft, sampling, stopRule, paceMsPerToken, sleep: (ms) => clock.sleep(ms), now: () => clock.now() }, o.draft.info.eosTokenId),
+        ),
+      },
+    });
+
+    const actor = createActor(machine, {
+      input: {
+        sessionId,
+        deviceId: this.id,
+        requestId: prompt.requestId,
+        mode: o.mode,
+        promptTokens,
+        maxNewTokens: prompt.maxNewTokens,
+        eosTokenId: o.draft.info.eosTokenId,
+        verifyTimeoutMs: o.verifyTimeoutMs,
+        maxRetries: o.maxRetries,
+        kMax: this.#controller.kMax,
+        startedAtMs,
+      },
+    });
+    this.#sessions.set(sessionId, {
+      deliver: (m) => {
+        const atMs = clock.now();
+        if (m.type === 'result') actor.send({ type: 'RESULT', result: m, atMs });
+        else if (m.type === 'stream') actor.send({ type: 'STREAM', chunk: m, atMs });
+        else actor.send({ type: 'ERROR', error: m, atMs });
+      },
+    });
+    const finished = new Promise<EdgeSessionContext>((resolve, reject) => {
+      actor.subscribe({
+        next: (snap) => {
+          if (snap.status === 'done') resolve(snap.context);
+        },
+        error: reject,
+      });
+    });
+    actor.start();
+    let ctx: EdgeSessionContext;
+    try {
+      ctx = await finished;
+    } finally {
+      this.#sessions.delete(sessionId);
+    }
+    const stats = sessionStats(ctx, slo, startedAtMs);
+    this.energyJ += deviceEnergyJ(o.profile, ctx, clock.now() - startedAtMs);
+    if (ctx.error) {
+      log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
+      await reply({ v: PROTOCOL_VERSION, type: 'error', code: ctx.error.code, message: ctx.error.message, requestId: prompt.requestId, sessionId });
+    } else {
+      await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', done: true, stats });
+    }
+    return { requestId: prompt.requestId, sessionId, tokens: ctx.generated, stats, error: ctx.error };
+  }
+}
+
+function emptyStats(): SessionStats {
+  return { ttftMs: 0, tpotMs: 0, sloAttained: false, rounds: 0, drafted: 0, accepted: 0, wastedDraftTokens: 0, wastedDraftMs: 0, queueMs: 0, verifyMs: 0, acceptedByPosition: [], draftedByPosition: [] };
+}
+
+/** DESIGN §6: TTFT from the prompt's arrival at the device; TPOT over the tokens after the first. */
+export function sessionStats(ctx: EdgeSessionContext, slo: Slo, startedAtMs: number): SessionStats {
+  const ttftMs = ctx.firstTokenAtMs === null ? 0 : ctx.firstTokenAtMs - startedAtMs;
+  const n = ctx.generated.length;
+  const tpotMs = n > 1 && ctx.firstTokenAtMs !== null && ctx.lastTokenAtMs !== null ? (ctx.lastTokenAtMs - ctx.firstTokenAtMs) / (n - 1) : 0;
+  const c = ctx.counters;
+  return {
+    ttftMs,
+    tpotMs,
+    sloAttained: ctx.error === null && ctx.firstTokenAtMs !== null && ttftMs <= slo.ttftMs && tpotMs <= slo.tpotMs,
+    rounds: c.rounds,
+    drafted: c.drafted,
+    accepted: c.accepted,
+    wastedDraftTokens: c.wastedDraftTokens,
+    wastedDraftMs: c.wastedDraftMs,
+    queueMs: c.queueMs,
+    verifyMs: c.verifyMs,
+    acceptedByPosition: c.acceptedByPosition,
+    draftedByPosition: c.draftedByPosition,
+  };
+}
+
+/** Device energy of one session, J: drafting at drafting power, the rest idle, plus radio time. */
+export function deviceEnergyJ(profile: DeviceProfile, ctx: EdgeSessionContext, wallMs: number): number {
+  const draftS = ctx.counters.draftMs / 1_000;
+  const messages = ctx.counters.rounds * 2 + 2;
+  // Radio time per message is assumed to be one network one-way latency (rtt/2).
+  const txS = (messages * profile.rttMs) / 2 / 1_000;
+  const idleS = Math.max(0, wallMs / 1_000 - draftS - txS);
+  return draftS * profile.powerW.drafting + txS * profile.powerW.transmitting + idleS * profile.powerW.idle;
+}

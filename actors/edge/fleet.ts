@@ -1,0 +1,136 @@
+/**
+ * Composition root of an edge fleet: N emulated devices in one process. Devices take prompts
+ * from the shared queue (at most one each at a time) and from their own prompt queues. Draft
+ * models are loaded once per folder and shared; each device keeps its own caches, controller
+ * and profile (devices of one fleet may run different drafts).
+ */
+import { join } from 'node:path';
+import { PromptRequestSchema, type ServingMode, type Slo } from '../../broker/contracts.ts';
+import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
+import { PROMPTS_QUEUE, devicePromptQueue } from '../../broker/topology.ts';
+import type { DeviceProfile } from '../../config/schema.ts';
+import { checkTokenizerMatchesModel } from '../../inference/model-dir.ts';
+import { loadDecoder } from '../../inference/onnx-runner.ts';
+import { loadTokenizer, type WispTokenizer } from '../../inference/tokenizer.ts';
+import type { DecoderRunner } from '../../inference/types.ts';
+import { createControllerState } from '../../policies/controller.ts';
+import type { Logger } from '../../telemetry/logger.ts';
+import { wallClock, type Clock } from '../clock.ts';
+import { EdgeDevice } from './device.ts';
+
+export interface EdgeFleetOptions {
+  fleetId: string;
+  devices: number;
+  /** Profile names assigned round-robin to the devices. */
+  profileNames: string[];
+  profiles: Record<string, DeviceProfile>;
+  /** Folder with target/ (for its tokenizer and name) and the draft folders. */
+  modelRoot: string;
+  timeScale: number;
+  policy: 'wisp' | 'sled' | 'centralized';
+  controller: { kMax: number; threshold: number };
+  defaultSlo: Slo;
+  verifyTimeoutMs: number;
+  maxRetries: number;
+  threads: number;
+  broker: BrokerClient;
+  logger: Logger;
+  clock?: Clock;
+  /** Seed for the devices' network jitter (reproducible runs). */
+  seed?: number;
+}
+
+export interface EdgeFleet {
+  devices: EdgeDevice[];
+  tokenizer: WispTokenizer;
+  stop(): Promise<void>;
+}
+
+/** Small deterministic generator for jitter (mulberry32). */
+function jitterSource(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet> {
+  const clock = opts.clock ?? wallClock;
+  const tokenizer = await loadTokenizer(join(opts.modelRoot, 'target'));
+  const drafts = new Map<string, DecoderRunner>();
+  for (const name of new Set(opts.profileNames.map((p) => opts.profiles[p].draftModel))) {
+    const runner = await loadDecoder(join(opts.modelRoot, name), { threads: opts.threads });
+    checkTokenizerMatchesModel(tokenizer, runner.info);
+    drafts.set(name, runner);
+  }
+  const mode: ServingMode = opts.policy === 'centralized' ? 'centralized' : 'speculative';
+  const devices: EdgeDevice[] = [];
+  for (let i = 0; i < opts.devices; i++) {
+    const profileName = opts.profileNames[i % opts.profileNames.length];
+    const profile = opts.profiles[profileName];
+    const device = new EdgeDevice({
+      deviceId: `${opts.fleetId}-${i}`,
+      profileName,
+      profile,
+      timeScale: opts.timeScale,
+      mode,
+      controller:
+        opts.policy === 'sled'
+          ? createControllerState({ kind: 'sled', kMax: opts.controller.kMax, confidenceThreshold: opts.controller.threshold })
+          : createControllerState({ kind: 'wisp', kMax: opts.controller.kMax, threshold: opts.controller.threshold }),
+      draft: drafts.get(profile.draftModel)!,
+      draftModelName: profile.draftModel,
+      tokenizer,
+      broker: opts.broker,
+      defaultSlo: opts.defaultSlo,
+      verifyTimeoutMs: opts.verifyTimeoutMs,
+      maxRetries: opts.maxRetries,
+      logger: opts.logger.child({ deviceId: `${opts.fleetId}-${i}` }),
+      clock,
+      random: jitterSource((opts.seed ?? 1) * 7919 + i),
+    });
+    await device.start();
+    devices.push(device);
+  }
+
+  // Shared prompts go to the least busy device; the prefetch keeps at most one per device.
+  const load = new Map<EdgeDevice, number>(devices.map((d) => [d, 0]));
+  const consumers: ConsumerHandle[] = [];
+  const serveOn = async (device: EdgeDevice, prompt: Parameters<EdgeDevice['serve']>[0]) => {
+    load.set(device, load.get(device)! + 1);
+    try {
+      await device.serve(prompt);
+    } finally {
+      load.set(device, load.get(device)! - 1);
+    }
+  };
+  consumers.push(
+    await opts.broker.consume(
+      PROMPTS_QUEUE,
+      PromptRequestSchema,
+      (prompt) => {
+        let best = devices[0];
+        for (const d of devices) if (load.get(d)! < load.get(best)!) best = d;
+        return serveOn(best, prompt);
+      },
+      { prefetch: opts.devices },
+    ),
+  );
+  for (const d of devices) {
+    consumers.push(await opts.broker.consume(devicePromptQueue(d.id), PromptRequestSchema, (prompt) => serveOn(d, prompt), { prefetch: 1 }));
+  }
+
+  return {
+    devices,
+    tokenizer,
+    async stop() {
+      await Promise.all(consumers.map((c) => c.cancel()));
+      await Promise.all(devices.map((d) => d.stop()));
+      for (const r of drafts.values()) await r.dispose();
+    },
+  };
+}

@@ -1,0 +1,189 @@
+/**
+ * Starts each process role from the validated config: connections (RabbitMQ, Redis), models,
+ * and the role's composition root. `wisp up` starts them all in one process; `wisp scheduler`,
+ * `wisp verifier` and `wisp edge` start one each (separate processes or containers).
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { connectBroker, type BrokerClient } from '../broker/connection.ts';
+import { workerQueue } from '../broker/topology.ts';
+import type { WispConfig } from '../config/schema.ts';
+import { ensureModelPair } from '../inference/forge/index.ts';
+import { ModelDirNotFoundError } from '../inference/errors.ts';
+import type { DecoderRunner } from '../inference/types.ts';
+import { createLogger, type Logger } from '../telemetry/logger.ts';
+import { startEdgeFleet, type EdgeFleet } from './edge/fleet.ts';
+import { startScheduler, type SchedulerRole } from './scheduler/role.ts';
+import { startVerifier, type VerifierRole } from './verifier/role.ts';
+import { openSessionStore, type SessionStoreHandle } from './store.ts';
+
+/** Something started that can be stopped (Ctrl-C, tests). */
+export interface Running {
+  stop(): Promise<void>;
+}
+
+/** The model folder: config.models.modelDir, else the forged pair of the preset (forged on first use). */
+export async function resolveModelRoot(config: WispConfig): Promise<string> {
+  if (config.models.modelDir) {
+    if (!existsSync(join(config.models.modelDir, 'target'))) throw new ModelDirNotFoundError(join(config.models.modelDir, 'target'));
+    return config.models.modelDir;
+  }
+  return (await ensureModelPair(config.models.preset)).root;
+}
+
+function brokerFor(config: WispConfig, name: string, logger: Logger, queues: string[] = []): Promise<BrokerClient> {
+  return connectBroker(config.amqpUrl, {
+    connectionName: name,
+    queues,
+    ...(config.amqpTls.enabled ? { tls: { caPath: config.amqpTls.caPath } } : {}),
+    logger: { info: (m, f) => logger.info(f ?? {}, m), warn: (m, f) => logger.warn(f ?? {}, m) },
+  });
+}
+
+export async function runScheduler(config: WispConfig, logger = createLogger('scheduler', config.logLevel)): Promise<Running & { role: SchedulerRole }> {
+  const broker = await brokerFor(config, 'scheduler', logger);
+  const store = await openSessionStore(config, logger);
+  const role = await startScheduler({
+    broker,
+    settings: {
+      policy: config.scheduler.policy,
+      bMax: config.scheduler.bMax,
+      waitMs: config.scheduler.waitMs,
+      maxBatchTokens: config.scheduler.maxBatchTokens,
+      ageBoundMs: config.scheduler.ageBoundMs,
+      truncation: config.scheduler.truncation,
+      defaultSlo: config.slo,
+      defaultReturnLatencyMs: 0,
+    },
+    estimators: store.estimators,
+    workerTimeoutMs: config.worker.heartbeatTtlMs,
+    logger,
+  });
+  logger.info({ policy: config.scheduler.policy }, 'scheduler started');
+  return {
+    role,
+    async stop() {
+      await role.stop();
+      await broker.close();
+      await store.close();
+    },
+  };
+}
+
+export interface VerifierLaunchOptions {
+  workerId?: string;
+  /** Share an already loaded target (several workers in one process, tests). */
+  runner?: DecoderRunner;
+}
+
+export async function runVerifier(config: WispConfig, opts: VerifierLaunchOptions = {}, logger = createLogger('verifier', config.logLevel)): Promise<Running & { role: VerifierRole }> {
+  const workerId = opts.workerId ?? config.worker.id ?? `w${randomUUID().slice(0, 8)}`;
+  const modelRoot = await resolveModelRoot(config);
+  const broker = await brokerFor(config, `verifier-${workerId}`, logger, [workerQueue(workerId)]);
+  const store: SessionStoreHandle = await openSessionStore(config, logger);
+  const role = await startVerifier({
+    workerId,
+    broker,
+    ledger: store.ledger(workerId),
+    targetDir: join(modelRoot, 'target'),
+    threads: config.models.threads,
+    idleEvictMs: config.worker.idleEvictMs,
+    heartbeatMs: config.worker.heartbeatMs,
+    heartbeat: (s) => store.heartbeat(s, config.worker.heartbeatTtlMs),
+    logger,
+    ...(opts.runner ? { runner: opts.runner } : {}),
+  });
+  logger.info({ workerId }, 'verifier started');
+  return {
+    role,
+    async stop() {
+      await role.stop();
+      await broker.close();
+      await store.close();
+    },
+  };
+}
+
+export interface EdgeLaunchOptions {
+  devices: number;
+  /** Profiles assigned round-robin; default: config.deviceProfile. */
+  profiles?: string[];
+  fleetId?: string;
+  seed?: number;
+}
+
+export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logger = createLogger('edge', config.logLevel)): Promise<Running & { fleet: EdgeFleet }> {
+  const profileNames = opts.profiles?.length ? opts.profiles : [config.deviceProfile];
+  for (const p of profileNames) {
+    if (!Object.hasOwn(config.devices, p)) throw new Error(`unknown device profile "${p}" (known: ${Object.keys(config.devices).sort().join(', ')})`);
+  }
+  const modelRoot = await resolveModelRoot(config);
+  for (const p of profileNames) {
+    const dir = join(modelRoot, config.devices[p].draftModel);
+    if (!existsSync(dir)) throw new ModelDirNotFoundError(dir);
+  }
+  const fleetId = opts.fleetId ?? config.edge.deviceId ?? `e${randomUUID().slice(0, 6)}`;
+  const broker = await brokerFor(config, `edge-${fleetId}`, logger);
+  const fleet = await startEdgeFleet({
+    fleetId,
+    devices: opts.devices,
+    profileNames,
+    profiles: config.devices,
+    modelRoot,
+    timeScale: config.timeScale,
+    policy: config.scheduler.policy,
+    controller: config.controller,
+    defaultSlo: config.slo,
+    verifyTimeoutMs: config.edge.verifyTimeoutMs,
+    maxRetries: config.edge.maxRetries,
+    threads: config.models.threads,
+    broker,
+    logger,
+    ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+  });
+  logger.info({ fleetId, devices: opts.devices, profiles: profileNames }, 'edge fleet started');
+  return {
+    fleet,
+    async stop() {
+      await fleet.stop();
+      await broker.close();
+    },
+  };
+}
+
+export interface UpOptions {
+  devices: number;
+  workers: number;
+  profiles?: string[];
+  seed?: number;
+}
+
+/** Scheduler, W verifier workers (sharing one loaded model) and an edge fleet, in this process. */
+export async function runUp(config: WispConfig, opts: UpOptions): Promise<Running & { scheduler: SchedulerRole; workers: VerifierRole[]; fleet: EdgeFleet }> {
+  const started: Running[] = [];
+  try {
+    const scheduler = await runScheduler(config);
+    started.push(scheduler);
+    const workers: VerifierRole[] = [];
+    for (let i = 0; i < opts.workers; i++) {
+      const w = await runVerifier(config, { workerId: `${config.worker.id ?? 'worker'}-${i}` });
+      started.push(w);
+      workers.push(w.role);
+    }
+    const edge = await runEdge(config, { devices: opts.devices, ...(opts.profiles ? { profiles: opts.profiles } : {}), ...(opts.seed !== undefined ? { seed: opts.seed } : {}) });
+    started.push(edge);
+    return {
+      scheduler: scheduler.role,
+      workers,
+      fleet: edge.fleet,
+      async stop() {
+        // Devices first (no new work), then workers, then the scheduler.
+        for (const r of started.reverse()) await r.stop().catch(() => {});
+      },
+    };
+  } catch (err) {
+    for (const r of started.reverse()) await r.stop().catch(() => {});
+    throw err;
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * Composition root of the scheduler: the Scheduler machine fed from `wisp.scheduler`, batches
+ * published to worker queues, refusals answered to devices, the wake-up timer, lost-worker
+ * detection, and estimator statistics persisted (per worker and model) so a restart continues.
+ *
+ * A request's delivery is acknowledged only once its batch has been published (or the request
+ * was refused or superseded): a scheduler that dies loses nothing, the broker redelivers.
+ */
+import { createActor } from 'xstate';
+import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../broker/contracts.ts';
+import type { BrokerClient } from '../../broker/connection.ts';
+import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
+import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
+import type { EstimatorState } from '../../policies/estimator.ts';
+import type { Logger } from '../../telemetry/logger.ts';
+import { wallClock, type Clock } from '../clock.ts';
+
+export interface EstimatorStore {
+  load(model: string, workerId: string): Promise<EstimatorState | null>;
+  save(model: string, workerId: string, state: EstimatorState): Promise<void>;
+}
+
+export interface SchedulerRoleOptions {
+  broker: BrokerClient;
+  settings: SchedulerSettings;
+  estimators?: EstimatorStore;
+  /** A worker silent for longer than this is lost: its sessions move, ms. */
+  workerTimeoutMs: number;
+  logger: Logger;
+  clock?: Clock;
+  /** Deliveries held unacked at once (pending requests); the broker keeps the rest. */
+  prefetch?: number;
+}
+
+export interface SchedulerRole {
+  snapshot(): ReturnType<ReturnType<typeof createActor<typeof schedulerMachine>>['getSnapshot']>;
+  stop(): Promise<void>;
+}
+
+function requestKey(m: SchedulerInbox): string | null {
+  if (m.type === 'open') return `${m.sessionId}:0`;
+  if (m.type === 'verify') return `${m.sessionId}:${m.round}`;
+  return null;
+}
+
+export async function startScheduler(opts: SchedulerRoleOptions): Promise<SchedulerRole> {
+  const clock = opts.clock ?? wallClock;
+  const log = opts.logger;
+  /** Unacked deliveries by request id; released when dispatched, refused or superseded. */
+  const held = new Map<string, () => void>();
+  const release = (key: string) => {
+    held.get(key)?.();
+    held.delete(key);
+  };
+  /** Requests whose batch is being published (released when the broker confirms). */
+  const publishing = new Set<string>();
+  let wake: NodeJS.Timeout | null = null;
+  const persistAt = new Map<string, number>();
+
+  const machine = schedulerMachine.provide({
+    actions: {
+      dispatchBatch: (_, { batch }) => {
+        const keys = batch.items.map((i) => `${i.request.sessionId}:${i.request.type === 'open' ? 0 : i.request.round}`);
+        for (const k of keys) publishing.add(k);
+        void opts.broker.publish(workerQueue(batch.workerId), batch).then(
+          () => {
+            for (const k of keys) {
+              publishing.delete(k);
+              release(k);
+            }
+          },
+          (err: Error) => {
+            // Not acked: the broker will redeliver these requests to a scheduler.
+            for (const k of keys) publishing.delete(k);
+            log.error({ err: err.message, batchId: batch.batchId }, 'batch not published');
+          },
+        );
+      },
+      refuseRequest: (_, p) => {
+        void opts.broker
+          .publish(p.replyTo, { v: PROTOCOL_VERSION, type: 'error', code: p.code, message: p.message, sessionId: p.sessionId, ...(p.round !== undefined ? { round: p.round } : {}) })
+          .catch(() => {});
+        release(`${p.sessionId}:${p.round ?? 0}`);
+      },
+      persistEstimator: (_, p) => {
+        if (!opts.estimators) return;
+        // At most one write per worker per second: the statistics move slowly.
+        const key = `${p.model}/${p.workerId}`;
+        const now = clock.now();
+        if (now - (persistAt.get(key) ?? 0) < 1_000) return;
+        persistAt.set(key, now);
+        void opts.estimators.save(p.model, p.workerId, p.estimator).catch((err: Error) => log.warn({ err: err.message }, 'estimator not saved'));
+      },
+      scheduleWake: (_, { atMs }) => {
+        if (wake) clearTimeout(wake);
+        wake = setTimeout(() => {
+          wake = null;
+          send({ type: 'WAKE', atMs: clock.now() });
+        }, Math.max(0, atMs - clock.now()));
+      },
+    },
+  });
+
+  const actor = createActor(machine, { input: opts.settings });
+  actor.subscribe({ error: (err) => log.error({ err: (err as Error).message }, 'scheduler machine failed') });
+  actor.start();
+  const send = (e: SchedulerEvent) => actor.send(e);
+
+  /** Releases held deliveries the machine no longer keeps (refused, superseded, closed). */
+  const releaseDropped = () => {
+    const ctx = actor.getSnapshot().context;
+    const kept = new Set<string>();
+    for (const list of Object.values(ctx.pending)) for (const p of list) kept.add(p.request.requestId);
+    for (const u of ctx.unplaced) kept.add(`${u.message.sessionId}:0`);
+    for (const key of [...held.keys()]) if (!kept.has(key) && !publishing.has(key)) release(key);
+  };
+
+  const consumer = await opts.broker.consume(
+    SCHEDULER_QUEUE,
+    SchedulerInboxSchema,
+    async (m) => {
+      const atMs = clock.now();
+      switch (m.type) {
+        case 'open':
+        case 'verify': {
+          const key = requestKey(m)!;
+          release(key); // a redelivered or retried copy supersedes the one held
+          const done = new Promise<void>((resolve) => held.set(key, resolve));
+          send(m.type === 'open' ? { type: 'OPEN', message: m, atMs } : { type: 'VERIFY', message: m, atMs });
+          releaseDropped();
+          return done;
+        }
+        case 'close':
+          send({ type: 'CLOSE', message: m, atMs });
+          releaseDropped();
+          return;
+        case 'worker': {
+          const known = actor.getSnapshot().context.workers[m.workerId] !== undefined;
+          send({ type: 'WORKER_STATUS', message: m, atMs });
+          releaseDropped();
+          if (!known && opts.estimators && m.model !== 'loading') {
+            const saved = await opts.estimators.load(m.model, m.workerId).catch(() => null);
+            if (saved) send({ type: 'RESTORE_ESTIMATOR', workerId: m.workerId, estimator: saved });
+          }
+          return;
+        }
+      }
+    },
+    { prefetch: opts.prefetch ?? 4_096 },
+  );
+
+  const watchdog = setInterval(() => {
+    const now = clock.now();
+    for (const w of Object.values(actor.getSnapshot().context.workers)) {
+      if (now - w.lastSeenMs > opts.workerTimeoutMs) {
+        log.warn({ workerId: w.workerId }, 'worker lost: moving its sessions');
+        send({ type: 'WORKER_LOST', workerId: w.workerId, atMs: now });
+        releaseDropped();
+      }
+    }
+  }, Math.max(100, Math.floor(opts.workerTimeoutMs / 4)));
+  watchdog.unref();
+
+  return {
+    snapshot: () => actor.getSnapshot(),
+    async stop() {
+      clearInterval(watchdog);
+      if (wake) clearTimeout(wake);
+      await consumer.cancel();
+      actor.stop();
+    },
+  };
+}

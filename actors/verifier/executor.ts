@@ -1,0 +1,352 @@
+/**
+ * Executes one VerifyBatch on the worker's target model: prefills new sessions, verifies
+ * drafts (greedy or rejection sampling), rolls caches back to the committed length, records
+ * the committed tokens (Redis, through `SessionLedger`) and answers each device.
+ *
+ * Invariant per session: the cache holds committed − 1 tokens; a verification feeds
+ * [last committed token, d1..dm] and keeps the accepted prefix. Every decision at a sequence
+ * position uses randomness keyed by (seed, position), so a round replayed on another worker
+ * (after a crash) commits exactly the same tokens.
+ */
+import {
+  PROTOCOL_VERSION,
+  type BatchItem,
+  type ErrorCode,
+  type ErrorMessage,
+  type Sampling,
+  type SessionOpen,
+  type TokenStream,
+  type VerifyBatch,
+  type VerifyRequest,
+  type VerifyResult,
+} from '../../broker/contracts.ts';
+import type { DecoderRunner, KvCacheHandle } from '../../inference/types.ts';
+import { sampleTargetToken } from '../../inference/sampling.ts';
+import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
+import type { BatchReport } from '../../machines/verifier-worker.ts';
+
+/** What the worker keeps per session (the durable copy lives in the ledger). */
+export interface WorkerSession {
+  sessionId: string;
+  deviceId: string;
+  mode: 'speculative' | 'centralized';
+  sampling: Sampling;
+  maxNewTokens: number;
+  promptLength: number;
+  replyTo: string;
+  cache: KvCacheHandle;
+  /** Committed tokens: prompt + generated. */
+  tokens: number[];
+  lastRound: number;
+  lastResult: VerifyResult | null;
+  lastAccessMs: number;
+  /** Centralized mode: next stream sequence number, and whether it still decodes. */
+  streamSeq: number;
+  decoding: boolean;
+}
+
+/** The durable per-session record a worker writes and, after a crash elsewhere, reads back. */
+export interface SessionRecord {
+  deviceId: string;
+  mode: 'speculative' | 'centralized';
+  sampling: Sampling;
+  maxNewTokens: number;
+  promptLength: number;
+  replyTo: string;
+  tokens: number[];
+  lastRound: number;
+  lastResult: VerifyResult | null;
+}
+
+/** Narrow view of the Redis store the executor needs. */
+export interface SessionLedger {
+  /** Creates a session's record at prefill: the prompt, the first token and the settings. */
+  open(sessionId: string, record: SessionRecord, kvBytes: number): Promise<void>;
+  /** Appends committed tokens and records the round's result, atomically. */
+  commit(sessionId: string, newTokens: number[], result: VerifyResult, kvBytes: number): Promise<void>;
+  load(sessionId: string): Promise<SessionRecord | null>;
+  /** Records that this worker now holds the session (after rebuilding it from the ledger). */
+  adopt(sessionId: string, kvBytes: number): Promise<void>;
+  remove(sessionId: string): Promise<void>;
+}
+
+export interface ExecutorDeps {
+  workerId: string;
+  runner: DecoderRunner;
+  ledger: SessionLedger;
+  /** Sends a reply to a device's queue (results, stream chunks, errors). */
+  reply: (queue: string, message: VerifyResult | TokenStream | ErrorMessage) => Promise<void>;
+  now: () => number;
+  eosTokenId: number | null;
+}
+
+interface Job {
+  item: BatchItem;
+  session: WorkerSession;
+  tokens: number[];
+  verifyTokens: number;
+}
+
+export class BatchExecutor {
+  readonly sessions = new Map<string, WorkerSession>();
+  constructor(private readonly deps: ExecutorDeps) {}
+
+  get kvBytes(): number {
+    let total = 0;
+    for (const s of this.sessions.values()) total += s.cache.bytes;
+    return total;
+  }
+
+  get decodeActive(): number {
+    let n = 0;
+    for (const s of this.sessions.values()) if (s.decoding) n++;
+    return n;
+  }
+
+  evict(sessionId: string): void {
+    this.sessions.delete(sessionId);
+  }
+
+  /** Drops caches of sessions idle for longer than `idleMs` (their devices vanished). */
+  evictIdle(nowMs: number, idleMs: number): string[] {
+    const gone: string[] = [];
+    for (const s of this.sessions.values()) {
+      if (nowMs - s.lastAccessMs > idleMs) {
+        this.sessions.delete(s.sessionId);
+        gone.push(s.sessionId);
+      }
+    }
+    return gone;
+  }
+
+  private async refuse(item: BatchItem, code: ErrorCode, message: string): Promise<void> {
+    const r = item.request;
+    await this.deps.reply(r.replyTo, {
+      v: PROTOCOL_VERSION,
+      type: 'error',
+      code,
+      message,
+      sessionId: r.sessionId,
+      round: r.type === 'open' ? 0 : r.round,
+    });
+  }
+
+  private outOfVocab(tokens: readonly number[]): number | undefined {
+    const V = this.deps.runner.info.vocabSize;
+    return tokens.find((t) => t >= V);
+  }
+
+  /** Rebuilds a session this worker does not hold from the ledger (another worker had it). */
+  private async rebuild(sessionId: string): Promise<WorkerSession | null> {
+    const rec = await this.deps.ledger.load(sessionId);
+    if (!rec || rec.tokens.length < 2) return null;
+    const cache = this.deps.runner.newCache();
+    await this.deps.runner.forward([{ cache, tokens: rec.tokens.slice(0, -1) }]);
+    const s: WorkerSession = { sessionId, ...rec, cache, lastAccessMs: this.deps.now(), streamSeq: 0, decoding: false };
+    this.sessions.set(sessionId, s);
+    await this.deps.ledger.adopt(sessionId, cache.bytes);
+    return s;
+  }
+
+  private async planOpen(item: BatchItem, m: SessionOpen): Promise<Job | null> {
+    const existing = this.sessions.get(m.sessionId);
+    if (existing?.lastResult && existing.lastRound === 0) {
+      await this.deps.reply(m.replyTo, existing.lastResult); // duplicate open: same answer again
+      return null;
+    }
+    const bad = this.outOfVocab(m.promptTokens);
+    if (bad !== undefined) {
+      await this.refuse(item, 'token_out_of_vocab', `prompt token ${bad} is outside the vocabulary (size ${this.deps.runner.info.vocabSize})`);
+      return null;
+    }
+    const maxPositions = this.deps.runner.info.maxPositions;
+    if (m.promptTokens.length >= maxPositions) {
+      await this.refuse(item, 'prompt_too_long', `prompt of ${m.promptTokens.length} tokens does not fit the ${maxPositions}-token context`);
+      return null;
+    }
+    const session: WorkerSession = {
+      sessionId: m.sessionId,
+      deviceId: m.deviceId,
+      mode: m.mode,
+      sampling: m.sampling,
+      maxNewTokens: m.maxNewTokens,
+      promptLength: m.promptTokens.length,
+      replyTo: m.replyTo,
+      cache: this.deps.runner.newCache(),
+      tokens: [...m.promptTokens],
+      lastRound: -1,
+      lastResult: null,
+      lastAccessMs: this.deps.now(),
+      streamSeq: 0,
+      decoding: false,
+    };
+    this.sessions.set(m.sessionId, session);
+    return { item, session, tokens: [...m.promptTokens], verifyTokens: 0 };
+  }
+
+  private async planVerify(item: BatchItem, m: VerifyRequest): Promise<Job | null> {
+    let s = this.sessions.get(m.sessionId) ?? (await this.rebuild(m.sessionId));
+    if (!s) {
+      await this.refuse(item, 'unknown_session', `session ${m.sessionId} is not open (closed, expired, or never opened)`);
+      return null;
+    }
+    if (s.deviceId !== m.deviceId) {
+      await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+      return null;
+    }
+    if (m.round <= s.lastRound) {
+      // A retry of the round already done gets the same answer; older rounds are stale.
+      if (m.round === s.lastRound && s.lastResult) await this.deps.reply(m.replyTo, s.lastResult);
+      return null;
+    }
+    if (m.committedLength !== s.tokens.length) {
+      if (m.committedLength < s.tokens.length) return null; // stale: the device has moved on
+      // This worker is behind the ledger (its copy went stale while another worker served it).
+      this.sessions.delete(m.sessionId);
+      s = await this.rebuild(m.sessionId);
+      if (!s || m.committedLength !== s.tokens.length) {
+        await this.refuse(item, 'internal', `session ${m.sessionId}: device has ${m.committedLength} committed tokens, the server ${s?.tokens.length ?? 0}`);
+        return null;
+      }
+    }
+    const badDraft = this.outOfVocab(m.draftTokens) ?? m.draftDists?.flatMap((d) => d.ids).find((t) => t >= this.deps.runner.info.vocabSize);
+    if (badDraft !== undefined) {
+      await this.refuse(item, 'token_out_of_vocab', `draft token ${badDraft} is outside the vocabulary (size ${this.deps.runner.info.vocabSize})`);
+      return null;
+    }
+    // Never feed past the context: keep room for the target's own token.
+    const room = this.deps.runner.info.maxPositions - s.tokens.length;
+    const verifyTokens = Math.max(0, Math.min(item.verifyTokens, m.draftTokens.length, room - 1));
+    if (room < 1) {
+      await this.refuse(item, 'prompt_too_long', `session ${m.sessionId} reached the model's ${this.deps.runner.info.maxPositions}-token context`);
+      return null;
+    }
+    return { item, session: s, tokens: [s.tokens[s.tokens.length - 1], ...m.draftTokens.slice(0, verifyTokens)], verifyTokens };
+  }
+
+  /** Runs the batch and returns its cost report (model time only, for the estimator). */
+  async execute(batch: VerifyBatch): Promise<BatchReport> {
+    const startedMs = this.deps.now();
+    for (const id of batch.evict) this.sessions.delete(id);
+    const opens: Job[] = [];
+    const verifies: Job[] = [];
+    for (const item of batch.items) {
+      const r = item.request;
+      const job = r.type === 'open' ? await this.planOpen(item, r) : await this.planVerify(item, r);
+      if (job) (r.type === 'open' ? opens : verifies).push(job);
+    }
+    const shapes = [...opens, ...verifies].map((j) => ({ n: j.tokens.length, L: j.session.cache.length }));
+    let modelMs = 0;
+    const run = async (jobs: Job[]): Promise<Float32Array[]> => {
+      if (jobs.length === 0) return [];
+      const t0 = this.deps.now();
+      const out = await this.deps.runner.forward(jobs.map((j) => ({ cache: j.session.cache, tokens: j.tokens })));
+      modelMs += this.deps.now() - t0;
+      return out;
+    };
+    const openLogits = await run(opens);
+    const verifyLogits = await run(verifies);
+    const V = this.deps.runner.info.vocabSize;
+    const doneMs = this.deps.now();
+    const size = opens.length + verifies.length;
+    const writes: Promise<void>[] = [];
+    const replies: [string, VerifyResult | TokenStream][] = [];
+
+    opens.forEach((job, i) => {
+      const s = job.session;
+      const logits = openLogits[i];
+      const token = sampleTargetToken(logits.subarray(logits.length - V), s.sampling, s.tokens.length);
+      s.tokens.push(token);
+      const result = this.result(job, 0, 0, token, 0, startedMs, doneMs, size);
+      s.lastRound = 0;
+      s.lastResult = result;
+      s.lastAccessMs = doneMs;
+      const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: 0, lastResult: result };
+      writes.push(this.deps.ledger.open(s.sessionId, record, s.cache.bytes));
+      if (s.mode === 'centralized') {
+        const finished = s.maxNewTokens <= 1 || token === this.deps.eosTokenId;
+        s.decoding = !finished;
+        replies.push([s.replyTo, this.streamChunk(s, [token], finished)]);
+      } else {
+        replies.push([s.replyTo, result]);
+      }
+    });
+
+    verifies.forEach((job, i) => {
+      const s = job.session;
+      const m = job.item.request as VerifyRequest;
+      const drafts = m.draftTokens.slice(0, job.verifyTokens);
+      const dists = m.draftDists?.slice(0, job.verifyTokens);
+      const committed = s.tokens.length;
+      let outcome;
+      try {
+        outcome = verifyDraft(drafts, dists, verifyLogits[i], V, s.sampling, committed);
+      } catch (e) {
+        // A malformed sampling request (e.g. a draft token outside its own top-k): undo its feed.
+        s.cache.rollback(committed - 1);
+        const code = e instanceof VerifyInputError ? e.code : 'internal';
+        writes.push(this.refuse(job.item, code, (e as Error).message));
+        return;
+      }
+      const fresh = [...drafts.slice(0, outcome.accepted), outcome.token];
+      s.tokens.push(...fresh);
+      s.cache.rollback(s.tokens.length - 1);
+      const result = this.result(job, m.round, outcome.accepted, outcome.token, job.verifyTokens, startedMs, doneMs, size);
+      s.lastRound = m.round;
+      s.lastResult = result;
+      s.lastAccessMs = doneMs;
+      writes.push(this.deps.ledger.commit(s.sessionId, fresh, result, s.cache.bytes));
+      replies.push([m.replyTo, result]);
+    });
+
+    // The ledger is written before anyone hears of the result, so a crash in between only
+    // means the device retries and gets the recorded answer.
+    await Promise.all(writes);
+    await Promise.all(replies.map(([q, msg]) => this.deps.reply(q, msg)));
+    return { batchId: batch.batchId, shapes, actualMs: modelMs, predictedMs: batch.predictedMs, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
+  }
+
+  private result(job: Job, round: number, accepted: number, token: number, verified: number, startedMs: number, doneMs: number, batchSize: number): VerifyResult {
+    return {
+      v: PROTOCOL_VERSION,
+      type: 'result',
+      sessionId: job.session.sessionId,
+      round,
+      accepted,
+      token,
+      verified,
+      committedLength: job.session.tokens.length,
+      queueMs: Math.max(0, startedMs - job.item.arrivedAtMs),
+      verifyMs: Math.max(0, doneMs - startedMs),
+      batchSize,
+      workerId: this.deps.workerId,
+    };
+  }
+
+  private streamChunk(s: WorkerSession, tokens: number[], done: boolean): TokenStream {
+    return { v: PROTOCOL_VERSION, type: 'stream', sessionId: s.sessionId, seq: s.streamSeq++, tokens, committedLength: s.tokens.length, done, workerId: this.deps.workerId };
+  }
+
+  /** One continuous-batching step for centralized sessions: every decoding session gets one token. */
+  async decodeStep(): Promise<BatchReport> {
+    const active = [...this.sessions.values()].filter((s) => s.decoding);
+    const shapes = active.map((s) => ({ n: 1, L: s.cache.length }));
+    const t0 = this.deps.now();
+    const logits = active.length ? await this.deps.runner.forward(active.map((s) => ({ cache: s.cache, tokens: [s.tokens[s.tokens.length - 1]] }))) : [];
+    const modelMs = this.deps.now() - t0;
+    const V = this.deps.runner.info.vocabSize;
+    const replies: Promise<void>[] = [];
+    active.forEach((s, i) => {
+      const row = logits[i];
+      const token = sampleTargetToken(row.subarray(row.length - V), s.sampling, s.tokens.length);
+      s.tokens.push(token);
+      s.lastAccessMs = this.deps.now();
+      const generated = s.tokens.length - s.promptLength;
+      const finished = generated >= s.maxNewTokens || token === this.deps.eosTokenId || s.tokens.length >= this.deps.runner.info.maxPositions;
+      if (finished) s.decoding = false;
+      replies.push(this.deps.reply(s.replyTo, this.streamChunk(s, [token], finished)));
+    });
+    await Promise.all(replies);
+    return { batchId: `step-${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
+  }
+}

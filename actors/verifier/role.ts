@@ -1,0 +1,160 @@
+/**
+ * Composition root of a verifier worker: the VerifierWorker machine, the ONNX target model,
+ * the batch executor, the worker's queue, status reports to the scheduler, heartbeats and the
+ * session ledger in Redis.
+ */
+import { randomUUID } from 'node:crypto';
+import { createActor, fromPromise } from 'xstate';
+import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../broker/contracts.ts';
+import type { BrokerClient } from '../../broker/connection.ts';
+import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
+import { loadDecoder } from '../../inference/onnx-runner.ts';
+import type { DecoderRunner } from '../../inference/types.ts';
+import { verifierWorkerMachine, type BatchReport, type WorkerModelSummary } from '../../machines/verifier-worker.ts';
+import type { Logger } from '../../telemetry/logger.ts';
+import { wallClock, type Clock } from '../clock.ts';
+import { BatchExecutor, type SessionLedger } from './executor.ts';
+
+export interface VerifierRoleOptions {
+  workerId: string;
+  broker: BrokerClient;
+  ledger: SessionLedger;
+  /** Target model folder (Optimum ONNX layout). */
+  targetDir: string;
+  threads: number;
+  idleEvictMs: number;
+  heartbeatMs: number;
+  /** Records liveness where the scheduler (or an operator) can see it; optional. */
+  heartbeat?: (status: WorkerStatus) => Promise<void>;
+  logger: Logger;
+  clock?: Clock;
+  /** A runner to use instead of loading `targetDir` (tests share one model between workers). */
+  runner?: DecoderRunner;
+}
+
+export interface VerifierRole {
+  workerId: string;
+  executor: () => BatchExecutor | null;
+  stop(): Promise<void>;
+}
+
+export async function startVerifier(opts: VerifierRoleOptions): Promise<VerifierRole> {
+  const clock = opts.clock ?? wallClock;
+  const log = opts.logger.child({ workerId: opts.workerId });
+  const incarnation = randomUUID().slice(0, 8);
+  let runner: DecoderRunner | null = opts.runner ?? null;
+  let executor: BatchExecutor | null = null;
+  let model: WorkerModelSummary | null = null;
+  /** Deliveries wait here until their batch ran, so the broker keeps them until then. */
+  const waiting = new Map<string, () => void>();
+  let stopped = false;
+
+  const status = (state: WorkerStatus['state'], report: BatchReport | null, doneBatchId?: string): WorkerStatus => ({
+    v: PROTOCOL_VERSION,
+    type: 'worker',
+    workerId: opts.workerId,
+    model: model?.model ?? 'loading',
+    vocabSize: model?.vocabSize ?? 1,
+    maxPositions: model?.maxPositions ?? 1,
+    state,
+    sessions: executor?.sessions.size ?? 0,
+    kvBytes: executor?.kvBytes ?? 0,
+    incarnation,
+    ...(doneBatchId ? { doneBatchId } : {}),
+    ...(report && report.shapes.length > 0 ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs } } : {}),
+    sentAtMs: clock.now(),
+  });
+
+  const publishStatus = (s: WorkerStatus) =>
+    opts.broker.publish(SCHEDULER_QUEUE, s).catch((err: Error) => log.warn({ err: err.message }, 'status not sent'));
+
+  const finish = (batchId: string | undefined) => {
+    if (!batchId) return;
+    waiting.get(batchId)?.();
+    waiting.delete(batchId);
+  };
+
+  const machine = verifierWorkerMachine.provide({
+    actors: {
+      loadModel: fromPromise(async () => {
+        runner ??= await loadDecoder(opts.targetDir, { threads: opts.threads });
+        executor = new BatchExecutor({
+          workerId: opts.workerId,
+          runner,
+          ledger: opts.ledger,
+          reply: (queue, message) => opts.broker.publish(queue, message),
+          now: () => clock.now(),
+          eosTokenId: runner.info.eosTokenId,
+        });
+        model = { model: runner.info.name, vocabSize: runner.info.vocabSize, maxPositions: runner.info.maxPositions };
+        log.info({ model: model.model }, 'model loaded');
+        return model;
+      }),
+      executeBatch: fromPromise(async ({ input }: { input: { batch: VerifyBatch } }) => executor!.execute(input.batch)),
+      decodeStep: fromPromise(async () => executor!.decodeStep()),
+    },
+    actions: {
+      reportReady: (_, p) => {
+        finish(p.report?.batchId);
+        void publishStatus(status('ready', p.report, p.report?.batchId));
+      },
+      reportBatchFailed: (_, p) => {
+        log.error({ batchId: p.batch.batchId, err: p.message }, 'batch failed');
+        for (const item of p.batch.items) {
+          const r = item.request;
+          void opts.broker
+            .publish(r.replyTo, { v: PROTOCOL_VERSION, type: 'error', code: 'internal', message: `verification failed: ${p.message}`, sessionId: r.sessionId, round: r.type === 'open' ? 0 : r.round })
+            .catch(() => {});
+        }
+        finish(p.batch.batchId);
+        void publishStatus(status('ready', null, p.batch.batchId));
+      },
+      evictIdle: (_, p) => {
+        const gone = executor?.evictIdle(p.nowMs, p.idleEvictMs) ?? [];
+        if (gone.length) log.info({ sessions: gone.length }, 'evicted idle sessions');
+      },
+    },
+  });
+
+  const actor = createActor(machine, { input: { workerId: opts.workerId, idleEvictMs: opts.idleEvictMs } });
+  actor.subscribe({ error: (err) => log.error({ err: (err as Error).message }, 'worker machine failed') });
+  actor.start();
+
+  const consumer = await opts.broker.consume(
+    workerQueue(opts.workerId),
+    VerifyBatchSchema,
+    (batch) =>
+      new Promise<void>((resolve) => {
+        waiting.set(batch.batchId, resolve);
+        actor.send({ type: 'BATCH', batch });
+      }),
+    { prefetch: 1 },
+  );
+
+  // Liveness: a status message for the scheduler and (when wired) a Redis key with a TTL.
+  const beat = setInterval(() => {
+    if (stopped || !model) return;
+    const snap = actor.getSnapshot();
+    const s = status(snap.matches('ready') ? 'ready' : 'busy', null);
+    void publishStatus(s);
+    void opts.heartbeat?.(s).catch((err: Error) => log.warn({ err: err.message }, 'heartbeat not stored'));
+    actor.send({ type: 'TICK', nowMs: clock.now() });
+  }, opts.heartbeatMs);
+  beat.unref();
+
+  return {
+    workerId: opts.workerId,
+    executor: () => executor,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      clearInterval(beat);
+      await consumer.cancel();
+      if (model) await publishStatus(status('stopping', null));
+      actor.send({ type: 'STOP' });
+      for (const resolve of waiting.values()) resolve();
+      waiting.clear();
+      if (!opts.runner) await runner?.dispose();
+    },
+  };
+}

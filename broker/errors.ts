@@ -1,0 +1,134 @@
+/**
+ * Typed errors of the broker layer. Each has a stable `code`; messages name the queue and
+ * the problem so a log line is enough to act on.
+ */
+import type { ErrorCode } from './contracts.ts';
+
+export type BrokerErrorCode =
+  | 'broker_unreachable'
+  | 'broker_closed'
+  | 'broker_unavailable'
+  | 'unroutable'
+  | 'too_large'
+  | 'publish_failed'
+  | 'consume_failed'
+  | 'rpc_timeout'
+  | 'rpc_closed'
+  | 'rpc_disconnected'
+  | 'rpc_remote'
+  | 'rpc_bad_reply';
+
+export class BrokerError extends Error {
+  readonly code: BrokerErrorCode;
+  constructor(code: BrokerErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BrokerError';
+    this.code = code;
+  }
+}
+
+/** The first connection could not be made (after the initial retries). */
+export class BrokerConnectError extends BrokerError {
+  constructor(url: string, cause: unknown) {
+    super('broker_unreachable', `broker: cannot connect to ${redactUrl(url)}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+    this.name = 'BrokerConnectError';
+  }
+}
+
+/** The client was closed; nothing more can be published or consumed. */
+export class BrokerClosedError extends BrokerError {
+  constructor(what: string) {
+    super('broker_closed', `broker: ${what}: client is closed`);
+    this.name = 'BrokerClosedError';
+  }
+}
+
+/** No connection came back within the publish timeout. */
+export class BrokerUnavailableError extends BrokerError {
+  constructor(queue: string, waitedMs: number) {
+    super('broker_unavailable', `broker: publish to ${queue}: no connection within ${waitedMs} ms`);
+    this.name = 'BrokerUnavailableError';
+  }
+}
+
+/** A mandatory publish found no queue (e.g. a device or client queue that is gone). */
+export class UnroutableError extends BrokerError {
+  readonly queue: string;
+  constructor(queue: string) {
+    super('unroutable', `broker: publish to ${queue}: no such queue (message returned unroutable)`);
+    this.name = 'UnroutableError';
+    this.queue = queue;
+  }
+}
+
+export class MessageTooLargeError extends BrokerError {
+  constructor(queue: string, bytes: number, limitBytes: number) {
+    super('too_large', `broker: publish to ${queue}: body is ${bytes} bytes, limit ${limitBytes}`);
+    this.name = 'MessageTooLargeError';
+  }
+}
+
+/** The broker nacked the message or the channel closed before its confirm arrived. */
+export class PublishError extends BrokerError {
+  constructor(queue: string, cause: unknown) {
+    super('publish_failed', `broker: publish to ${queue} not confirmed: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+    this.name = 'PublishError';
+  }
+}
+
+/** An RPC reply did not arrive in time. Created where the request starts (useful stack). */
+export class RpcTimeoutError extends BrokerError {
+  readonly queue: string;
+  readonly timeoutMs: number;
+  constructor(queue: string, timeoutMs: number) {
+    super('rpc_timeout', `rpc: request to ${queue} got no reply within ${timeoutMs} ms`);
+    this.name = 'RpcTimeoutError';
+    this.queue = queue;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** The RPC client was closed while the request was pending. */
+export class RpcClosedError extends BrokerError {
+  constructor(queue: string) {
+    super('rpc_closed', `rpc: request to ${queue} cancelled: rpc client closed`);
+    this.name = 'RpcClosedError';
+  }
+}
+
+/** The connection dropped while the request was pending; its reply can never arrive (direct reply-to). */
+export class RpcDisconnectedError extends BrokerError {
+  constructor(queue: string) {
+    super('rpc_disconnected', `rpc: request to ${queue} lost: connection dropped before the reply`);
+    this.name = 'RpcDisconnectedError';
+  }
+}
+
+/** The responder answered with a typed ErrorMessage. */
+export class RpcRemoteError extends BrokerError {
+  readonly remoteCode: ErrorCode;
+  constructor(queue: string, remoteCode: ErrorCode, remoteMessage: string) {
+    super('rpc_remote', `rpc: ${queue} answered ${remoteCode}: ${remoteMessage}`);
+    this.name = 'RpcRemoteError';
+    this.remoteCode = remoteCode;
+  }
+}
+
+/** The reply did not validate against the expected schema. */
+export class RpcBadReplyError extends BrokerError {
+  constructor(queue: string, reason: string) {
+    super('rpc_bad_reply', `rpc: reply from ${queue} refused: ${reason}`);
+    this.name = 'RpcBadReplyError';
+  }
+}
+
+/** `amqp://user:secret@host` → `amqp://user:***@host`, so URLs can go into messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * The whole RabbitMQ topology as data (DESIGN.md §2–§3). Every role declares it at start and
+ * again after each reconnect; declaring is idempotent because every queue's arguments are
+ * constants here (RabbitMQ refuses a redeclaration with different arguments: 406).
+ *
+ * Queue names are made only by the helpers below, so no queue name is written twice.
+ */
+import type { Channel } from 'amqplib';
+
+/** Dead-letter exchange: refused messages and expired ones go here. */
+export const DLX_EXCHANGE = 'wisp.dlx';
+/** Routing key and name of the durable queue that keeps dead letters for inspection. */
+export const DEAD_QUEUE = 'wisp.dead';
+/** Shared prompt queue: edge fleets compete for PromptRequests. */
+export const PROMPTS_QUEUE = 'wisp.prompts';
+/** The scheduler's inbox: SessionOpen, VerifyRequest, SessionClose, WorkerStatus. */
+export const SCHEDULER_QUEUE = 'wisp.scheduler';
+
+/** Header carrying the reason a message was dead-lettered (one line). */
+export const REASON_HEADER = 'x-wisp-reason';
+/** Header carrying the queue a dead-lettered message was consumed from. */
+export const QUEUE_HEADER = 'x-wisp-queue';
+
+/** Unused per-id queues vanish after this long (no consumer, no redeclare). */
+export const WORKER_QUEUE_EXPIRES_MS = 30 * 60_000;
+export const DEVICE_QUEUE_EXPIRES_MS = 10 * 60_000;
+export const CLIENT_QUEUE_EXPIRES_MS = 60_000;
+
+export type QueueKind = 'prompts' | 'devicePrompts' | 'scheduler' | 'worker' | 'device' | 'client' | 'dead' | 'other';
+
+/** One queue as declared: name, durability and its x-arguments. */
+export interface QueueSpec {
+  name: string;
+  kind: QueueKind;
+  durable: boolean;
+  arguments: Record<string, string | number>;
+}
+
+export interface ExchangeSpec {
+  name: string;
+  type: 'direct' | 'fanout' | 'topic';
+  durable: boolean;
+}
+
+export interface BindingSpec {
+  queue: string;
+  exchange: string;
+  routingKey: string;
+}
+
+export interface Topology {
+  exchanges: ExchangeSpec[];
+  queues: QueueSpec[];
+  bindings: BindingSpec[];
+}
+
+const ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Thrown when a per-id queue name is asked for with an id that would not be a safe queue name. */
+export class QueueNameError extends Error {
+  readonly code = 'bad_queue_id';
+  constructor(kind: string, id: string) {
+    super(`topology: ${kind} id ${JSON.stringify(id)} is not an id ([A-Za-z0-9._:-], 1-128 chars)`);
+    this.name = 'QueueNameError';
+  }
+}
+
+function checkId(kind: string, id: string): string {
+  if (!ID_PATTERN.test(id)) throw new QueueNameError(kind, id);
+  return id;
+}
+
+/** `wisp.worker.<workerId>`: VerifyBatch messages for one verifier worker. */
+export function workerQueue(workerId: string): string {
+  return `wisp.worker.${checkId('worker', workerId)}`;
+}
+
+/** `wisp.device.<deviceId>`: the device's reply queue (VerifyResult, TokenStream, Error). */
+export function deviceQueue(deviceId: string): string {
+  return `wisp.device.${checkId('device', deviceId)}`;
+}
+
+/** `wisp.prompts.<deviceId>`: prompts addressed to one device. */
+export function devicePromptQueue(deviceId: string): string {
+  return `wisp.prompts.${checkId('device', deviceId)}`;
+}
+
+/** `wisp.client.<clientId>`: a client's result queue (TokenChunk, Error). */
+export function clientQueue(clientId: string): string {
+  return `wisp.client.${checkId('client', clientId)}`;
+}
+
+/** Arguments every work queue carries, so expired or nacked messages reach `wisp.dead`. */
+const DLX_ARGS = { 'x-dead-letter-exchange': DLX_EXCHANGE, 'x-dead-letter-routing-key': DEAD_QUEUE } as const;
+
+/**
+ * The declaration for a queue name, derived from its prefix. Unknown names get a durable
+ * queue with the dead-letter arguments (kind 'other').
+ */
+export function queueSpec(name: string): QueueSpec {
+  // `wisp.dead.<x>`: a private dead-letter queue (tests, tools) bound to the DLX under its own name.
+  if (name === DEAD_QUEUE || name.startsWith(`${DEAD_QUEUE}.`)) return { name, kind: 'dead', durable: true, arguments: {} };
+  if (name === PROMPTS_QUEUE) return { name, kind: 'prompts', durable: true, arguments: { ...DLX_ARGS } };
+  if (name === SCHEDULER_QUEUE) return { name, kind: 'scheduler', durable: true, arguments: { ...DLX_ARGS } };
+  if (name.startsWith('wisp.worker.'))
+    return { name, kind: 'worker', durable: true, arguments: { ...DLX_ARGS, 'x-expires': WORKER_QUEUE_EXPIRES_MS } };
+  if (name.startsWith('wisp.device.'))
+    return { name, kind: 'device', durable: true, arguments: { ...DLX_ARGS, 'x-expires': DEVICE_QUEUE_EXPIRES_MS } };
+  if (name.startsWith('wisp.prompts.'))
+    return { name, kind: 'devicePrompts', durable: true, arguments: { ...DLX_ARGS, 'x-expires': DEVICE_QUEUE_EXPIRES_MS } };
+  // Client queues are transient: a result stream is worthless after a broker restart.
+  if (name.startsWith('wisp.client.'))
+    return { name, kind: 'client', durable: false, arguments: { ...DLX_ARGS, 'x-expires': CLIENT_QUEUE_EXPIRES_MS } };
+  return { name, kind: 'other', durable: true, arguments: { ...DLX_ARGS } };
+}
+
+/** True when messages to this queue should be persistent (it survives a broker restart). */
+export function isDurableQueue(name: string): boolean {
+  return name.startsWith('amq.') ? false : queueSpec(name).durable;
+}
+
+/** The shared part of the topology, declared by every role. */
+export const TOPOLOGY: Topology = {
+  exchanges: [{ name: DLX_EXCHANGE, type: 'direct', durable: true }],
+  queues: [queueSpec(DEAD_QUEUE), queueSpec(PROMPTS_QUEUE), queueSpec(SCHEDULER_QUEUE)],
+  bindings: [{ queue: DEAD_QUEUE, exchange: DLX_EXCHANGE, routingKey: DEAD_QUEUE }],
+};
+
+/** Declares one queue exactly as its spec says. */
+export async function declareQueue(channel: Channel, spec: QueueSpec): Promise<void> {
+  await channel.assertQueue(spec.name, { durable: spec.durable, arguments: spec.arguments });
+}
+
+/**
+ * Declares the shared topology plus any extra queues (a role's own per-id queues).
+ * Idempotent: safe to call from every process, at every (re)connect.
+ */
+export async function declareTopology(channel: Channel, extraQueues: readonly QueueSpec[] = [], topology: Topology = TOPOLOGY): Promise<void> {
+  for (const ex of topology.exchanges) await channel.assertExchange(ex.name, ex.type, { durable: ex.durable });
+  for (const q of [...topology.queues, ...extraQueues]) await declareQueue(channel, q);
+  for (const b of topology.bindings) await channel.bindQueue(b.queue, b.exchange, b.routingKey);
+}

@@ -1,0 +1,156 @@
+/**
+ * The one validated configuration of every wisp role (DESIGN.md §2): its zod schema, with
+ * messages written for people ("expected a positive integer"), and the cross-field rules.
+ * Defaults live in defaults.ts; loading (file ← env ← overrides) in load.ts.
+ */
+import { z } from 'zod';
+
+const POS_INT = 'expected a positive integer';
+const NONNEG_INT = 'expected a non-negative integer';
+const POS_NUM = 'expected a positive number';
+const NONNEG_NUM = 'expected a non-negative number';
+const UNIT = 'expected a number in [0, 1]';
+const BOOL = 'expected true or false';
+const STR = 'expected a non-empty string';
+
+const posInt = () => z.number({ error: POS_INT }).int({ error: POS_INT }).positive({ error: POS_INT }).max(Number.MAX_SAFE_INTEGER, { error: POS_INT });
+const nonNegInt = () => z.number({ error: NONNEG_INT }).int({ error: NONNEG_INT }).min(0, { error: NONNEG_INT }).max(Number.MAX_SAFE_INTEGER, { error: NONNEG_INT });
+const posNum = () => z.number({ error: POS_NUM }).positive({ error: POS_NUM }).finite({ error: POS_NUM });
+const nonNegNum = () => z.number({ error: NONNEG_NUM }).min(0, { error: NONNEG_NUM }).finite({ error: NONNEG_NUM });
+const unit = () => z.number({ error: UNIT }).min(0, { error: UNIT }).max(1, { error: UNIT });
+const bool = () => z.boolean({ error: BOOL });
+const str = () => z.string({ error: STR }).min(1, { error: STR });
+const oneOf = <const T extends readonly [string, ...string[]]>(values: T) => z.enum(values, { error: `expected one of ${values.join('|')}` });
+const url = (schemes: readonly string[]) => {
+  const error = `expected an ${schemes.join(' or ')} URL`.replace(/^expected an (?=[^aeiou])/, 'expected a ');
+  return z.string({ error }).refine((s) => schemes.some((p) => s.startsWith(p)) && canParseUrl(s), { error });
+};
+
+function canParseUrl(s: string): boolean {
+  try {
+    new URL(s);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const TlsSchema = z.strictObject({
+  enabled: bool(),
+  /** CA certificate file (PEM) to trust besides the system store. */
+  caPath: str().optional(),
+});
+export type TlsConfig = z.infer<typeof TlsSchema>;
+
+export const PowerSchema = z.strictObject({
+  drafting: nonNegNum(),
+  idle: nonNegNum(),
+  transmitting: nonNegNum(),
+});
+
+/** An emulated edge device, in real-world units (scaled by `timeScale` when emulated). */
+export const DeviceProfileSchema = z.strictObject({
+  /** Time to draft one token with this device's draft model, ms. */
+  draftMsPerToken: posNum(),
+  /** Network round trip device ↔ server, ms. */
+  rttMs: nonNegNum(),
+  /** Uniform jitter added to each one-way trip, ± ms. */
+  jitterMs: nonNegNum(),
+  /** Which draft model folder the device runs (e.g. 'draft-1'). */
+  draftModel: str(),
+  /** Power draw by activity, W (for energy per token). */
+  powerW: PowerSchema,
+});
+export type DeviceProfile = z.infer<typeof DeviceProfileSchema>;
+
+export const POLICIES = ['wisp', 'sled', 'centralized'] as const;
+export type PolicyName = (typeof POLICIES)[number];
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
+export const MODEL_PRESETS = ['tiny', 'small'] as const;
+
+export const WispConfigSchema = z
+  .strictObject({
+    amqpUrl: url(['amqp://', 'amqps://']),
+    amqpTls: TlsSchema,
+    redisUrl: url(['redis://', 'rediss://']),
+    redisTls: TlsSchema,
+    /** Prefix of every Redis key (several deployments, or tests, can share one Redis). */
+    redisKeyPrefix: z.string({ error: 'expected a string' }).max(64, { error: 'expected at most 64 characters' }),
+    logLevel: oneOf(LOG_LEVELS),
+    models: z.strictObject({
+      /** Built-in forged model pair used when modelDir is not set. */
+      preset: oneOf(MODEL_PRESETS),
+      /** Folder with target and draft-N model folders (Optimum ONNX layout); wins over preset. */
+      modelDir: str().optional(),
+      /** onnxruntime intra-op threads per session. */
+      threads: posInt(),
+    }),
+    /** Multiplies every emulated device time (drafting, network); 0 = no emulated delays. */
+    timeScale: nonNegNum(),
+    /** Profile an edge device process emulates (a key of `devices`). */
+    deviceProfile: str(),
+    devices: z.record(z.string(), DeviceProfileSchema),
+    /** Default SLO of a prompt that brings none. */
+    slo: z.strictObject({ ttftMs: posNum(), tpotMs: posNum() }),
+    scheduler: z.strictObject({
+      policy: oneOf(POLICIES),
+      /** SLED: dispatch when this many requests wait; all policies: most members per batch. */
+      bMax: posInt(),
+      /** SLED: dispatch when the oldest request waited this long, ms. */
+      waitMs: nonNegNum(),
+      /** Cap on tokens fed in one batch (sum of n_i). */
+      maxBatchTokens: posInt(),
+      /** No request waits longer than this before it is served regardless of density, ms. */
+      ageBoundMs: posNum(),
+      /** WISP: may verify fewer draft tokens than sent when that keeps deadlines. */
+      truncation: bool(),
+      /** Device drafts the next round while the current one is being verified. */
+      pipelinedDrafting: bool(),
+    }),
+    controller: z.strictObject({
+      /** Most draft tokens per round. */
+      kMax: posInt(),
+      /** Stop drafting when the predicted acceptance of the next token falls below this. */
+      threshold: unit(),
+    }),
+    worker: z.strictObject({
+      /** Stable id of this verifier worker (names its queue); unset: the role makes one. */
+      id: str().optional(),
+      /** Drop a session's KV cache after this long without a request, ms. */
+      idleEvictMs: posNum(),
+      heartbeatMs: posNum(),
+      /** A worker whose heartbeat is older than this is considered lost, ms. */
+      heartbeatTtlMs: posNum(),
+    }),
+    edge: z.strictObject({
+      /** Stable id of this edge device (names its queues); unset: the role makes one. */
+      deviceId: str().optional(),
+      /** Resend a verification that got no result in this long, ms. */
+      verifyTimeoutMs: posNum(),
+      maxRetries: nonNegInt(),
+    }),
+    /** Redis keys of an untouched session expire after this long, ms. */
+    sessionTtlMs: posInt(),
+  })
+  .superRefine((c, ctx) => {
+    if (c.worker.heartbeatTtlMs <= c.worker.heartbeatMs)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['worker', 'heartbeatTtlMs'],
+        message: `must exceed worker.heartbeatMs (${c.worker.heartbeatMs})`,
+        input: c.worker.heartbeatTtlMs,
+      });
+    if (!Object.hasOwn(c.devices, c.deviceProfile))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['deviceProfile'],
+        message: `unknown device profile (known: ${Object.keys(c.devices).sort().join(', ')})`,
+        input: c.deviceProfile,
+      });
+    if (c.amqpTls.enabled && !c.amqpUrl.startsWith('amqps://'))
+      ctx.addIssue({ code: 'custom', path: ['amqpUrl'], message: 'amqpTls.enabled needs an amqps:// URL', input: c.amqpUrl });
+    if (c.redisTls.enabled && !c.redisUrl.startsWith('rediss://'))
+      ctx.addIssue({ code: 'custom', path: ['redisUrl'], message: 'redisTls.enabled needs a rediss:// URL', input: c.redisUrl });
+  });
+
+export type WispConfig = z.infer<typeof WispConfigSchema>;

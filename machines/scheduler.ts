@@ -1,0 +1,451 @@
+/**
+ * Scheduler: pending server work per worker, session→worker affinity, and batch dispatch.
+ *
+ * One state (`running`); every event folds into the context through pure reducers, then
+ * `pump` asks the configured batch policy (policies/, pure) what each ready worker should
+ * run now. Sending batches, refusing requests, persisting estimator statistics and setting
+ * the wake-up timer are provided actions: the live actor and the simulator supply their own.
+ * Times are the `atMs` stamps on events (the scheduler's clock).
+ */
+import { enqueueActions, setup } from 'xstate';
+import type { ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../broker/contracts.ts';
+import { PROTOCOL_VERSION } from '../broker/contracts.ts';
+import type { PendingRequest } from '../policies/types.ts';
+import {
+  createEstimatorState,
+  observeBatch,
+  selectBatch,
+  type EstimatorState,
+  type PolicyName,
+} from '../policies/index.ts';
+import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
+
+export interface SchedulerSettings {
+  policy: PolicyName;
+  bMax: number;
+  waitMs: number;
+  maxBatchTokens: number;
+  ageBoundMs: number;
+  truncation: boolean;
+  defaultSlo: Slo;
+  /** Return half of the device round trip when the device did not say, ms. */
+  defaultReturnLatencyMs: number;
+}
+
+export interface WorkerEntry {
+  workerId: string;
+  incarnation: string;
+  model: string;
+  vocabSize: number;
+  maxPositions: number;
+  ready: boolean;
+  /** Batch in flight, if any: its id and the sessions it opened (for their first-token time). */
+  inflight: { batchId: string; opened: string[] } | null;
+  sessions: number;
+  kvBytes: number;
+  lastSeenMs: number;
+  estimator: EstimatorState;
+}
+
+export interface SessionEntry {
+  sessionId: string;
+  deviceId: string;
+  workerId: string;
+  slo: Slo;
+  promptLength: number;
+  /** Scheduler time of the first target token (prefill batch done); null before. */
+  firstTokenAtMs: number | null;
+  returnLatencyMs: number;
+  replyTo: string;
+}
+
+export interface PendingEntry {
+  request: PendingRequest;
+  message: SessionOpen | VerifyRequest;
+}
+
+export interface SchedulerContext {
+  settings: SchedulerSettings;
+  workers: Record<string, WorkerEntry>;
+  sessions: Record<string, SessionEntry>;
+  pending: Record<string, PendingEntry[]>;
+  /** Opens that arrived before any worker could take them. */
+  unplaced: { message: SessionOpen; atMs: number }[];
+  evictions: Record<string, string[]>;
+  batchSeq: number;
+  wakeAtMs: number | null;
+  stats: { dispatched: number; batches: number; refused: number };
+}
+
+export type SchedulerEvent =
+  | { type: 'OPEN'; message: SessionOpen; atMs: number }
+  | { type: 'VERIFY'; message: VerifyRequest; atMs: number }
+  | { type: 'CLOSE'; message: SessionClose; atMs: number }
+  | { type: 'WORKER_STATUS'; message: WorkerStatus; atMs: number }
+  | { type: 'WORKER_LOST'; workerId: string; atMs: number }
+  | { type: 'WAKE'; atMs: number }
+  | { type: 'RESTORE_ESTIMATOR'; workerId: string; estimator: EstimatorState };
+
+export interface RefusalParams {
+  replyTo: string;
+  code: ErrorCode;
+  message: string;
+  sessionId: string;
+  round?: number;
+}
+
+const notProvided = (name: string) => () => {
+  throw new Error(`Scheduler: ${name} was not provided by the adapter`);
+};
+
+type Effect =
+  | { kind: 'dispatch'; batch: VerifyBatch }
+  | { kind: 'refuse'; params: RefusalParams }
+  | { kind: 'persist'; workerId: string; model: string; estimator: EstimatorState }
+  | { kind: 'wake'; atMs: number };
+
+/** Picks the live worker serving `model` (any model when unset) with the fewest sessions. */
+export function placeSession(workers: Record<string, WorkerEntry>, model: string | undefined): WorkerEntry | null {
+  let best: WorkerEntry | null = null;
+  for (const w of Object.values(workers)) {
+    if (model !== undefined && w.model !== model) continue;
+    if (!best || w.sessions < best.sessions) best = w;
+  }
+  return best;
+}
+
+function pendingFor(ctx: SchedulerContext, workerId: string): PendingEntry[] {
+  return ctx.pending[workerId] ?? [];
+}
+
+function addPending(ctx: SchedulerContext, workerId: string, entry: PendingEntry): void {
+  // Replace an older copy of the same round (a device retry) instead of queueing it twice.
+  const list = pendingFor(ctx, workerId).filter((p) => p.request.requestId !== entry.request.requestId);
+  list.push(entry);
+  ctx.pending[workerId] = list;
+}
+
+function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntry {
+  return {
+    message: m,
+    request: {
+      requestId: `${m.sessionId}:0`,
+      sessionId: m.sessionId,
+      kind: 'prefill',
+      round: 0,
+      n: m.promptTokens.length,
+      contextLength: 0,
+      predictedAcceptance: [],
+      arrivalMs: atMs,
+      deadlineMs: prefillDeadlineMs(atMs, s.slo.ttftMs, s.returnLatencyMs),
+    },
+  };
+}
+
+/** Places an open on a worker (or parks it), returning effects for refusals. */
+function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects: Effect[]): void {
+  const workers = Object.values(ctx.workers);
+  if (workers.length === 0) {
+    ctx.unplaced.push({ message: m, atMs });
+    return;
+  }
+  const w = placeSession(ctx.workers, m.targetModel);
+  if (!w) {
+    const served = [...new Set(workers.map((x) => x.model))].join(', ');
+    effects.push({
+      kind: 'refuse',
+      params: { replyTo: m.replyTo, code: 'unknown_model', message: `no worker serves model "${m.targetModel}" (served: ${served})`, sessionId: m.sessionId, round: 0 },
+    });
+    return;
+  }
+  if (m.promptTokens.length >= w.maxPositions) {
+    effects.push({
+      kind: 'refuse',
+      params: {
+        replyTo: m.replyTo,
+        code: 'prompt_too_long',
+        message: `prompt of ${m.promptTokens.length} tokens does not fit the ${w.maxPositions}-token context of model "${w.model}"`,
+        sessionId: m.sessionId,
+        round: 0,
+      },
+    });
+    return;
+  }
+  const existing = ctx.sessions[m.sessionId];
+  const s: SessionEntry = existing ?? {
+    sessionId: m.sessionId,
+    deviceId: m.deviceId,
+    workerId: w.workerId,
+    slo: m.slo,
+    promptLength: m.promptTokens.length,
+    firstTokenAtMs: null,
+    returnLatencyMs: m.rttMs !== undefined ? m.rttMs / 2 : ctx.settings.defaultReturnLatencyMs,
+    replyTo: m.replyTo,
+  };
+  if (!existing) {
+    ctx.sessions[m.sessionId] = s;
+    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
+  }
+  addPending(ctx, s.workerId, openRequest(s, m, atMs));
+}
+
+function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number): void {
+  let s = ctx.sessions[m.sessionId];
+  if (!s) {
+    // Unknown here (e.g. this scheduler restarted): adopt it; the worker rebuilds its cache
+    // from the committed history in Redis, or refuses it as unknown.
+    const w = placeSession(ctx.workers, undefined);
+    if (!w) return; // no worker yet: the device retries after its timeout
+    s = {
+      sessionId: m.sessionId,
+      deviceId: m.deviceId,
+      workerId: w.workerId,
+      slo: ctx.settings.defaultSlo,
+      promptLength: m.committedLength - 1,
+      firstTokenAtMs: atMs,
+      returnLatencyMs: ctx.settings.defaultReturnLatencyMs,
+      replyTo: m.replyTo,
+    };
+    ctx.sessions[m.sessionId] = s;
+    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
+  }
+  // Tokens committed after the first one: the next result must arrive by t0 + τ·(that + 1).
+  const afterFirst = Math.max(0, m.committedLength - s.promptLength - 1);
+  const t0 = s.firstTokenAtMs ?? atMs;
+  addPending(ctx, s.workerId, {
+    message: m,
+    request: {
+      requestId: `${m.sessionId}:${m.round}`,
+      sessionId: m.sessionId,
+      kind: 'verify',
+      round: m.round,
+      n: m.draftTokens.length + 1,
+      contextLength: m.committedLength - 1,
+      predictedAcceptance: m.predictedAcceptance,
+      arrivalMs: atMs,
+      deadlineMs: roundDeadlineMs(t0, s.slo.tpotMs, afterFirst, s.returnLatencyMs),
+    },
+  });
+}
+
+/** Asks the policy, for every ready worker, what to run now; returns dispatch and wake effects. */
+export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): void {
+  let wakeAtMs: number | null = null;
+  for (const w of Object.values(ctx.workers)) {
+    const entries = pendingFor(ctx, w.workerId);
+    if (!w.ready || entries.length === 0) continue;
+    const decision = selectBatch(
+      ctx.settings.policy,
+      {
+        pending: entries.map((e) => e.request),
+        estimator: w.estimator,
+        bMax: ctx.settings.bMax,
+        waitMs: ctx.settings.waitMs,
+        maxBatchTokens: ctx.settings.maxBatchTokens,
+        ageBoundMs: ctx.settings.ageBoundMs,
+        truncation: ctx.settings.truncation,
+      },
+      nowMs,
+    );
+    if (decision.members.length === 0) {
+      if (decision.wakeAtMs !== null) wakeAtMs = wakeAtMs === null ? decision.wakeAtMs : Math.min(wakeAtMs, decision.wakeAtMs);
+      continue;
+    }
+    const byId = new Map(entries.map((e) => [e.request.requestId, e]));
+    const chosen = new Set(decision.members.map((m) => m.requestId));
+    const batchId = `${w.workerId}.${ctx.batchSeq++}`;
+    const items = decision.members.map((m) => {
+      const e = byId.get(m.requestId)!;
+      return { request: e.message, verifyTokens: e.message.type === 'verify' ? Math.min(m.verifyTokens, e.message.draftTokens.length) : 0, arrivedAtMs: e.request.arrivalMs };
+    });
+    const batch: VerifyBatch = {
+      v: PROTOCOL_VERSION,
+      type: 'batch',
+      batchId,
+      workerId: w.workerId,
+      items,
+      predictedMs: decision.predictedMs,
+      dispatchedAtMs: nowMs,
+      evict: ctx.evictions[w.workerId] ?? [],
+    };
+    ctx.evictions[w.workerId] = [];
+    ctx.pending[w.workerId] = entries.filter((e) => !chosen.has(e.request.requestId));
+    ctx.workers[w.workerId] = {
+      ...w,
+      ready: false,
+      inflight: { batchId, opened: items.filter((i) => i.request.type === 'open').map((i) => i.request.sessionId) },
+    };
+    ctx.stats = { ...ctx.stats, dispatched: ctx.stats.dispatched + items.length, batches: ctx.stats.batches + 1 };
+    effects.push({ kind: 'dispatch', batch });
+  }
+  if (wakeAtMs !== null && wakeAtMs !== ctx.wakeAtMs) effects.push({ kind: 'wake', atMs: wakeAtMs });
+  ctx.wakeAtMs = wakeAtMs;
+}
+
+function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number, effects: Effect[]): void {
+  const prev = ctx.workers[m.workerId];
+  let estimator = prev?.estimator ?? createEstimatorState();
+  if (m.lastBatch && m.lastBatch.shapes.length > 0) {
+    estimator = observeBatch(estimator, m.lastBatch.shapes, m.lastBatch.actualMs);
+    effects.push({ kind: 'persist', workerId: m.workerId, model: m.model, estimator });
+  }
+  const restarted = prev !== undefined && prev.incarnation !== m.incarnation;
+  const finished = prev?.inflight && (restarted || m.doneBatchId === prev.inflight.batchId) ? prev.inflight : null;
+  if (finished) {
+    for (const sid of finished.opened) {
+      const s = ctx.sessions[sid];
+      if (s && s.firstTokenAtMs === null) ctx.sessions[sid] = { ...s, firstTokenAtMs: atMs };
+    }
+  }
+  const ready = m.state === 'ready' && (!prev?.inflight || finished !== null);
+  ctx.workers[m.workerId] = {
+    workerId: m.workerId,
+    incarnation: m.incarnation,
+    model: m.model,
+    vocabSize: m.vocabSize,
+    maxPositions: m.maxPositions,
+    ready,
+    inflight: ready ? null : (prev?.inflight ?? null),
+    sessions: prev?.sessions ?? m.sessions,
+    kvBytes: m.kvBytes,
+    lastSeenMs: atMs,
+    estimator,
+  };
+  if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);
+  if (!prev && ctx.unplaced.length > 0) {
+    const parked = ctx.unplaced;
+    ctx.unplaced = [];
+    for (const p of parked) acceptOpen(ctx, p.message, p.atMs, effects);
+  }
+}
+
+/** Moves a lost worker's sessions and pending work to the remaining workers. */
+function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): void {
+  const lost = ctx.workers[workerId];
+  if (!lost) return;
+  delete ctx.workers[workerId];
+  const orphaned = pendingFor(ctx, workerId);
+  delete ctx.pending[workerId];
+  delete ctx.evictions[workerId];
+  for (const s of Object.values(ctx.sessions)) {
+    if (s.workerId !== workerId) continue;
+    const w = placeSession(ctx.workers, lost.model);
+    if (!w) {
+      delete ctx.sessions[s.sessionId];
+      continue;
+    }
+    ctx.sessions[s.sessionId] = { ...s, workerId: w.workerId };
+    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
+  }
+  for (const e of orphaned) {
+    const s = ctx.sessions[e.message.sessionId];
+    if (s) addPending(ctx, s.workerId, { ...e, request: { ...e.request, arrivalMs: Math.min(e.request.arrivalMs, atMs) } });
+  }
+}
+
+function applyClose(ctx: SchedulerContext, m: SessionClose): void {
+  const s = ctx.sessions[m.sessionId];
+  if (!s || s.deviceId !== m.deviceId) return;
+  delete ctx.sessions[m.sessionId];
+  const w = ctx.workers[s.workerId];
+  if (w) ctx.workers[s.workerId] = { ...w, sessions: Math.max(0, w.sessions - 1) };
+  ctx.pending[s.workerId] = pendingFor(ctx, s.workerId).filter((p) => p.message.sessionId !== m.sessionId);
+  ctx.evictions[s.workerId] = [...(ctx.evictions[s.workerId] ?? []), m.sessionId];
+}
+
+/** Copies what reducers mutate, so a snapshot's context is never changed in place. */
+function draft(ctx: SchedulerContext): SchedulerContext {
+  return {
+    ...ctx,
+    workers: { ...ctx.workers },
+    sessions: { ...ctx.sessions },
+    pending: { ...ctx.pending },
+    unplaced: [...ctx.unplaced],
+    evictions: { ...ctx.evictions },
+  };
+}
+
+/** The whole transition function: event → (new context, effects). Pure. */
+export function reduceScheduler(prev: SchedulerContext, event: SchedulerEvent): { context: SchedulerContext; effects: Effect[] } {
+  const ctx = draft(prev);
+  const effects: Effect[] = [];
+  switch (event.type) {
+    case 'OPEN':
+      acceptOpen(ctx, event.message, event.atMs, effects);
+      break;
+    case 'VERIFY':
+      acceptVerify(ctx, event.message, event.atMs);
+      break;
+    case 'CLOSE':
+      applyClose(ctx, event.message);
+      break;
+    case 'WORKER_STATUS':
+      applyWorkerStatus(ctx, event.message, event.atMs, effects);
+      break;
+    case 'WORKER_LOST':
+      forgetWorker(ctx, event.workerId, event.atMs);
+      break;
+    case 'WAKE':
+      ctx.wakeAtMs = null;
+      break;
+    case 'RESTORE_ESTIMATOR': {
+      const w = ctx.workers[event.workerId];
+      if (w) ctx.workers[event.workerId] = { ...w, estimator: event.estimator };
+      return { context: ctx, effects };
+    }
+  }
+  ctx.stats = { ...ctx.stats, refused: ctx.stats.refused + effects.filter((e) => e.kind === 'refuse').length };
+  pump(ctx, event.atMs, effects);
+  return { context: ctx, effects };
+}
+
+export function initialSchedulerContext(settings: SchedulerSettings): SchedulerContext {
+  return {
+    settings,
+    workers: {},
+    sessions: {},
+    pending: {},
+    unplaced: [],
+    evictions: {},
+    batchSeq: 0,
+    wakeAtMs: null,
+    stats: { dispatched: 0, batches: 0, refused: 0 },
+  };
+}
+
+export const schedulerMachine = setup({
+  types: {
+    context: {} as SchedulerContext,
+    events: {} as SchedulerEvent,
+    input: {} as SchedulerSettings,
+  },
+  actions: {
+    dispatchBatch: notProvided('dispatchBatch') as (args: unknown, params: { batch: VerifyBatch }) => void,
+    refuseRequest: notProvided('refuseRequest') as (args: unknown, params: RefusalParams) => void,
+    persistEstimator: notProvided('persistEstimator') as (args: unknown, params: { workerId: string; model: string; estimator: EstimatorState }) => void,
+    /** Arrange a WAKE event at `atMs` (replacing any earlier wake-up). */
+    scheduleWake: notProvided('scheduleWake') as (args: unknown, params: { atMs: number }) => void,
+  },
+}).createMachine({
+  id: 'scheduler',
+  context: ({ input }) => initialSchedulerContext(input),
+  initial: 'running',
+  states: {
+    running: {
+      on: {
+        '*': {
+          actions: enqueueActions(({ context, event, enqueue }) => {
+            const { context: next, effects } = reduceScheduler(context, event);
+            enqueue.assign(() => next);
+            for (const e of effects) {
+              if (e.kind === 'dispatch') enqueue({ type: 'dispatchBatch', params: { batch: e.batch } });
+              else if (e.kind === 'refuse') enqueue({ type: 'refuseRequest', params: e.params });
+              else if (e.kind === 'persist') enqueue({ type: 'persistEstimator', params: { workerId: e.workerId, model: e.model, estimator: e.estimator } });
+              else enqueue({ type: 'scheduleWake', params: { atMs: e.atMs } });
+            }
+          }),
+        },
+      },
+    },
+  },
+});

@@ -1,0 +1,162 @@
+/**
+ * VerifierWorker: one target model and its sessions' KV caches.
+ *
+ *   starting ─(model loaded)─▶ ready ─(BATCH)─▶ executing ─(done)─▶ ready …   STOP ─▶ stopped
+ *
+ * Batches that arrive while one executes wait in order (the broker's prefetch normally keeps
+ * that to none). Loading the model and executing a batch (prefill, verify, close, evict) are
+ * provided promise actors; reporting is a provided action. Idle sessions are evicted on TICK.
+ */
+import { assign, fromPromise, setup } from 'xstate';
+import type { VerifyBatch } from '../broker/contracts.ts';
+
+export interface WorkerModelSummary {
+  model: string;
+  vocabSize: number;
+  maxPositions: number;
+}
+
+export interface BatchReport {
+  batchId: string;
+  shapes: { n: number; L: number }[];
+  actualMs: number;
+  predictedMs: number;
+  sessions: number;
+  kvBytes: number;
+  /** Centralized sessions still decoding on this worker (continuous batching keeps stepping). */
+  decodeActive: number;
+}
+
+export interface VerifierWorkerInput {
+  workerId: string;
+  idleEvictMs: number;
+}
+
+export interface VerifierWorkerContext extends VerifierWorkerInput {
+  model: WorkerModelSummary | null;
+  queue: VerifyBatch[];
+  current: VerifyBatch | null;
+  batchesDone: number;
+  decodeActive: number;
+  lastError: string | null;
+}
+
+export type VerifierWorkerEvent =
+  | { type: 'BATCH'; batch: VerifyBatch }
+  | { type: 'TICK'; nowMs: number }
+  | { type: 'STOP' };
+
+const notProvided = (name: string) => () => {
+  throw new Error(`VerifierWorker: ${name} was not provided by the adapter`);
+};
+
+export const verifierWorkerMachine = setup({
+  types: {
+    context: {} as VerifierWorkerContext,
+    events: {} as VerifierWorkerEvent,
+    input: {} as VerifierWorkerInput,
+  },
+  actors: {
+    loadModel: fromPromise<WorkerModelSummary, { workerId: string }>(async () => {
+      throw new Error('VerifierWorker: loadModel was not provided');
+    }),
+    executeBatch: fromPromise<BatchReport, { batch: VerifyBatch }>(async () => {
+      throw new Error('VerifierWorker: executeBatch was not provided');
+    }),
+    /** One continuous-batching step: every active centralized session decodes one token. */
+    decodeStep: fromPromise<BatchReport, { workerId: string }>(async () => {
+      throw new Error('VerifierWorker: decodeStep was not provided');
+    }),
+  },
+  actions: {
+    /** Tells the scheduler this worker is ready, with the last batch's cost when there is one. */
+    reportReady: notProvided('reportReady') as (args: unknown, params: { model: WorkerModelSummary; report: BatchReport | null }) => void,
+    /** A batch failed as a whole (a bug or a broken model); its members get typed errors. */
+    reportBatchFailed: notProvided('reportBatchFailed') as (args: unknown, params: { batch: VerifyBatch; message: string }) => void,
+    evictIdle: notProvided('evictIdle') as (args: unknown, params: { nowMs: number; idleEvictMs: number }) => void,
+    enqueue: assign({
+      queue: ({ context, event }) => (event.type === 'BATCH' ? [...context.queue, event.batch] : context.queue),
+    }),
+  },
+  guards: {
+    hasQueued: ({ context }) => context.queue.length > 0,
+    decoding: ({ context }) => context.decodeActive > 0,
+  },
+}).createMachine({
+  id: 'verifierWorker',
+  context: ({ input }) => ({ ...input, model: null, queue: [], current: null, batchesDone: 0, decodeActive: 0, lastError: null }),
+  initial: 'starting',
+  on: {
+    STOP: { target: '.stopped' },
+  },
+  states: {
+    starting: {
+      on: { BATCH: { actions: 'enqueue' } },
+      invoke: {
+        src: 'loadModel',
+        input: ({ context }) => ({ workerId: context.workerId }),
+        onDone: {
+          target: 'ready',
+          actions: [
+            assign({ model: ({ event }) => event.output }),
+            { type: 'reportReady', params: ({ event }) => ({ model: event.output, report: null }) },
+          ],
+        },
+        onError: {
+          target: 'failed',
+          actions: assign({ lastError: ({ event }) => String((event.error as Error)?.message ?? event.error) }),
+        },
+      },
+    },
+    ready: {
+      // Queued batches first (new sessions and verifications), then a decode step if any is active.
+      always: [
+        { guard: 'hasQueued', target: 'executing' },
+        { guard: 'decoding', target: 'stepping' },
+      ],
+      on: {
+        BATCH: { target: 'executing', actions: 'enqueue' },
+        TICK: {
+          actions: { type: 'evictIdle', params: ({ context, event }) => ({ nowMs: event.nowMs, idleEvictMs: context.idleEvictMs }) },
+        },
+      },
+    },
+    executing: {
+      entry: assign({ current: ({ context }) => context.queue[0] ?? null, queue: ({ context }) => context.queue.slice(1) }),
+      on: { BATCH: { actions: 'enqueue' } },
+      invoke: {
+        src: 'executeBatch',
+        input: ({ context }) => ({ batch: context.current! }),
+        onDone: {
+          target: 'ready',
+          actions: [
+            assign({ batchesDone: ({ context }) => context.batchesDone + 1, current: null, decodeActive: ({ event }) => event.output.decodeActive }),
+            { type: 'reportReady', params: ({ context, event }) => ({ model: context.model!, report: event.output }) },
+          ],
+        },
+        onError: {
+          target: 'ready',
+          actions: [
+            { type: 'reportBatchFailed', params: ({ context, event }) => ({ batch: context.current!, message: String((event.error as Error)?.message ?? event.error) }) },
+            assign({ current: null, lastError: ({ event }) => String((event.error as Error)?.message ?? event.error) }),
+            { type: 'reportReady', params: ({ context }) => ({ model: context.model!, report: null }) },
+          ],
+        },
+      },
+    },
+    stepping: {
+      on: { BATCH: { actions: 'enqueue' } },
+      invoke: {
+        src: 'decodeStep',
+        input: ({ context }) => ({ workerId: context.workerId }),
+        onDone: { target: 'ready', actions: assign({ decodeActive: ({ event }) => event.output.decodeActive }) },
+        onError: {
+          target: 'ready',
+          actions: assign({ decodeActive: 0, lastError: ({ event }) => String((event.error as Error)?.message ?? event.error) }),
+        },
+      },
+    },
+    failed: { type: 'final' },
+    stopped: { type: 'final' },
+  },
+});

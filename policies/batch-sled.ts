@@ -1,0 +1,37 @@
+/**
+ * SLED's batch policy (baseline, DESIGN §5): FIFO static batching. A batch goes out when B_max
+ * requests of a kind are pending or the oldest of them has waited W ms; until then the worker
+ * idles and the caller is asked to wake at the oldest's arrival + W. No deadlines, no
+ * estimator: that is the interference WISP removes. Drafts are always verified in full.
+ */
+import { BatchDraft, byArrival, checkBatchState, draftCount, idleDecision, type BatchPolicyState, type RequestKind } from './batch-common.ts';
+import type { BatchDecision, PendingRequest } from './types.ts';
+
+/** SLED: dispatch the oldest requests (up to bMax and the token cap) once a batch is due. */
+export function selectBatchSled(state: BatchPolicyState, nowMs: number): BatchDecision {
+  checkBatchState(state);
+  if (state.pending.length === 0) return idleDecision();
+  const groups = new Map<RequestKind, PendingRequest[]>();
+  for (const r of [...state.pending].sort(byArrival)) {
+    const g = groups.get(r.kind);
+    if (g) g.push(r);
+    else groups.set(r.kind, [r]);
+  }
+  // Among kinds whose batch is due, the one holding the oldest request goes first.
+  let due: PendingRequest[] | null = null;
+  let wakeAtMs = Infinity;
+  for (const g of groups.values()) {
+    const oldest = g[0];
+    const isDue = g.length >= state.bMax || nowMs - oldest.arrivalMs >= state.waitMs;
+    if (isDue && (due === null || byArrival(oldest, due[0]) < 0)) due = g;
+    if (!isDue) wakeAtMs = Math.min(wakeAtMs, oldest.arrivalMs + state.waitMs);
+  }
+  if (due === null) return idleDecision(wakeAtMs);
+  const batch = new BatchDraft(state, due[0].kind);
+  for (const r of due) {
+    // Strict FIFO: the first request that does not fit closes the batch.
+    if (!batch.withinCaps(r, draftCount(r))) break;
+    batch.add(r, draftCount(r));
+  }
+  return batch.decision();
+}

@@ -1,0 +1,29 @@
+/**
+ * Batch policy dispatcher: the scheduler machine (live and simulated) calls `selectBatch` with
+ * the configured policy name whenever a worker can take a batch or a wake-up timer fires.
+ */
+import type { BatchPolicyState } from './batch-common.ts';
+import { selectBatchCentralized } from './batch-centralized.ts';
+import { selectBatchSled } from './batch-sled.ts';
+import { selectBatchWisp } from './batch-wisp.ts';
+import { PolicyConfigError } from './errors.ts';
+import type { BatchDecision, PolicyName } from './types.ts';
+
+export const POLICY_NAMES: readonly PolicyName[] = ['wisp', 'sled', 'centralized'];
+
+/**
+ * What `policy` would dispatch now on one worker.
+ * @throws PolicyConfigError for an unknown policy name or out-of-range knobs
+ */
+export function selectBatch(policy: PolicyName, state: BatchPolicyState, nowMs: number): BatchDecision {
+  switch (policy) {
+    case 'wisp':
+      return selectBatchWisp(state, nowMs);
+    case 'sled':
+      return selectBatchSled(state, nowMs);
+    case 'centralized':
+      return selectBatchCentralized(state, nowMs);
+    default:
+      throw new PolicyConfigError(`unknown batch policy "${String(policy)}" (known: ${POLICY_NAMES.join(', ')})`);
+  }
+}

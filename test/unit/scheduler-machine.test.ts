@@ -1,0 +1,191 @@
+import { expect } from 'chai';
+import { createActor } from 'xstate';
+import { PROTOCOL_VERSION, type SessionOpen, type VerifyBatch, type VerifyRequest, type WorkerStatus } from '../../broker/contracts.ts';
+import { initialSchedulerContext, reduceScheduler, schedulerMachine, type SchedulerSettings } from '../../machines/scheduler.ts';
+
+const settings = (policy: SchedulerSettings['policy']): SchedulerSettings => ({
+  policy,
+  bMax: 4,
+  waitMs: 10,
+  maxBatchTokens: 512,
+  ageBoundMs: 1_000,
+  truncation: false,
+  defaultSlo: { ttftMs: 1_000, tpotMs: 100 },
+  defaultReturnLatencyMs: 0,
+});
+
+const worker = (workerId: string, extra: Partial<WorkerStatus> = {}): WorkerStatus => ({
+  v: PROTOCOL_VERSION,
+  type: 'worker',
+  workerId,
+  model: 'm',
+  vocabSize: 100,
+  maxPositions: 64,
+  state: 'ready',
+  sessions: 0,
+  kvBytes: 0,
+  incarnation: 'i1',
+  sentAtMs: 0,
+  ...extra,
+});
+
+const open = (sessionId: string, deviceId = 'd1', promptTokens = [1, 2, 3]): SessionOpen => ({
+  v: PROTOCOL_VERSION,
+  type: 'open',
+  sessionId,
+  deviceId,
+  requestId: `r-${sessionId}`,
+  draftModel: 'draft-1',
+  mode: 'speculative',
+  promptTokens,
+  maxNewTokens: 8,
+  slo: { ttftMs: 1_000, tpotMs: 100 },
+  sampling: { temperature: 0, topP: 1, seed: 0 },
+  replyTo: `wisp.device.${deviceId}`,
+  sentAtMs: 0,
+});
+
+const verify = (sessionId: string, round: number, deviceId = 'd1'): VerifyRequest => ({
+  v: PROTOCOL_VERSION,
+  type: 'verify',
+  sessionId,
+  deviceId,
+  round,
+  committedLength: 4,
+  draftTokens: [5, 6],
+  predictedAcceptance: [0.9, 0.8],
+  replyTo: `wisp.device.${deviceId}`,
+  sentAtMs: 0,
+});
+
+/** Runs the machine with recording actions. */
+function harness(policy: SchedulerSettings['policy']) {
+  const batches: VerifyBatch[] = [];
+  const refusals: { code: string; sessionId: string }[] = [];
+  const wakes: number[] = [];
+  const actor = createActor(
+    schedulerMachine.provide({
+      actions: {
+        dispatchBatch: (_, p) => void batches.push(p.batch),
+        refuseRequest: (_, p) => void refusals.push({ code: p.code, sessionId: p.sessionId }),
+        persistEstimator: () => {},
+        scheduleWake: (_, p) => void wakes.push(p.atMs),
+      },
+    }),
+    { input: settings(policy) },
+  );
+  actor.subscribe({ error: (e) => { throw e; } });
+  actor.start();
+  return { actor, batches, refusals, wakes };
+}
+
+describe('Scheduler machine (no broker)', () => {
+  it('parks opens until a worker appears, then dispatches them', () => {
+    const h = harness('centralized');
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 0 });
+    expect(h.batches).to.have.length(0);
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 1 });
+    expect(h.batches).to.have.length(1);
+    expect(h.batches[0].workerId).to.equal('w1');
+    expect(h.batches[0].items[0].request.sessionId).to.equal('s1');
+  });
+
+  it('places sessions on the least loaded worker and keeps affinity for their rounds', () => {
+    const h = harness('centralized');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w2'), atMs: 0 });
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 1 });
+    h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 1 });
+    const placed = h.batches.map((b) => [b.items[0].request.sessionId, b.workerId]);
+    expect(new Set(placed.map((p) => p[1])).size).to.equal(2);
+    const w1 = placed.find((p) => p[0] === 's1')![1];
+    // The worker of s1 finishes its batch; s1's round 1 goes to the same worker.
+    const b1 = h.batches.find((b) => b.workerId === w1)!;
+    h.actor.send({ type: 'WORKER_STATUS', message: worker(w1, { doneBatchId: b1.batchId }), atMs: 5 });
+    h.actor.send({ type: 'VERIFY', message: verify('s1', 1), atMs: 6 });
+    expect(h.batches[h.batches.length - 1].workerId).to.equal(w1);
+    expect(h.batches[h.batches.length - 1].items[0].verifyTokens).to.equal(2);
+  });
+
+  it('does not dispatch to a busy worker; dispatches when its batch is reported done', () => {
+    const h = harness('centralized');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 1 });
+    h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 2 });
+    expect(h.batches).to.have.length(1);
+    // A heartbeat is not a completion.
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 3 });
+    expect(h.batches).to.have.length(1);
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1', { doneBatchId: h.batches[0].batchId }), atMs: 4 });
+    expect(h.batches).to.have.length(2);
+    expect(h.batches[1].items[0].request.sessionId).to.equal('s2');
+  });
+
+  it('a restarted worker (new incarnation) is ready again though its batch never finished', () => {
+    const h = harness('centralized');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 1 });
+    h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 2 });
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1', { incarnation: 'i2' }), atMs: 3 });
+    expect(h.batches).to.have.length(2);
+  });
+
+  it('SLED waits for bMax or waitMs and asks to be woken', () => {
+    const h = harness('sled');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 100 });
+    expect(h.batches).to.have.length(0);
+    expect(h.wakes).to.deep.equal([110]);
+    h.actor.send({ type: 'WAKE', atMs: 110 });
+    expect(h.batches).to.have.length(1);
+  });
+
+  it('a retried round replaces the queued copy instead of queueing twice', () => {
+    const h = harness('sled');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'VERIFY', message: verify('s9', 3), atMs: 1 });
+    h.actor.send({ type: 'VERIFY', message: verify('s9', 3), atMs: 2 });
+    const pending = h.actor.getSnapshot().context.pending['w1'];
+    expect(pending.map((p) => p.request.requestId)).to.deep.equal(['s9:3']);
+  });
+
+  it('refuses a model nobody serves and a prompt longer than the context', () => {
+    const h = harness('centralized');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'OPEN', message: { ...open('s1'), targetModel: 'other' }, atMs: 1 });
+    h.actor.send({ type: 'OPEN', message: open('s2', 'd1', Array.from({ length: 64 }, () => 1)), atMs: 1 });
+    expect(h.refusals).to.deep.equal([
+      { code: 'unknown_model', sessionId: 's1' },
+      { code: 'prompt_too_long', sessionId: 's2' },
+    ]);
+    expect(h.batches).to.have.length(0);
+  });
+
+  it('moves a lost worker\'s sessions and queued rounds to another worker', () => {
+    let ctx = initialSchedulerContext(settings('sled'));
+    ctx = reduceScheduler(ctx, { type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 }).context;
+    ctx = reduceScheduler(ctx, { type: 'OPEN', message: open('s1'), atMs: 1 }).context;
+    ctx = reduceScheduler(ctx, { type: 'WORKER_STATUS', message: worker('w2', { sessions: 5 }), atMs: 2 }).context;
+    expect(ctx.sessions['s1'].workerId).to.equal('w1');
+    const { context, effects } = reduceScheduler(ctx, { type: 'WORKER_LOST', workerId: 'w1', atMs: 3 });
+    expect(context.sessions['s1'].workerId).to.equal('w2');
+    expect(context.workers['w1']).to.equal(undefined);
+    expect(context.pending['w2'].map((p) => p.request.requestId)).to.deep.equal(['s1:0']);
+    // SLED's wake-up for the moved open (arrived at 1, waitMs 10) still stands.
+    expect(context.wakeAtMs).to.equal(11);
+    expect(effects.filter((e) => e.kind === 'dispatch')).to.have.length(0);
+  });
+
+  it('a close from another device is ignored; the owner\'s close evicts on the next batch', () => {
+    const h = harness('centralized');
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 1 });
+    h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'intruder', reason: 'done' }, atMs: 2 });
+    expect(h.actor.getSnapshot().context.sessions['s1']).to.not.equal(undefined);
+    h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'd1', reason: 'done' }, atMs: 3 });
+    expect(h.actor.getSnapshot().context.sessions['s1']).to.equal(undefined);
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w1', { doneBatchId: h.batches[0].batchId }), atMs: 4 });
+    h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 5 });
+    expect(h.batches[1].evict).to.deep.equal(['s1']);
+  });
+});
