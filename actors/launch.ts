@@ -32,17 +32,27 @@ export async function resolveModelRoot(config: WispConfig): Promise<string> {
   return (await ensureModelPair(config.models.preset)).root;
 }
 
-function brokerFor(config: WispConfig, name: string, logger: Logger, queues: string[] = []): Promise<BrokerClient> {
-  return connectBroker(config.amqpUrl, {
+/** Seams for tests and benchmarks: how each role's broker connection is made. */
+export interface LaunchHooks {
+  /** Dead-letter queue of every role's connection (default `wisp.dead`; tests use a private one). */
+  deadLetterQueue?: string;
+  /** Wraps a role's broker client (fault injection, measurement); default: used as is. */
+  wrapBroker?: (role: 'scheduler' | 'verifier' | 'edge', broker: BrokerClient) => BrokerClient;
+}
+
+async function brokerFor(config: WispConfig, role: 'scheduler' | 'verifier' | 'edge', name: string, logger: Logger, hooks: LaunchHooks, queues: string[] = []): Promise<BrokerClient> {
+  const broker = await connectBroker(config.amqpUrl, {
     connectionName: name,
     queues,
     ...(config.amqpTls.enabled ? { tls: { caPath: config.amqpTls.caPath } } : {}),
+    ...(hooks.deadLetterQueue ? { deadLetterQueue: hooks.deadLetterQueue } : {}),
     logger: { info: (m, f) => logger.info(f ?? {}, m), warn: (m, f) => logger.warn(f ?? {}, m) },
   });
+  return hooks.wrapBroker ? hooks.wrapBroker(role, broker) : broker;
 }
 
-export async function runScheduler(config: WispConfig, logger = createLogger('scheduler', config.logLevel)): Promise<Running & { role: SchedulerRole }> {
-  const broker = await brokerFor(config, 'scheduler', logger);
+export async function runScheduler(config: WispConfig, logger = createLogger('scheduler', config.logLevel), hooks: LaunchHooks = {}): Promise<Running & { role: SchedulerRole }> {
+  const broker = await brokerFor(config, 'scheduler', 'scheduler', logger, hooks);
   const store = await openSessionStore(config, logger);
   const role = await startScheduler({
     broker,
@@ -75,12 +85,13 @@ export interface VerifierLaunchOptions {
   workerId?: string;
   /** Share an already loaded target (several workers in one process, tests). */
   runner?: DecoderRunner;
+  hooks?: LaunchHooks;
 }
 
 export async function runVerifier(config: WispConfig, opts: VerifierLaunchOptions = {}, logger = createLogger('verifier', config.logLevel)): Promise<Running & { role: VerifierRole }> {
   const workerId = opts.workerId ?? config.worker.id ?? `w${randomUUID().slice(0, 8)}`;
   const modelRoot = await resolveModelRoot(config);
-  const broker = await brokerFor(config, `verifier-${workerId}`, logger, [workerQueue(workerId)]);
+  const broker = await brokerFor(config, 'verifier', `verifier-${workerId}`, logger, opts.hooks ?? {}, [workerQueue(workerId)]);
   const store: SessionStoreHandle = await openSessionStore(config, logger);
   const role = await startVerifier({
     workerId,
@@ -111,6 +122,7 @@ export interface EdgeLaunchOptions {
   profiles?: string[];
   fleetId?: string;
   seed?: number;
+  hooks?: LaunchHooks;
 }
 
 export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logger = createLogger('edge', config.logLevel)): Promise<Running & { fleet: EdgeFleet }> {
@@ -124,7 +136,7 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
     if (!existsSync(dir)) throw new ModelDirNotFoundError(dir);
   }
   const fleetId = opts.fleetId ?? config.edge.deviceId ?? `e${randomUUID().slice(0, 6)}`;
-  const broker = await brokerFor(config, `edge-${fleetId}`, logger);
+  const broker = await brokerFor(config, 'edge', `edge-${fleetId}`, logger, opts.hooks ?? {});
   const fleet = await startEdgeFleet({
     fleetId,
     devices: opts.devices,
@@ -133,6 +145,7 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
     modelRoot,
     timeScale: config.timeScale,
     policy: config.scheduler.policy,
+    pipelinedDrafting: config.scheduler.pipelinedDrafting,
     controller: config.controller,
     defaultSlo: config.slo,
     verifyTimeoutMs: config.edge.verifyTimeoutMs,
@@ -157,21 +170,23 @@ export interface UpOptions {
   workers: number;
   profiles?: string[];
   seed?: number;
+  hooks?: LaunchHooks;
 }
 
 /** Scheduler, W verifier workers (sharing one loaded model) and an edge fleet, in this process. */
 export async function runUp(config: WispConfig, opts: UpOptions): Promise<Running & { scheduler: SchedulerRole; workers: VerifierRole[]; fleet: EdgeFleet }> {
   const started: Running[] = [];
   try {
-    const scheduler = await runScheduler(config);
+    const hooks = opts.hooks ?? {};
+    const scheduler = await runScheduler(config, undefined, hooks);
     started.push(scheduler);
     const workers: VerifierRole[] = [];
     for (let i = 0; i < opts.workers; i++) {
-      const w = await runVerifier(config, { workerId: `${config.worker.id ?? 'worker'}-${i}` });
+      const w = await runVerifier(config, { workerId: `${config.worker.id ?? 'worker'}-${i}`, hooks });
       started.push(w);
       workers.push(w.role);
     }
-    const edge = await runEdge(config, { devices: opts.devices, ...(opts.profiles ? { profiles: opts.profiles } : {}), ...(opts.seed !== undefined ? { seed: opts.seed } : {}) });
+    const edge = await runEdge(config, { devices: opts.devices, ...(opts.profiles ? { profiles: opts.profiles } : {}), ...(opts.seed !== undefined ? { seed: opts.seed } : {}), hooks });
     started.push(edge);
     return {
       scheduler: scheduler.role,

@@ -72,4 +72,6 @@ export const DEFAULT_CONFIG: WispConfig = {
   worker: { idleEvictMs: 60_000, heartbeatMs: 1_000, heartbeatTtlMs: 5_000 },
   edge: { verifyTimeoutMs: 5_000, maxRetries: 3 },
   sessionTtlMs: 600_000,
+  // Metrics endpoint off by default: several roles on one host would fight over one port.
+  telemetry: { metricsPort: 0, metricsHost: '127.0.0.1', tracing: false },
 };

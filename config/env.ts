@@ -53,6 +53,9 @@ const ENV_TABLE: ReadonlyArray<Omit<EnvVar, 'defaultValue'>> = [
   { name: 'WISP_VERIFY_TIMEOUT_MS', key: 'edge.verifyTimeoutMs', kind: 'number', description: 'Resend a verification unanswered this long, ms' },
   { name: 'WISP_MAX_RETRIES', key: 'edge.maxRetries', kind: 'integer', description: 'Resends before a session fails' },
   { name: 'WISP_SESSION_TTL_MS', key: 'sessionTtlMs', kind: 'integer', description: 'Redis keys of an untouched session expire after this, ms' },
+  { name: 'WISP_METRICS_PORT', key: 'telemetry.metricsPort', kind: 'integer', description: 'Port of the Prometheus /metrics endpoint (0 = none)' },
+  { name: 'WISP_METRICS_HOST', key: 'telemetry.metricsHost', kind: 'string', description: 'Address the /metrics endpoint listens on' },
+  { name: 'WISP_TRACING', key: 'telemetry.tracing', kind: 'boolean', description: 'Export OpenTelemetry traces (OTLP; also on when OTEL_EXPORTER_OTLP_ENDPOINT is set)' },
 ];
 
 /** Every environment override, with the default of the key it sets. */

@@ -12,6 +12,7 @@ const NONNEG_NUM = 'expected a non-negative number';
 const UNIT = 'expected a number in [0, 1]';
 const BOOL = 'expected true or false';
 const STR = 'expected a non-empty string';
+const PORT = 'expected a port number 0..65535';
 
 const posInt = () => z.number({ error: POS_INT }).int({ error: POS_INT }).positive({ error: POS_INT }).max(Number.MAX_SAFE_INTEGER, { error: POS_INT });
 const nonNegInt = () => z.number({ error: NONNEG_INT }).int({ error: NONNEG_INT }).min(0, { error: NONNEG_INT }).max(Number.MAX_SAFE_INTEGER, { error: NONNEG_INT });
@@ -131,6 +132,19 @@ export const WispConfigSchema = z
     }),
     /** Redis keys of an untouched session expire after this long, ms. */
     sessionTtlMs: posInt(),
+    /** Metrics and tracing (telemetry/): what each role process exposes. */
+    telemetry: z.strictObject({
+      /** Port of the role process's Prometheus `/metrics` endpoint; 0 = no endpoint. */
+      metricsPort: z.number({ error: PORT }).int({ error: PORT }).min(0, { error: PORT }).max(65_535, { error: PORT }),
+      /** Address the metrics endpoint listens on (0.0.0.0 in a container). */
+      metricsHost: str(),
+      /**
+       * Export OpenTelemetry traces over OTLP (endpoint: OTEL_EXPORTER_OTLP_ENDPOINT). Also on
+       * when that variable is set. Set it in the environment (WISP_TRACING) so tracing starts
+       * before the broker and Redis libraries load; from a file only our own spans are traced.
+       */
+      tracing: bool(),
+    }),
   })
   .superRefine((c, ctx) => {
     if (c.worker.heartbeatTtlMs <= c.worker.heartbeatMs)

@@ -63,7 +63,6 @@ export function argmax(row: ArrayLike<number>): number {
 
 // Scratch buffers reused across calls (JS is single-threaded; nothing returned aliases them).
 let scratchProbs = new Float64Array(0);
-let scratchVals = new Float64Array(0);
 
 function scratchFor(n: number): Float64Array {
   if (scratchProbs.length < n) scratchProbs = new Float64Array(n);
@@ -99,75 +98,50 @@ export function logitsToProbs(row: ArrayLike<number>, s: Shaping, out?: Float64A
   return p;
 }
 
+// For non-negative doubles the high 32-bit word, read as unsigned, orders like the value; its top
+// 16 bits (sign, exponent, 4 mantissa bits) make a monotone bucket key of relative width 1/16.
+const HIGH_WORD = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0;
+const KEY_BUCKETS = 1 << 15;
+const bucketMass = new Float64Array(KEY_BUCKETS);
+
 /**
  * Keeps the nucleus of `p` in place and renormalises: the most likely tokens, in order of
  * (probability desc, id asc), up to and including the one where their mass reaches topP.
- * Finds the cutoff probability by a mass-guided quickselect (expected O(V), no full sort), then
- * keeps every token above it plus the lowest-id tokens equal to it as needed.
+ * No full sort: a mass histogram over monotone float-bit buckets finds the bucket holding the
+ * cutoff, and only that bucket's tokens are sorted. Four linear passes, expected O(V).
  */
 function applyTopP(p: Float64Array, topP: number): void {
   const V = p.length;
-  if (scratchVals.length < V) scratchVals = new Float64Array(V);
-  const vals = scratchVals;
-  for (let i = 0; i < V; i++) vals[i] = p[i];
-  let lo = 0;
-  let hi = V;
-  let above = 0; // mass of the values already known to lie above the active range [lo, hi)
-  let cutoff = -1;
-  let needEq = 0;
-  while (lo < hi) {
-    const a = vals[lo];
-    const b = vals[(lo + hi) >>> 1];
-    const c = vals[hi - 1];
-    const pivot = a < b ? (b < c ? b : a < c ? c : a) : a < c ? a : b < c ? c : b;
-    // Three-way partition, descending: [lo, gt) > pivot, [gt, lt) = pivot, [lt, hi) < pivot.
-    let gt = lo;
-    let i = lo;
-    let lt = hi;
-    let massGt = 0;
-    while (i < lt) {
-      const v = vals[i];
-      if (v > pivot) {
-        vals[i] = vals[gt];
-        vals[gt] = v;
-        gt++;
-        i++;
-        massGt += v;
-      } else if (v < pivot) {
-        lt--;
-        vals[i] = vals[lt];
-        vals[lt] = v;
-      } else {
-        i++;
-      }
-    }
-    if (above + massGt >= topP) {
-      hi = gt; // the cutoff lies among the larger values
-      continue;
-    }
-    let cum = above + massGt;
-    let k = 0;
-    while (k < lt - gt && cum < topP) {
-      cum += pivot;
-      k++;
-    }
-    if (cum >= topP) {
-      cutoff = pivot;
-      needEq = k;
-      break;
-    }
-    above = cum;
-    lo = lt;
+  const words = new Uint32Array(p.buffer, p.byteOffset, 2 * V);
+  let minKey = KEY_BUCKETS;
+  let maxKey = -1;
+  for (let i = 0; i < V; i++) {
+    const key = words[2 * i + HIGH_WORD] >>> 16;
+    bucketMass[key] += p[i];
+    if (key < minKey) minKey = key;
+    if (key > maxKey) maxKey = key;
   }
-  if (cutoff < 0) return; // rounding left the whole mass just under topP: keep everything
+  let cum = 0;
+  let cutKey = maxKey;
+  for (; cutKey >= minKey; cutKey--) {
+    if (cum + bucketMass[cutKey] >= topP) break;
+    cum += bucketMass[cutKey];
+  }
+  bucketMass.fill(0, minKey, maxKey + 1); // leave the histogram clean for the next call
+  if (cutKey < minKey) return; // rounding left the whole mass just under topP: keep everything
+  const inBucket: number[] = [];
+  for (let i = 0; i < V; i++) if (words[2 * i + HIGH_WORD] >>> 16 === cutKey) inBucket.push(i);
+  inBucket.sort((a, b) => p[b] - p[a] || a - b);
+  let keep = 0;
+  while (keep < inBucket.length && cum < topP) cum += p[inBucket[keep++]];
+  for (let j = keep; j < inBucket.length; j++) p[inBucket[j]] = 0;
   let mass = 0;
   for (let i = 0; i < V; i++) {
-    const v = p[i];
-    if (v > cutoff || (v === cutoff && needEq-- > 0)) mass += v;
-    else p[i] = 0;
+    if (words[2 * i + HIGH_WORD] >>> 16 < cutKey) p[i] = 0;
+    else mass += p[i];
   }
   const inv = 1 / mass;
-  for (let i = 0; i < V; i++) if (p[i] !== 0) p[i] *= inv;
+  for (let i = 0; i < V; i++) p[i] *= inv;
 }
 
 /**

@@ -78,7 +78,8 @@ export async function loadTokenizer(dir: string): Promise<WispTokenizer> {
   const eosTokenId = eosText === null ? null : (tok.token_to_id(eosText) ?? null);
   return {
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
-    decode: (ids) => tok.decode(ids, { skip_special_tokens: false }),
+    // The library refuses an empty id list; an empty sequence is simply empty text.
+    decode: (ids) => (ids.length === 0 ? '' : tok.decode(ids, { skip_special_tokens: false })),
     vocabSize: maxId + 1,
     eosTokenId,
   };

@@ -24,7 +24,7 @@ import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '..
 import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../../policies/controller.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { Clock } from '../clock.ts';
-import { draftRound, type DraftSessionState, type DraftStopRule } from './drafter.ts';
+import { SessionDrafter, type DraftStopRule } from './drafter.ts';
 
 export interface EdgeDeviceOptions {
   deviceId: string;
@@ -33,6 +33,8 @@ export interface EdgeDeviceOptions {
   /** Multiplies every emulated time (draft pacing, network); 0 = none. */
   timeScale: number;
   mode: ServingMode;
+  /** Keep drafting while a round is verified (see drafter.ts). */
+  pipelinedDrafting: boolean;
   controller: ControllerState;
   draft: DecoderRunner;
   draftModelName: string;
@@ -70,6 +72,8 @@ export class EdgeDevice {
   #busy: Promise<unknown> = Promise.resolve();
   #random: () => number;
   energyJ = 0;
+  /** Pipelined drafting: look-ahead tokens reused as drafts, and thrown away. */
+  readonly pipelined = { reused: 0, discarded: 0 };
 
   constructor(opts: EdgeDeviceOptions) {
     this.id = opts.deviceId;
@@ -141,12 +145,14 @@ export class EdgeDevice {
       return { requestId: prompt.requestId, sessionId, tokens: [], stats: emptyStats(), error: { code: 'malformed', message } };
     }
 
-    const draftState: DraftSessionState = { cache: o.draft.newCache(), tokens: [] };
     const stopRule: DraftStopRule = {
       predict: (f) => predictAcceptance(this.#controller, f),
       shouldStop: (prediction, f) => shouldStopDrafting(this.#controller, { nextPrediction: prediction, position: f.position, expectedQueueMs: this.#expectedQueueMs }),
     };
     const paceMsPerToken = o.profile.draftMsPerToken * o.timeScale;
+    const drafter = new SessionDrafter({ runner: o.draft, sampling, stopRule, paceMsPerToken, sleep: (ms) => clock.sleep(ms), now: () => clock.now(), eosTokenId: o.draft.info.eosTokenId });
+    /** Context of the round being drafted/verified (prompt + generated). */
+    let roundContext: number[] = promptTokens;
     let text = '';
     const emitted: number[] = [];
 
@@ -170,7 +176,7 @@ export class EdgeDevice {
             sentAtMs: clock.now(),
             rttMs: o.profile.rttMs * o.timeScale,
           }),
-        sendVerify: (_, p) =>
+        sendVerify: (_, p) => {
           this.#sendUp({
             v: PROTOCOL_VERSION,
             type: 'verify',
@@ -183,7 +189,15 @@ export class EdgeDevice {
             ...(p.draft.dists ? { draftDists: p.draft.dists } : {}),
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
-          }),
+          });
+          const eos = o.draft.info.eosTokenId;
+          const endsInEos = eos !== null && p.draft.tokens[p.draft.tokens.length - 1] === eos;
+          if (o.pipelinedDrafting && p.attempt === 0 && p.draft.tokens.length > 0 && !endsInEos) {
+            // Room left after this round commits everything plus the bonus token.
+            const room = prompt.maxNewTokens - (roundContext.length - promptTokens.length) - p.draft.tokens.length - 1;
+            drafter.startLookahead([...roundContext, ...p.draft.tokens], Math.min(this.#controller.kMax + 1, room));
+          }
+        },
         sendClose: (_, p) => this.#sendUp({ v: PROTOCOL_VERSION, type: 'close', sessionId, deviceId: this.id, reason: p.reason }),
         emitTokens: (_, p) => {
           emitted.push(...p.tokens);
@@ -199,9 +213,10 @@ export class EdgeDevice {
         },
       },
       actors: {
-        draft: fromPromise(async ({ input }: { input: DraftInput }) =>
-          draftRound(draftState, input, { runner: o.draft, sampling, stopRule, paceMsPerToken, sleep: (ms) => clock.sleep(ms), now: () => clock.now() }, o.draft.info.eosTokenId),
-        ),
+        draft: fromPromise(async ({ input }: { input: DraftInput }) => {
+          roundContext = input.context;
+          return drafter.draftRound(input);
+        }),
       },
     });
 
@@ -242,6 +257,9 @@ export class EdgeDevice {
       ctx = await finished;
     } finally {
       this.#sessions.delete(sessionId);
+      await drafter.close();
+      this.pipelined.reused += drafter.pipelined.reused;
+      this.pipelined.discarded += drafter.pipelined.discarded;
     }
     const stats = sessionStats(ctx, slo, startedAtMs);
     this.energyJ += deviceEnergyJ(o.profile, ctx, clock.now() - startedAtMs);

@@ -2,6 +2,12 @@
  * Drafting on an emulated edge device: the draft model proposes tokens one at a time, the
  * speculation controller decides when to stop, and each token takes at least the device
  * profile's time per token (the real compute here is far faster than a Jetson's or a Pi's).
+ *
+ * Pipelined drafting (a switch): while a round is being verified the device keeps drafting
+ * past its draft, as if everything will be accepted. The first look-ahead token is its guess
+ * of the target's bonus token; when the result accepts everything and the bonus matches the
+ * guess, the tokens after it open the next round's draft without waiting. Randomness is keyed
+ * by sequence position, so a look-ahead token is exactly the token fresh drafting would give.
  */
 import type { DecoderRunner, KvCacheHandle, SamplingParams, SparseDist } from '../../inference/types.ts';
 import { rngFor } from '../../inference/rng.ts';
@@ -17,12 +23,6 @@ export interface DraftStopRule {
   shouldStop(prediction: number, features: DraftTokenFeatures): boolean;
 }
 
-/** One session's draft-side cache and the tokens it holds (to find the common prefix). */
-export interface DraftSessionState {
-  cache: KvCacheHandle;
-  tokens: number[];
-}
-
 export interface DrafterDeps {
   runner: DecoderRunner;
   sampling: SamplingParams;
@@ -32,7 +32,23 @@ export interface DrafterDeps {
   /** Waits `ms` (real timers live; simulated elsewhere). */
   sleep: (ms: number) => Promise<void>;
   now: () => number;
+  eosTokenId: number | null;
   topK?: number;
+}
+
+interface DraftedToken {
+  token: number;
+  dist: SparseDist;
+  features: Omit<DraftTokenFeatures, 'position'>;
+  ms: number;
+}
+
+interface Lookahead {
+  /** Context the look-ahead continues: committed tokens + the draft under verification. */
+  base: number[];
+  tokens: DraftedToken[];
+  cancelled: boolean;
+  done: Promise<void>;
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -42,41 +58,132 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
   return i;
 }
 
-/** Drafts up to `input.maxDraft` tokens on top of `input.context`. */
-export async function draftRound(state: DraftSessionState, input: DraftInput, deps: DrafterDeps, eosTokenId: number | null): Promise<DraftOutput> {
-  const out: DraftOutput = { tokens: [], predictedAcceptance: [], features: [], draftMsPerToken: [] };
-  if (input.maxDraft <= 0) return out;
-  const dists: SparseDist[] = [];
-  // Reuse what the cache already holds of this context; roll back what the target rejected.
-  const keep = commonPrefix(state.tokens, input.context);
-  if (state.cache.length > keep) state.cache.rollback(keep);
-  state.tokens.length = Math.min(state.tokens.length, keep);
-  let pending = input.context.slice(state.cache.length);
-  const V = deps.runner.info.vocabSize;
-  for (let j = 0; j < input.maxDraft; j++) {
-    const started = deps.now();
-    const [logits] = await deps.runner.forward([{ cache: state.cache, tokens: pending }]);
-    state.tokens.push(...pending);
-    const position = input.context.length + j;
-    const s = sampleDraftToken(logits.subarray(logits.length - V), deps.sampling, deps.topK ?? DEFAULT_DRAFT_TOP_K, rngFor(deps.sampling.seed, position, 'draft'));
-    const features: DraftTokenFeatures = { ...s.features, position: j };
-    const prediction = deps.stopRule.predict(features);
-    const spent = deps.now() - started;
-    if (spent < deps.paceMsPerToken) await deps.sleep(deps.paceMsPerToken - spent);
-    const tokenMs = Math.max(spent, deps.paceMsPerToken);
-    // The controller predicts this token would be rejected: drop it and stop (its time is wasted).
-    if (deps.stopRule.shouldStop(prediction, features)) {
-      out.discardedDraftMs = (out.discardedDraftMs ?? 0) + tokenMs;
-      break;
+/** One session's draft model state: its KV cache, the tokens in it, and any look-ahead. */
+export class SessionDrafter {
+  readonly #deps: DrafterDeps;
+  readonly #cache: KvCacheHandle;
+  /** Tokens the cache holds, to find what is still valid when the context changes. */
+  readonly #cached: number[] = [];
+  #lookahead: Lookahead | null = null;
+  /** Statistics of pipelined drafting: look-ahead tokens reused and thrown away. */
+  readonly pipelined = { reused: 0, discarded: 0 };
+
+  constructor(deps: DrafterDeps) {
+    this.#deps = deps;
+    this.#cache = deps.runner.newCache();
+  }
+
+  /** Draft model cache memory, bytes. */
+  get kvBytes(): number {
+    return this.#cache.bytes;
+  }
+
+  /** Draws the token after `context` (feeding what the cache lacks), paced to the device profile. */
+  async #next(context: readonly number[]): Promise<DraftedToken> {
+    const d = this.#deps;
+    const started = d.now();
+    // Re-feed at least the last context token: its logits are what the next token comes from.
+    const keep = Math.min(commonPrefix(this.#cached, context), context.length - 1);
+    if (this.#cache.length > keep) this.#cache.rollback(keep);
+    this.#cached.length = this.#cache.length;
+    const pending = context.slice(this.#cache.length);
+    const [logits] = await d.runner.forward([{ cache: this.#cache, tokens: pending }]);
+    this.#cached.push(...pending);
+    const V = d.runner.info.vocabSize;
+    const s = sampleDraftToken(logits.subarray(logits.length - V), d.sampling, d.topK ?? DEFAULT_DRAFT_TOP_K, rngFor(d.sampling.seed, context.length, 'draft'));
+    const spent = d.now() - started;
+    if (spent < d.paceMsPerToken) await d.sleep(d.paceMsPerToken - spent);
+    return { token: s.token, dist: s.dist, features: s.features, ms: Math.max(spent, d.paceMsPerToken) };
+  }
+
+  /**
+   * Adds `t` at `position` of the round to `out` unless the controller stops first.
+   * Returns false when drafting should end (stopped, K reached by the caller, or EOS).
+   */
+  #keep(out: DraftOutput, dists: SparseDist[], t: DraftedToken, position: number): boolean {
+    const features: DraftTokenFeatures = { ...t.features, position };
+    const prediction = this.#deps.stopRule.predict(features);
+    // The first token of a round is always sent: it costs the server almost nothing (the round
+    // happens anyway) and its verdict is the label that lets the controller keep learning.
+    if (position > 0 && this.#deps.stopRule.shouldStop(prediction, features)) {
+      // The controller expects a rejection: drop the token; its time is wasted.
+      out.discardedDraftMs = (out.discardedDraftMs ?? 0) + t.ms;
+      return false;
     }
-    out.tokens.push(s.token);
+    out.tokens.push(t.token);
     out.features.push(features);
     out.predictedAcceptance.push(prediction);
-    out.draftMsPerToken.push(tokenMs);
-    dists.push(s.dist);
-    if (eosTokenId !== null && s.token === eosTokenId) break; // nothing after EOS can be committed
-    pending = [s.token];
+    out.draftMsPerToken.push(t.ms);
+    dists.push(t.dist);
+    return !(this.#deps.eosTokenId !== null && t.token === this.#deps.eosTokenId);
   }
-  if (deps.sampling.temperature > 0) out.dists = dists;
-  return out;
+
+  /** Drafts up to `input.maxDraft` tokens on top of `input.context`, reusing a matching look-ahead. */
+  async draftRound(input: DraftInput): Promise<DraftOutput> {
+    const out: DraftOutput = { tokens: [], predictedAcceptance: [], features: [], draftMsPerToken: [] };
+    const dists: SparseDist[] = [];
+    const ahead = await this.#stopLookahead();
+    let carryOn = input.maxDraft > 0;
+    if (ahead) {
+      // Usable when the target accepted the whole draft and its bonus token equals our guess.
+      const base = ahead.base;
+      const matches =
+        input.context.length === base.length + 1 &&
+        ahead.tokens.length > 0 &&
+        ahead.tokens[0].token === input.context[base.length] &&
+        commonPrefix(base, input.context) === base.length;
+      let usedMs = 0;
+      if (matches) {
+        usedMs += ahead.tokens[0].ms;
+        const reusable = ahead.tokens.slice(1, 1 + input.maxDraft);
+        for (const t of reusable) {
+          if (!carryOn) break;
+          const before = out.tokens.length;
+          carryOn = this.#keep(out, dists, t, before);
+          if (out.tokens.length > before) usedMs += t.ms;
+        }
+        if (out.tokens.length < reusable.length) carryOn = false;
+      }
+      // Every look-ahead token not used (including one the controller dropped) was wasted time.
+      out.discardedDraftMs = ahead.tokens.reduce((a, t) => a + t.ms, 0) - usedMs;
+      this.pipelined.reused += out.tokens.length;
+      this.pipelined.discarded += ahead.tokens.length - out.tokens.length - (matches ? 1 : 0);
+    }
+    while (carryOn && out.tokens.length < input.maxDraft) {
+      const t = await this.#next([...input.context, ...out.tokens]);
+      carryOn = this.#keep(out, dists, t, out.tokens.length);
+    }
+    if (this.#deps.sampling.temperature > 0) out.dists = dists;
+    return out;
+  }
+
+  /** Starts drafting past `base` (committed + draft under verification) until stopped or `limit` tokens. */
+  startLookahead(base: number[], limit: number): void {
+    if (this.#lookahead || limit <= 0) return;
+    const la: Lookahead = { base, tokens: [], cancelled: false, done: Promise.resolve() };
+    la.done = (async () => {
+      while (!la.cancelled && la.tokens.length < limit) {
+        const t = await this.#next([...base, ...la.tokens.map((x) => x.token)]);
+        la.tokens.push(t);
+        if (this.#deps.eosTokenId !== null && t.token === this.#deps.eosTokenId) break;
+      }
+    })().catch(() => {
+      la.tokens.length = 0; // a failed look-ahead is just not used
+    });
+    this.#lookahead = la;
+  }
+
+  async #stopLookahead(): Promise<Lookahead | null> {
+    const la = this.#lookahead;
+    if (!la) return null;
+    la.cancelled = true;
+    await la.done;
+    this.#lookahead = null;
+    return la;
+  }
+
+  /** Stops any look-ahead (session over). */
+  async close(): Promise<void> {
+    await this.#stopLookahead();
+  }
 }

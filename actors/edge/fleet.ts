@@ -28,6 +28,7 @@ export interface EdgeFleetOptions {
   modelRoot: string;
   timeScale: number;
   policy: 'wisp' | 'sled' | 'centralized';
+  pipelinedDrafting: boolean;
   controller: { kMax: number; threshold: number };
   defaultSlo: Slo;
   verifyTimeoutMs: number;
@@ -78,6 +79,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       profile,
       timeScale: opts.timeScale,
       mode,
+      pipelinedDrafting: opts.pipelinedDrafting && opts.policy !== 'centralized',
       controller:
         opts.policy === 'sled'
           ? createControllerState({ kind: 'sled', kMax: opts.controller.kMax, confidenceThreshold: opts.controller.threshold })

@@ -9,6 +9,11 @@ import { WispClient } from '../../actors/client.ts';
 import { runUp, type UpOptions } from '../../actors/launch.ts';
 import { loadConfig, type DeepPartial } from '../../config/load.ts';
 import type { WispConfig } from '../../config/schema.ts';
+import type { Sampling } from '../../broker/contracts.ts';
+import { ensureModelPair } from '../../inference/forge/index.ts';
+import { loadDecoder } from '../../inference/onnx-runner.ts';
+import { loadTokenizer } from '../../inference/tokenizer.ts';
+import { generateTarget } from '../../inference/speculative.ts';
 
 export const AMQP_URL = process.env.WISP_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 export const REDIS_URL = process.env.WISP_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -70,4 +75,72 @@ export async function startTestSystem(up: UpOptions, overrides: DeepPartial<Wisp
       await broker.close();
     },
   };
+}
+
+/** What a tap may do to a role's broker traffic (fault injection and measurement in tests). */
+export interface BrokerTap {
+  /**
+   * Sees every publish; returns the (queue, message) pairs to publish instead, in order
+   * (e.g. the original twice for a duplicate). Returning nothing publishes the original.
+   */
+  publish?: (queue: string, message: unknown) => Array<[string, unknown]> | void;
+  /** Sees every validated delivery before the role's handler does. */
+  deliver?: (queue: string, message: unknown) => void;
+}
+
+/**
+ * Wraps a broker client so `tap` sees (and may multiply) what the role publishes and receives;
+ * everything else goes straight to the client. Pass it as `hooks.wrapBroker` to runUp.
+ */
+export function tapBroker(broker: BrokerClient, tap: BrokerTap): BrokerClient {
+  const publish: BrokerClient['publish'] = async (queue, message, options) => {
+    const out = tap.publish?.(queue, message) ?? [[queue, message]];
+    // One after another, so copies reach the queue in the order the tap listed them.
+    for (const [q, m] of out) await broker.publish(q, m, options);
+  };
+  const consume: BrokerClient['consume'] = (queue, schema, handler, options) =>
+    broker.consume(queue, schema, (m, meta) => {
+      tap.deliver?.(queue, m);
+      return handler(m, meta);
+    }, options);
+  return new Proxy(broker, {
+    get(target, prop) {
+      if (prop === 'publish') return publish;
+      if (prop === 'consume') return consume;
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
+/** Short prompts for end-to-end tests (the same as e2e-up's). */
+export const TEST_PROMPTS = [
+  'the quick brown fox',
+  'once upon a time',
+  'in the beginning there was',
+  'hello',
+  'a river runs through the',
+  'she said that the',
+  'the old house on the hill',
+  'numbers and letters',
+];
+
+/**
+ * Target-only tokens for each prompt with the tiny preset (generateTarget, the function behind
+ * `wisp generate --mode target`): the reference every serving mode must reproduce.
+ */
+export async function targetTokens(prompts: readonly string[], maxNewTokens: number, sampling: Sampling = { temperature: 0, topP: 1, seed: 0 }): Promise<number[][]> {
+  const pair = await ensureModelPair('tiny');
+  const target = await loadDecoder(pair.targetDir, { threads: 1 });
+  const tok = await loadTokenizer(pair.targetDir);
+  try {
+    const out: number[][] = [];
+    for (const p of prompts) {
+      const r = await generateTarget(target, tok.encode(p), { maxNewTokens, sampling, eosTokenId: target.info.eosTokenId });
+      out.push(r.tokens);
+    }
+    return out;
+  } finally {
+    await target.dispose();
+  }
 }

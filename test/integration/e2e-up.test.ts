@@ -73,3 +73,31 @@ describe('end to end: wisp up (scheduler + 2 workers + edge fleet)', function ()
     expect(r.text).to.equal(tok.decode(expected[0]));
   });
 });
+
+describe('end to end: pipelined drafting with the WISP policy and truncation', function () {
+  this.timeout(120_000);
+  let sys: TestSystem;
+
+  after(async () => {
+    await sys?.stop();
+  });
+
+  it('stays lossless while reusing look-ahead drafts', async () => {
+    const maxNewTokens = 32;
+    const expected = await referenceTokens(PROMPTS, maxNewTokens);
+    // A device far from the server (long round trip, fast drafting), so look-ahead has time to
+    // draft several tokens while each round is verified.
+    const far = { draftMsPerToken: 10, rttMs: 200, jitterMs: 0, draftModel: 'draft-1', powerW: { drafting: 4, idle: 0.5, transmitting: 1.5 } };
+    sys = await startTestSystem(
+      { devices: 4, workers: 1 },
+      { timeScale: 0.1, devices: { far }, deviceProfile: 'far', scheduler: { policy: 'wisp', pipelinedDrafting: true, truncation: true } },
+    );
+    const results = await Promise.all(PROMPTS.map((prompt) => sys.client.submit({ prompt, maxNewTokens }, 60_000)));
+    results.forEach((r, i) => {
+      expect(r.error, JSON.stringify(r.error)).to.equal(null);
+      expect(r.tokens, `prompt ${i}`).to.deep.equal(expected[i]);
+    });
+    const reused = sys.up.fleet.devices.reduce((a, d) => a + d.pipelined.reused, 0);
+    expect(reused, 'look-ahead tokens reused as drafts').to.be.greaterThan(0);
+  });
+});

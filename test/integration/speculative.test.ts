@@ -199,7 +199,7 @@ describe('speculative sampling (forged tiny pair): output follows the target dis
     const p = logitsToProbs(await lastRowAfter(target, tc, [last]), shaping);
     tc.rollback(base);
 
-    const N = 4000;
+    const N = 3000;
     const counts = new Array(V).fill(0);
     const wrongCounts = new Array(V).fill(0);
     const pos0 = context.length;

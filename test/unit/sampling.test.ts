@@ -65,7 +65,7 @@ describe('sampling', () => {
     close(logitsToProbs(tie, { temperature: 1, topP: 0.6 }), [0.4 / 0.7, 0.3 / 0.7, 0]);
   });
 
-  it('top-p (threshold gathering) equals the full-sort reference on random logits', () => {
+  it('top-p (histogram cutoff) equals the full-sort reference on random logits with ties', () => {
     fc.assert(
       fc.property(
         // Quarter-steps: exact ties or clear gaps, so last-bit rounding cannot reorder near-ties.
@@ -79,6 +79,24 @@ describe('sampling', () => {
         },
       ),
       { numRuns: 300, seed: 1 },
+    );
+  });
+
+  it('top-p equals the full-sort reference on large vocabularies (continuous logits, one bucket crowded)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+        fc.integer({ min: 500, max: 3000 }),
+        fc.double({ min: 0.05, max: 0.995, noNaN: true }),
+        (seed, V, topP) => {
+          const r = createRng(seed);
+          // Half spread out, half crowded within 1% of one value (one histogram bucket).
+          const x = Array.from({ length: V }, (_, i) => (i % 2 ? 2 + r.nextDouble() * 0.01 : (r.nextDouble() - 0.5) * 12));
+          const p = Array.from(logitsToProbs(x, { temperature: 1, topP: 1 }));
+          close(logitsToProbs(x, { temperature: 1, topP }), topPReference(p, topP), 1e-12);
+        },
+      ),
+      { numRuns: 25, seed: 3 },
     );
   });
 
