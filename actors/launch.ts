@@ -11,9 +11,13 @@ import { workerQueue } from '../broker/topology.ts';
 import type { WispConfig } from '../config/schema.ts';
 import { ensureModelPair } from '../inference/forge/index.ts';
 import { ModelDirNotFoundError } from '../inference/errors.ts';
+import { CostModelRunner } from '../inference/cost-model-runner.ts';
+import { readModelDir } from '../inference/model-dir.ts';
 import type { DecoderRunner } from '../inference/types.ts';
 import { createLogger, type Logger } from '../telemetry/logger.ts';
+import type { ServedPrompt } from './edge/device.ts';
 import { startEdgeFleet, type EdgeFleet } from './edge/fleet.ts';
+import type { BatchReport } from '../machines/verifier-worker.ts';
 import { startScheduler, type SchedulerRole } from './scheduler/role.ts';
 import { startVerifier, type VerifierRole } from './verifier/role.ts';
 import { openSessionStore, type SessionStoreHandle } from './store.ts';
@@ -38,12 +42,18 @@ export interface LaunchHooks {
   deadLetterQueue?: string;
   /** Wraps a role's broker client (fault injection, measurement); default: used as is. */
   wrapBroker?: (role: 'scheduler' | 'verifier' | 'edge', broker: BrokerClient) => BrokerClient;
+  /** Every prompt an edge device served (benchmarks collect session records here). */
+  onServed?: (served: ServedPrompt) => void;
+  /** Every batch or decode step a verifier worker executed (benchmarks collect batch records). */
+  onBatch?: (report: BatchReport) => void;
 }
 
 async function brokerFor(config: WispConfig, role: 'scheduler' | 'verifier' | 'edge', name: string, logger: Logger, hooks: LaunchHooks, queues: string[] = []): Promise<BrokerClient> {
   const broker = await connectBroker(config.amqpUrl, {
     connectionName: name,
     queues,
+    // Devices publish through the uplink exchange, keyed by device id (least privilege, ops/rabbitmq).
+    ...(role === 'edge' ? { uplink: true } : {}),
     ...(config.amqpTls.enabled ? { tls: { caPath: config.amqpTls.caPath } } : {}),
     ...(hooks.deadLetterQueue ? { deadLetterQueue: hooks.deadLetterQueue } : {}),
     logger: { info: (m, f) => logger.info(f ?? {}, m), warn: (m, f) => logger.warn(f ?? {}, m) },
@@ -81,6 +91,12 @@ export async function runScheduler(config: WispConfig, logger = createLogger('sc
   };
 }
 
+/** models.costModel: a runner that sleeps per the estimator, shaped like the target in `targetDir`. */
+async function costModelRunner(config: WispConfig, targetDir: string): Promise<DecoderRunner> {
+  const { info } = await readModelDir(targetDir);
+  return new CostModelRunner({ info, timeScale: config.models.costModel.timeScale });
+}
+
 export interface VerifierLaunchOptions {
   workerId?: string;
   /** Share an already loaded target (several workers in one process, tests). */
@@ -103,7 +119,8 @@ export async function runVerifier(config: WispConfig, opts: VerifierLaunchOption
     heartbeatMs: config.worker.heartbeatMs,
     heartbeat: (s) => store.heartbeat(s, config.worker.heartbeatTtlMs),
     logger,
-    ...(opts.runner ? { runner: opts.runner } : {}),
+    ...(opts.runner ? { runner: opts.runner } : config.models.costModel.enabled ? { runner: await costModelRunner(config, join(modelRoot, 'target')) } : {}),
+    ...(opts.hooks?.onBatch ? { onBatch: opts.hooks.onBatch } : {}),
   });
   logger.info({ workerId }, 'verifier started');
   return {
@@ -154,6 +171,7 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
     broker,
     logger,
     ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+    ...(opts.hooks?.onServed ? { onServed: opts.hooks.onServed } : {}),
   });
   logger.info({ fleetId, devices: opts.devices, profiles: profileNames }, 'edge fleet started');
   return {
@@ -170,6 +188,7 @@ export interface UpOptions {
   workers: number;
   profiles?: string[];
   seed?: number;
+  fleetId?: string;
   hooks?: LaunchHooks;
 }
 
@@ -186,7 +205,13 @@ export async function runUp(config: WispConfig, opts: UpOptions): Promise<Runnin
       started.push(w);
       workers.push(w.role);
     }
-    const edge = await runEdge(config, { devices: opts.devices, ...(opts.profiles ? { profiles: opts.profiles } : {}), ...(opts.seed !== undefined ? { seed: opts.seed } : {}), hooks });
+    const edge = await runEdge(config, {
+      devices: opts.devices,
+      ...(opts.profiles ? { profiles: opts.profiles } : {}),
+      ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+      ...(opts.fleetId ? { fleetId: opts.fleetId } : {}),
+      hooks,
+    });
     started.push(edge);
     return {
       scheduler: scheduler.role,

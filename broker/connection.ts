@@ -12,8 +12,24 @@ import { randomUUID } from 'node:crypto';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type RecoveringChannelModel } from 'amqplib';
 import type { z } from 'zod';
 import { ERROR_CODES, LIMITS, PROTOCOL_VERSION, parseMessage, type ErrorCode, type ErrorMessage } from './contracts.ts';
-import { BrokerClosedError, BrokerConnectError, BrokerUnavailableError, MessageTooLargeError, PublishError, UnroutableError, redactUrl } from './errors.ts';
-import { DEAD_QUEUE, DLX_EXCHANGE, QUEUE_HEADER, REASON_HEADER, declareQueue, declareTopology, deviceQueue, isDurableQueue, queueSpec } from './topology.ts';
+import { BrokerClosedError, BrokerConnectError, BrokerUnavailableError, ForbiddenRouteError, MessageTooLargeError, PublishError, UnroutableError, redactUrl } from './errors.ts';
+import {
+  DEAD_QUEUE,
+  DLX_EXCHANGE,
+  QUEUE_HEADER,
+  REASON_HEADER,
+  TOPOLOGY,
+  UPLINK_EXCHANGE,
+  declareQueue,
+  deviceQueue,
+  isDurableQueue,
+  queueSpec,
+  uplinkRoute,
+  uplinkSender,
+  type BindingSpec,
+  type ExchangeSpec,
+  type QueueSpec,
+} from './topology.ts';
 import { injectTraceHeaders, withTraceContext } from './trace-context.ts';
 
 /** Where the client reports what happens to it; default: one line on stderr per warning. */
@@ -41,6 +57,12 @@ export interface BrokerConnectOptions {
   deadLetterQueue?: string;
   /** How long publish() waits for a connection and its confirm, ms (default 10 000). */
   publishTimeoutMs?: number;
+  /**
+   * Publish through the uplink exchange (`wisp.up`, keyed by sender) instead of the default
+   * exchange: the edge and client roles, which under per-role credentials may not write to the
+   * default exchange. Only scheduler, prompt and client queues are reachable this way.
+   */
+  uplink?: boolean;
   logger?: BrokerLogger;
 }
 
@@ -59,6 +81,9 @@ export interface PublishOptions {
 /** What a handler learns about a delivery besides its validated body. */
 export interface DeliveryMeta {
   queue: string;
+  /** Exchange it was published to ('' = default) and its routing key. */
+  exchange: string;
+  routingKey: string;
   headers: Record<string, unknown>;
   correlationId?: string;
   replyTo?: string;
@@ -207,11 +232,11 @@ export class BrokerClient extends EventEmitter {
     // amqplib binds its own listener only after setup; until then an 'error' without one would crash.
     model.on('error', () => {});
     const pub = await this.#openPublisher(model);
-    await declareTopology(pub, [...this.#queues].map(queueSpec));
-    if (this.deadLetterQueue !== DEAD_QUEUE) {
-      await declareQueue(pub, queueSpec(this.deadLetterQueue));
-      await pub.bindQueue(this.deadLetterQueue, DLX_EXCHANGE, this.deadLetterQueue);
-    }
+    const queues = [...TOPOLOGY.queues, ...[...this.#queues].map(queueSpec)];
+    if (this.deadLetterQueue !== DEAD_QUEUE) queues.push(queueSpec(this.deadLetterQueue));
+    const bindings = [...TOPOLOGY.bindings];
+    if (this.deadLetterQueue !== DEAD_QUEUE) bindings.push({ queue: this.deadLetterQueue, exchange: DLX_EXCHANGE, routingKey: this.deadLetterQueue });
+    await ensureTopology(model, TOPOLOGY.exchanges, queues, bindings);
     // Loop until every consumer is on this model: consume() calls made meanwhile join the set.
     for (;;) {
       const pending = [...this.#consumers].filter((r) => !r.cancelled && r.startedOn !== model);
@@ -278,7 +303,7 @@ export class BrokerClient extends EventEmitter {
       }, 500).unref();
     });
     try {
-      await declareQueue(ch, queueSpec(record.queue));
+      await ensureTopology(model, [], [queueSpec(record.queue)], []);
       await ch.prefetch(record.prefetch);
       await ch.consume(
         record.queue,
@@ -340,7 +365,10 @@ export class BrokerClient extends EventEmitter {
   async publish(queue: string, message: unknown, options: PublishOptions = {}): Promise<void> {
     const body = Buffer.from(JSON.stringify(message));
     if (body.length > LIMITS.messageBytes) throw new MessageTooLargeError(queue, body.length, LIMITS.messageBytes);
-    await this.#publishRaw('', queue, body, options, queue);
+    if (!this.#options.uplink) return this.#publishRaw('', queue, body, options, queue);
+    const route = uplinkRoute(queue, message);
+    if (!route) throw new ForbiddenRouteError(queue);
+    await this.#publishRaw(route.exchange, route.routingKey, body, { ...options, persistent: options.persistent ?? isDurableQueue(queue) }, queue);
   }
 
   async #publishRaw(exchange: string, routingKey: string, body: Buffer, options: PublishOptions, label: string): Promise<void> {
@@ -462,6 +490,8 @@ export class BrokerClient extends EventEmitter {
       const props = msg.properties;
       const meta: DeliveryMeta = {
         queue,
+        exchange: msg.fields.exchange,
+        routingKey: msg.fields.routingKey,
         headers: (props.headers ?? {}) as Record<string, unknown>,
         correlationId: props.correlationId,
         replyTo: props.replyTo,
@@ -496,21 +526,45 @@ export class BrokerClient extends EventEmitter {
     }
   }
 
-  /** Dead-letters the original body with the reason, then tells the sender (best effort). */
-  async #refuse(queue: string, msg: ConsumeMessage, reason: string, code: ErrorCode, raw: unknown): Promise<void> {
+  /**
+   * Dead-letters a message that passed validation but was refused by the role's own logic (an
+   * item of a batch naming an unknown session, say): the JSON of `message` goes to the
+   * dead-letter queue with `reason` (one line) and `fromQueue` in its headers. Answering the
+   * sender stays the caller's job.
+   * @example await broker.deadLetter(workerQueue(id), request, 'unknown_session: session s-1 is not open');
+   */
+  async deadLetter(fromQueue: string, message: unknown, reason: string): Promise<void> {
+    await this.#deadLetterBody(fromQueue, Buffer.from(JSON.stringify(message)), reason, {});
+  }
+
+  async #deadLetterBody(queue: string, body: Buffer, reason: string, props: { headers?: Record<string, unknown>; correlationId?: string; replyTo?: string; messageId?: string }): Promise<string> {
     const oneLine = reason.replace(/\s+/g, ' ').slice(0, 1_000);
-    const headers = { ...((msg.properties.headers ?? {}) as Record<string, unknown>), [REASON_HEADER]: oneLine, [QUEUE_HEADER]: queue };
+    const headers = { ...(props.headers ?? {}), [REASON_HEADER]: oneLine, [QUEUE_HEADER]: queue };
     await this.#publishRaw(
       DLX_EXCHANGE,
       this.deadLetterQueue,
-      msg.content,
-      { persistent: true, mandatory: false, headers, correlationId: msg.properties.correlationId, replyTo: msg.properties.replyTo },
+      body,
+      { persistent: true, mandatory: false, headers, correlationId: props.correlationId, replyTo: props.replyTo },
       `${DLX_EXCHANGE}/${this.deadLetterQueue}`,
     );
     this.#logger.warn('message dead-lettered', { queue, reason: oneLine });
-    this.emit('dead-letter', { queue, reason: oneLine, messageId: msg.properties.messageId } satisfies DeadLetterEvent);
+    this.emit('dead-letter', { queue, reason: oneLine, messageId: props.messageId } satisfies DeadLetterEvent);
+    return oneLine;
+  }
 
-    const target = replyTarget(raw, msg.properties.replyTo);
+  /** Dead-letters the original body with the reason, then tells the sender (best effort). */
+  async #refuse(queue: string, msg: ConsumeMessage, reason: string, code: ErrorCode, raw: unknown): Promise<void> {
+    const p = msg.properties;
+    const oneLine = await this.#deadLetterBody(queue, msg.content, reason, {
+      headers: (p.headers ?? {}) as Record<string, unknown>,
+      correlationId: p.correlationId,
+      replyTo: p.replyTo,
+      messageId: p.messageId,
+    });
+
+    // A device authenticated by its uplink routing key hears about its own refusals only.
+    const sender = uplinkSender(msg.fields.exchange, msg.fields.routingKey);
+    const target = sender !== null ? deviceQueue(sender) : replyTarget(raw, msg.properties.replyTo);
     if (!target || target === queue || (isObject(raw) && raw.type === 'error')) return;
     const error: ErrorMessage = { v: PROTOCOL_VERSION, type: 'error', code, message: oneLine.slice(0, 2_000), ...idsOf(raw) };
     try {
@@ -549,6 +603,58 @@ export async function connectBroker(url: string, options: BrokerConnectOptions =
   const client = new BrokerClient(url, options);
   await client.start();
   return client;
+}
+
+/** AMQP reply code of a refused access (the credential lacks the permission). */
+const ACCESS_REFUSED = 403;
+
+function isAccessRefused(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return e?.code === ACCESS_REFUSED || (typeof e?.message === 'string' && e.message.includes('ACCESS_REFUSED'));
+}
+
+async function scratchChannel(model: ChannelModel): Promise<Channel> {
+  const ch = await model.createChannel();
+  ch.on('error', () => {}); // a refused declaration closes the channel with an error event
+  return ch;
+}
+
+/**
+ * Declares exchanges, queues (with their uplink bindings) and bindings on a scratch channel.
+ * A declaration the credential may not make (403: per-role users, whose shared topology comes
+ * from ops/rabbitmq/definitions.json) becomes a passive check that the thing exists; a binding
+ * it may not make is left to the definitions.
+ */
+async function ensureTopology(model: ChannelModel, exchanges: readonly ExchangeSpec[], queues: readonly QueueSpec[], bindings: readonly BindingSpec[]): Promise<void> {
+  let ch = await scratchChannel(model);
+  const attempt = async (what: string, declare: (c: Channel) => Promise<unknown>, check?: (c: Channel) => Promise<unknown>) => {
+    try {
+      await declare(ch);
+    } catch (err) {
+      if (!isAccessRefused(err)) throw err;
+      ch = await scratchChannel(model);
+      if (!check) return;
+      try {
+        await check(ch);
+      } catch (checkErr) {
+        ch = await scratchChannel(model);
+        throw new Error(`${what} does not exist and this credential may not declare it (apply ops/rabbitmq/definitions.json): ${(checkErr as Error).message}`);
+      }
+    }
+  };
+  try {
+    for (const ex of exchanges) {
+      await attempt(`exchange ${ex.name}`, (c) => c.assertExchange(ex.name, ex.type, { durable: ex.durable }), (c) => c.checkExchange(ex.name));
+    }
+    for (const q of queues) {
+      await attempt(`queue ${q.name}`, (c) => c.assertQueue(q.name, { durable: q.durable, arguments: q.arguments }), (c) => c.checkQueue(q.name));
+      const key = q.uplinkKey;
+      if (key !== undefined) await attempt(`binding of ${q.name}`, (c) => c.bindQueue(q.name, UPLINK_EXCHANGE, key));
+    }
+    for (const b of bindings) await attempt(`binding of ${b.queue}`, (c) => c.bindQueue(b.queue, b.exchange, b.routingKey));
+  } finally {
+    await ch.close().catch(() => {});
+  }
 }
 
 function withHeartbeat(url: string, heartbeatS: number): string {

@@ -9,6 +9,7 @@ export type BrokerErrorCode =
   | 'broker_closed'
   | 'broker_unavailable'
   | 'unroutable'
+  | 'forbidden_route'
   | 'too_large'
   | 'publish_failed'
   | 'consume_failed'
@@ -57,6 +58,16 @@ export class UnroutableError extends BrokerError {
   constructor(queue: string) {
     super('unroutable', `broker: publish to ${queue}: no such queue (message returned unroutable)`);
     this.name = 'UnroutableError';
+    this.queue = queue;
+  }
+}
+
+/** An uplink client (device, client role) was asked to publish to a queue it may not reach. */
+export class ForbiddenRouteError extends BrokerError {
+  readonly queue: string;
+  constructor(queue: string) {
+    super('forbidden_route', `broker: publish to ${queue}: not reachable through the uplink exchange (devices and clients send only to the scheduler, prompt and client queues)`);
+    this.name = 'ForbiddenRouteError';
     this.queue = queue;
   }
 }

@@ -11,6 +11,13 @@ import type { Channel } from 'amqplib';
 export const DLX_EXCHANGE = 'wisp.dlx';
 /** Routing key and name of the durable queue that keeps dead letters for inspection. */
 export const DEAD_QUEUE = 'wisp.dead';
+/**
+ * Uplink topic exchange: everything devices and clients publish goes through it, keyed by who
+ * sends and what (see `uplinkRoute`). Under per-role credentials (ops/rabbitmq) devices and
+ * clients may not write to the default exchange; topic permissions on this exchange's routing
+ * keys decide what each may send (a device: only `scheduler.<its own device ids>`).
+ */
+export const UPLINK_EXCHANGE = 'wisp.up';
 /** Shared prompt queue: edge fleets compete for PromptRequests. */
 export const PROMPTS_QUEUE = 'wisp.prompts';
 /** The scheduler's inbox: SessionOpen, VerifyRequest, SessionClose, WorkerStatus. */
@@ -34,6 +41,8 @@ export interface QueueSpec {
   kind: QueueKind;
   durable: boolean;
   arguments: Record<string, string | number>;
+  /** Binding to the uplink exchange, made with the queue (publishers in uplink mode rely on it). */
+  uplinkKey?: string;
 }
 
 export interface ExchangeSpec {
@@ -100,17 +109,17 @@ const DLX_ARGS = { 'x-dead-letter-exchange': DLX_EXCHANGE, 'x-dead-letter-routin
 export function queueSpec(name: string): QueueSpec {
   // `wisp.dead.<x>`: a private dead-letter queue (tests, tools) bound to the DLX under its own name.
   if (name === DEAD_QUEUE || name.startsWith(`${DEAD_QUEUE}.`)) return { name, kind: 'dead', durable: true, arguments: {} };
-  if (name === PROMPTS_QUEUE) return { name, kind: 'prompts', durable: true, arguments: { ...DLX_ARGS } };
-  if (name === SCHEDULER_QUEUE) return { name, kind: 'scheduler', durable: true, arguments: { ...DLX_ARGS } };
+  if (name === PROMPTS_QUEUE) return { name, kind: 'prompts', durable: true, arguments: { ...DLX_ARGS }, uplinkKey: 'prompts' };
+  if (name === SCHEDULER_QUEUE) return { name, kind: 'scheduler', durable: true, arguments: { ...DLX_ARGS }, uplinkKey: 'scheduler.#' };
   if (name.startsWith('wisp.worker.'))
     return { name, kind: 'worker', durable: true, arguments: { ...DLX_ARGS, 'x-expires': WORKER_QUEUE_EXPIRES_MS } };
   if (name.startsWith('wisp.device.'))
     return { name, kind: 'device', durable: true, arguments: { ...DLX_ARGS, 'x-expires': DEVICE_QUEUE_EXPIRES_MS } };
   if (name.startsWith('wisp.prompts.'))
-    return { name, kind: 'devicePrompts', durable: true, arguments: { ...DLX_ARGS, 'x-expires': DEVICE_QUEUE_EXPIRES_MS } };
-  // Client queues are transient: a result stream is worthless after a broker restart.
+    return { name, kind: 'devicePrompts', durable: true, arguments: { ...DLX_ARGS, 'x-expires': DEVICE_QUEUE_EXPIRES_MS }, uplinkKey: `prompts.${name.slice('wisp.prompts.'.length)}` };
+  // Client queues are durable (their chunks survive a broker restart) but expire a minute after their client left.
   if (name.startsWith('wisp.client.'))
-    return { name, kind: 'client', durable: false, arguments: { ...DLX_ARGS, 'x-expires': CLIENT_QUEUE_EXPIRES_MS } };
+    return { name, kind: 'client', durable: true, arguments: { ...DLX_ARGS, 'x-expires': CLIENT_QUEUE_EXPIRES_MS }, uplinkKey: `client.${name.slice('wisp.client.'.length)}` };
   return { name, kind: 'other', durable: true, arguments: { ...DLX_ARGS } };
 }
 
@@ -121,14 +130,48 @@ export function isDurableQueue(name: string): boolean {
 
 /** The shared part of the topology, declared by every role. */
 export const TOPOLOGY: Topology = {
-  exchanges: [{ name: DLX_EXCHANGE, type: 'direct', durable: true }],
+  exchanges: [
+    { name: DLX_EXCHANGE, type: 'direct', durable: true },
+    { name: UPLINK_EXCHANGE, type: 'topic', durable: true },
+  ],
   queues: [queueSpec(DEAD_QUEUE), queueSpec(PROMPTS_QUEUE), queueSpec(SCHEDULER_QUEUE)],
   bindings: [{ queue: DEAD_QUEUE, exchange: DLX_EXCHANGE, routingKey: DEAD_QUEUE }],
 };
 
-/** Declares one queue exactly as its spec says. */
+/** Declares one queue exactly as its spec says, with its uplink binding. */
 export async function declareQueue(channel: Channel, spec: QueueSpec): Promise<void> {
   await channel.assertQueue(spec.name, { durable: spec.durable, arguments: spec.arguments });
+  if (spec.uplinkKey !== undefined) await channel.bindQueue(spec.name, UPLINK_EXCHANGE, spec.uplinkKey);
+}
+
+/** Where an uplink publish goes: exchange `wisp.up` and the routing key that names the sender. */
+export interface UplinkRoute {
+  exchange: string;
+  routingKey: string;
+}
+
+/**
+ * The uplink route of a message meant for `queue`, or null when devices and clients may not
+ * send there. Requests to the scheduler are keyed by the device id they carry
+ * (`scheduler.<deviceId>`), so the broker's topic permissions authenticate it and the
+ * scheduler can check the key against the body.
+ */
+export function uplinkRoute(queue: string, message: unknown): UplinkRoute | null {
+  const spec = queueSpec(queue);
+  if (spec.kind === 'scheduler') {
+    const deviceId = typeof message === 'object' && message !== null ? (message as { deviceId?: unknown }).deviceId : undefined;
+    if (typeof deviceId !== 'string' || !ID_PATTERN.test(deviceId)) return null;
+    return { exchange: UPLINK_EXCHANGE, routingKey: `scheduler.${deviceId}` };
+  }
+  if (spec.kind === 'prompts' || spec.kind === 'devicePrompts' || spec.kind === 'client') return { exchange: UPLINK_EXCHANGE, routingKey: spec.uplinkKey! };
+  return null;
+}
+
+/** The device that sent a delivery through the uplink (`scheduler.<deviceId>`), or null. */
+export function uplinkSender(exchange: string, routingKey: string): string | null {
+  if (exchange !== UPLINK_EXCHANGE || !routingKey.startsWith('scheduler.')) return null;
+  const id = routingKey.slice('scheduler.'.length);
+  return ID_PATTERN.test(id) ? id : null;
 }
 
 /**

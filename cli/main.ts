@@ -19,6 +19,8 @@ import { registerRoles } from './commands/roles.ts';
 registerRoles(program);
 import { registerEnqueue } from './commands/enqueue.ts';
 registerEnqueue(program);
+import { registerBench } from './commands/bench.ts';
+registerBench(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const e = err as Error & { code?: string };

@@ -31,6 +31,8 @@ const ENV_TABLE: ReadonlyArray<Omit<EnvVar, 'defaultValue'>> = [
   { name: 'WISP_LOG_LEVEL', key: 'logLevel', kind: 'string', description: 'debug | info | warn | error | silent' },
   { name: 'WISP_MODEL_DIR', key: 'models.modelDir', kind: 'string', description: 'Folder with target and draft-N ONNX model folders (wins over the preset)' },
   { name: 'WISP_MODEL_PRESET', key: 'models.preset', kind: 'string', description: 'Built-in forged model pair: tiny | small' },
+  { name: 'WISP_COST_MODEL', key: 'models.costModel.enabled', kind: 'boolean', description: 'Verifier sleeps per the estimator instead of running the target model (load tests)' },
+  { name: 'WISP_COST_MODEL_SCALE', key: 'models.costModel.timeScale', kind: 'number', description: 'Multiplies the cost model\'s predicted batch time (0 = no sleep)' },
   { name: 'WISP_THREADS', key: 'models.threads', kind: 'integer', description: 'onnxruntime threads per model session' },
   { name: 'WISP_TIME_SCALE', key: 'timeScale', kind: 'number', description: 'Multiplies every emulated device time (0 = no emulated delays)' },
   { name: 'WISP_DEVICE_PROFILE', key: 'deviceProfile', kind: 'string', description: 'Device profile an edge process emulates' },
@@ -55,6 +57,7 @@ const ENV_TABLE: ReadonlyArray<Omit<EnvVar, 'defaultValue'>> = [
   { name: 'WISP_SESSION_TTL_MS', key: 'sessionTtlMs', kind: 'integer', description: 'Redis keys of an untouched session expire after this, ms' },
   { name: 'WISP_METRICS_PORT', key: 'telemetry.metricsPort', kind: 'integer', description: 'Port of the Prometheus /metrics endpoint (0 = none)' },
   { name: 'WISP_METRICS_HOST', key: 'telemetry.metricsHost', kind: 'string', description: 'Address the /metrics endpoint listens on' },
+  { name: 'WISP_PRETTY_LOGS', key: 'telemetry.prettyLogs', kind: 'boolean', description: 'Log lines for people instead of JSON (default: when stderr is a terminal)' },
   { name: 'WISP_TRACING', key: 'telemetry.tracing', kind: 'boolean', description: 'Export OpenTelemetry traces (OTLP; also on when OTEL_EXPORTER_OTLP_ENDPOINT is set)' },
 ];
 

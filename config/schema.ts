@@ -85,6 +85,11 @@ export const WispConfigSchema = z
       modelDir: str().optional(),
       /** onnxruntime intra-op threads per session. */
       threads: posInt(),
+      /**
+       * Verifier workers run no target model: each batch sleeps for the estimator's predicted
+       * time (× timeScale) and returns deterministic fake logits (inference/cost-model-runner.ts).
+       */
+      costModel: z.strictObject({ enabled: bool(), timeScale: nonNegNum() }),
     }),
     /** Multiplies every emulated device time (drafting, network); 0 = no emulated delays. */
     timeScale: nonNegNum(),
@@ -144,6 +149,8 @@ export const WispConfigSchema = z
        * before the broker and Redis libraries load; from a file only our own spans are traced.
        */
       tracing: bool(),
+      /** Log lines for people instead of JSON; unset: when stderr is a terminal. */
+      prettyLogs: bool().optional(),
     }),
   })
   .superRefine((c, ctx) => {

@@ -24,7 +24,7 @@ class Scratch {
   private buf = new Float32Array(0);
   view(length: number): Float32Array {
     if (this.buf.length < length) this.buf = new Float32Array(Math.max(length, Math.ceil(this.buf.length * 1.5)));
-    return new Float32Array(length);
+    return this.buf.subarray(0, length);
   }
 }
 

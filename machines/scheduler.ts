@@ -71,6 +71,11 @@ export interface SchedulerContext {
   pending: Record<string, PendingEntry[]>;
   /** Opens that arrived before any worker could take them. */
   unplaced: { message: SessionOpen; atMs: number }[];
+  /**
+   * Recently closed sessions → close time. A stale or redelivered request for one of them is
+   * dropped instead of bringing the session back (the adoption path would re-place it).
+   */
+  closed: Record<string, number>;
   evictions: Record<string, string[]>;
   batchSeq: number;
   wakeAtMs: number | null;
@@ -98,11 +103,13 @@ const notProvided = (name: string) => () => {
   throw new Error(`Scheduler: ${name} was not provided by the adapter`);
 };
 
-type Effect =
+/** What a reduction asks the adapter to do (send a batch, refuse, persist, set the wake-up timer). */
+export type SchedulerEffect =
   | { kind: 'dispatch'; batch: VerifyBatch }
   | { kind: 'refuse'; params: RefusalParams }
   | { kind: 'persist'; workerId: string; model: string; estimator: EstimatorState }
   | { kind: 'wake'; atMs: number };
+type Effect = SchedulerEffect;
 
 /** Picks the live worker serving `model` (any model when unset) with the fewest sessions. */
 export function placeSession(workers: Record<string, WorkerEntry>, model: string | undefined): WorkerEntry | null {
@@ -144,6 +151,7 @@ function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntr
 
 /** Places an open on a worker (or parks it), returning effects for refusals. */
 function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects: Effect[]): void {
+  if (ctx.closed[m.sessionId] !== undefined) return; // a redelivered open of a session that ended
   const workers = Object.values(ctx.workers);
   if (workers.length === 0) {
     ctx.unplaced.push({ message: m, atMs });
@@ -190,6 +198,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
 }
 
 function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number): void {
+  if (ctx.closed[m.sessionId] !== undefined) return; // stale: the session ended
   let s = ctx.sessions[m.sessionId];
   if (!s) {
     // Unknown here (e.g. this scheduler restarted): adopt it; the worker rebuilds its cache
@@ -343,9 +352,25 @@ function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): vo
   }
 }
 
-function applyClose(ctx: SchedulerContext, m: SessionClose): void {
+/** How long, and how many, closed sessions are remembered to drop their stale requests. */
+export const CLOSED_RETAIN_MS = 10 * 60_000;
+export const CLOSED_RETAIN_MAX = 4_096;
+
+function rememberClosed(ctx: SchedulerContext, sessionId: string, atMs: number): void {
+  const closed: Record<string, number> = {};
+  const kept = Object.entries(ctx.closed).filter(([id, at]) => id !== sessionId && atMs - at < CLOSED_RETAIN_MS);
+  // Insertion order is close order: keep the newest.
+  for (const [id, at] of kept.slice(Math.max(0, kept.length - (CLOSED_RETAIN_MAX - 1)))) closed[id] = at;
+  closed[sessionId] = atMs;
+  ctx.closed = closed;
+}
+
+function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number): void {
   const s = ctx.sessions[m.sessionId];
-  if (!s || s.deviceId !== m.deviceId) return;
+  if (s && s.deviceId !== m.deviceId) return;
+  rememberClosed(ctx, m.sessionId, atMs);
+  ctx.unplaced = ctx.unplaced.filter((u) => u.message.sessionId !== m.sessionId || u.message.deviceId !== m.deviceId);
+  if (!s) return;
   delete ctx.sessions[m.sessionId];
   const w = ctx.workers[s.workerId];
   if (w) ctx.workers[s.workerId] = { ...w, sessions: Math.max(0, w.sessions - 1) };
@@ -368,6 +393,15 @@ function draft(ctx: SchedulerContext): SchedulerContext {
 /** The whole transition function: event → (new context, effects). Pure. */
 export function reduceScheduler(prev: SchedulerContext, event: SchedulerEvent): { context: SchedulerContext; effects: Effect[] } {
   const ctx = draft(prev);
+  return { context: ctx, effects: applySchedulerEvent(ctx, event) };
+}
+
+/**
+ * The same transition applied in place: mutates `ctx` (its top-level records) and returns the
+ * effects. For a caller that owns its context exclusively — the simulator — so it skips the
+ * defensive copy `reduceScheduler` makes of every record (O(sessions) per event).
+ */
+export function applySchedulerEvent(ctx: SchedulerContext, event: SchedulerEvent): Effect[] {
   const effects: Effect[] = [];
   switch (event.type) {
     case 'OPEN':
@@ -377,7 +411,7 @@ export function reduceScheduler(prev: SchedulerContext, event: SchedulerEvent): 
       acceptVerify(ctx, event.message, event.atMs);
       break;
     case 'CLOSE':
-      applyClose(ctx, event.message);
+      applyClose(ctx, event.message, event.atMs);
       break;
     case 'WORKER_STATUS':
       applyWorkerStatus(ctx, event.message, event.atMs, effects);
@@ -391,12 +425,12 @@ export function reduceScheduler(prev: SchedulerContext, event: SchedulerEvent): 
     case 'RESTORE_ESTIMATOR': {
       const w = ctx.workers[event.workerId];
       if (w) ctx.workers[event.workerId] = { ...w, estimator: event.estimator };
-      return { context: ctx, effects };
+      return effects;
     }
   }
   ctx.stats = { ...ctx.stats, refused: ctx.stats.refused + effects.filter((e) => e.kind === 'refuse').length };
   pump(ctx, event.atMs, effects);
-  return { context: ctx, effects };
+  return effects;
 }
 
 export function initialSchedulerContext(settings: SchedulerSettings): SchedulerContext {
@@ -406,6 +440,7 @@ export function initialSchedulerContext(settings: SchedulerSettings): SchedulerC
     sessions: {},
     pending: {},
     unplaced: [],
+    closed: {},
     evictions: {},
     batchSeq: 0,
     wakeAtMs: null,

@@ -23,6 +23,8 @@ import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
 import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../../policies/controller.ts';
 import type { Logger } from '../../telemetry/logger.ts';
+import type { EdgeMetrics } from '../../telemetry/metrics.ts';
+import { ATTR, startDraftSpan, startRoundSpan, startSessionSpan, type SpanHandle } from '../../telemetry/spans.ts';
 import type { Clock } from '../clock.ts';
 import { SessionDrafter, type DraftStopRule } from './drafter.ts';
 
@@ -48,15 +50,29 @@ export interface EdgeDeviceOptions {
   clock: Clock;
   /** Deterministic jitter source (tests and benchmarks seed it). */
   random?: () => number;
+  /** Called after every served prompt (benchmarks collect their records here). */
+  onServed?: (served: ServedPrompt) => void;
+  /** Prometheus series of the edge role (telemetry/metrics.ts); none when absent. */
+  metrics?: EdgeMetrics;
+  /** Policy name, for the session span. */
+  policy?: string;
 }
 
 /** The outcome of one served prompt, as the client sees it in the last TokenChunk. */
 export interface ServedPrompt {
   requestId: string;
   sessionId: string;
+  deviceId: string;
+  profileName: string;
   tokens: number[];
   stats: SessionStats;
   error: { code: string; message: string } | null;
+  startedAtMs: number;
+  endedAtMs: number;
+  /** Device energy of the session, J (real-world units: emulated times divided by timeScale). */
+  energyJ: number;
+  /** Device time spent drafting, ms (emulated). */
+  draftMs: number;
 }
 
 let sessionCounter = 0;
@@ -142,8 +158,32 @@ export class EdgeDevice {
     } catch (err) {
       const message = (err as Error).message;
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'malformed', message, requestId: prompt.requestId });
-      return { requestId: prompt.requestId, sessionId, tokens: [], stats: emptyStats(), error: { code: 'malformed', message } };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0 };
+      o.onServed?.(served);
+      return served;
     }
+
+    // Tracing: a root span per session, a span per round (0 = the open); no-ops when tracing is off.
+    const sessionSpan = startSessionSpan({
+      sessionId,
+      requestId: prompt.requestId,
+      deviceId: this.id,
+      deviceProfile: o.profileName,
+      draftModel: o.draftModelName,
+      policy: o.policy,
+      promptTokens: promptTokens.length,
+      maxNewTokens: prompt.maxNewTokens,
+    });
+    const roundSpans = new Map<number, SpanHandle>();
+    const roundSpan = (round: number): SpanHandle => {
+      let span = roundSpans.get(round);
+      if (!span) {
+        span = startRoundSpan(sessionSpan, round);
+        roundSpans.set(round, span);
+      }
+      return span;
+    };
+    o.metrics?.sessionStarted();
 
     const stopRule: DraftStopRule = {
       predict: (f) => predictAcceptance(this.#controller, f),
@@ -159,7 +199,7 @@ export class EdgeDevice {
     const machine = edgeSessionMachine.provide({
       actions: {
         sendOpen: () =>
-          this.#sendUp({
+          roundSpan(0).run(() => this.#sendUp({
             v: PROTOCOL_VERSION,
             type: 'open',
             sessionId,
@@ -175,9 +215,11 @@ export class EdgeDevice {
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
             rttMs: o.profile.rttMs * o.timeScale,
-          }),
+          })),
         sendVerify: (_, p) => {
-          this.#sendUp({
+          const span = roundSpan(p.round);
+          span.set({ [ATTR.drafted]: p.draft.tokens.length, [ATTR.attempt]: p.attempt });
+          span.run(() => this.#sendUp({
             v: PROTOCOL_VERSION,
             type: 'verify',
             sessionId,
@@ -189,7 +231,7 @@ export class EdgeDevice {
             ...(p.draft.dists ? { draftDists: p.draft.dists } : {}),
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
-          });
+          }));
           const eos = o.draft.info.eosTokenId;
           const endsInEos = eos !== null && p.draft.tokens[p.draft.tokens.length - 1] === eos;
           if (o.pipelinedDrafting && p.attempt === 0 && p.draft.tokens.length > 0 && !endsInEos) {
@@ -208,6 +250,7 @@ export class EdgeDevice {
           void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, done: false });
         },
         roundVerified: (_, p) => {
+          o.metrics?.roundVerified({ drafted: p.draft.tokens.length, verified: p.result.verified, accepted: p.result.accepted });
           this.#controller = learnFromRound(this.#controller, p.draft.features, p.result.accepted, p.result.verified);
           this.#expectedQueueMs = 0.8 * this.#expectedQueueMs + 0.2 * p.result.queueMs;
         },
@@ -215,7 +258,16 @@ export class EdgeDevice {
       actors: {
         draft: fromPromise(async ({ input }: { input: DraftInput }) => {
           roundContext = input.context;
-          return drafter.draftRound(input);
+          const span = startDraftSpan(roundSpan(input.round));
+          try {
+            const out = await drafter.draftRound(input);
+            span.end({ [ATTR.drafted]: out.tokens.length, [ATTR.draftMs]: out.draftMsPerToken.reduce((a, b) => a + b, 0), [ATTR.discarded]: out.discardedDraftMs ? 1 : 0 });
+            return out;
+          } catch (err) {
+            span.fail((err as Error).message);
+            span.end();
+            throw err;
+          }
         }),
       },
     });
@@ -235,9 +287,17 @@ export class EdgeDevice {
         startedAtMs,
       },
     });
+    /** A round's span ends when its first result arrives (duplicates find it gone). */
+    const endRound = (r: { round: number; accepted: number; verified: number; queueMs: number; verifyMs: number; batchSize: number; workerId: string }) => {
+      const span = roundSpans.get(r.round);
+      if (!span) return;
+      roundSpans.delete(r.round);
+      span.end({ [ATTR.accepted]: r.accepted, [ATTR.verified]: r.verified, [ATTR.queueMs]: r.queueMs, [ATTR.verifyMs]: r.verifyMs, [ATTR.batchSize]: r.batchSize, [ATTR.workerId]: r.workerId });
+    };
     this.#sessions.set(sessionId, {
       deliver: (m) => {
         const atMs = clock.now();
+        if (m.type === 'result') endRound(m);
         if (m.type === 'result') actor.send({ type: 'RESULT', result: m, atMs });
         else if (m.type === 'stream') actor.send({ type: 'STREAM', chunk: m, atMs });
         else actor.send({ type: 'ERROR', error: m, atMs });
@@ -261,15 +321,40 @@ export class EdgeDevice {
       this.pipelined.reused += drafter.pipelined.reused;
       this.pipelined.discarded += drafter.pipelined.discarded;
     }
+    const endedAtMs = clock.now();
     const stats = sessionStats(ctx, slo, startedAtMs);
-    this.energyJ += deviceEnergyJ(o.profile, ctx, clock.now() - startedAtMs);
+    const energyJ = deviceEnergyJ(o.profile, ctx, endedAtMs - startedAtMs, o.timeScale);
+    this.energyJ += energyJ;
+    for (const span of roundSpans.values()) span.end({ [ATTR.outcome]: 'unanswered' });
+    roundSpans.clear();
+    if (ctx.error) sessionSpan.fail(ctx.error.message, ctx.error.code);
+    sessionSpan.end({
+      [ATTR.generatedTokens]: ctx.generated.length,
+      [ATTR.ttftMs]: stats.ttftMs,
+      [ATTR.tpotMs]: stats.tpotMs,
+      [ATTR.sloAttained]: stats.sloAttained,
+      [ATTR.rounds]: stats.rounds,
+      [ATTR.drafted]: stats.drafted,
+      [ATTR.accepted]: stats.accepted,
+    });
+    o.metrics?.sessionEnded({
+      ok: ctx.error === null,
+      ttftMs: stats.ttftMs,
+      tpotMs: stats.tpotMs,
+      e2eMs: endedAtMs - startedAtMs,
+      tokens: ctx.generated.length,
+      sloAttained: stats.sloAttained,
+      wastedDraftMs: stats.wastedDraftMs,
+    });
     if (ctx.error) {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: ctx.error.code, message: ctx.error.message, requestId: prompt.requestId, sessionId });
     } else {
       await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', done: true, stats });
     }
-    return { requestId: prompt.requestId, sessionId, tokens: ctx.generated, stats, error: ctx.error };
+    const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs };
+    o.onServed?.(served);
+    return served;
   }
 }
 
@@ -299,12 +384,16 @@ export function sessionStats(ctx: EdgeSessionContext, slo: Slo, startedAtMs: num
   };
 }
 
-/** Device energy of one session, J: drafting at drafting power, the rest idle, plus radio time. */
-export function deviceEnergyJ(profile: DeviceProfile, ctx: EdgeSessionContext, wallMs: number): number {
-  const draftS = ctx.counters.draftMs / 1_000;
+/**
+ * Device energy of one session, J, in real-world units: emulated times are divided by
+ * `timeScale` first. Drafting at drafting power, radio time (one one-way latency per message,
+ * an assumption) at transmitting power, the rest idle.
+ */
+export function deviceEnergyJ(profile: DeviceProfile, ctx: EdgeSessionContext, wallMs: number, timeScale = 1): number {
+  const unscale = timeScale > 0 ? 1 / timeScale : 1;
+  const draftS = (ctx.counters.draftMs * unscale) / 1_000;
   const messages = ctx.counters.rounds * 2 + 2;
-  // Radio time per message is assumed to be one network one-way latency (rtt/2).
   const txS = (messages * profile.rttMs) / 2 / 1_000;
-  const idleS = Math.max(0, wallMs / 1_000 - draftS - txS);
+  const idleS = Math.max(0, (wallMs * unscale) / 1_000 - draftS - txS);
   return draftS * profile.powerW.drafting + txS * profile.powerW.transmitting + idleS * profile.powerW.idle;
 }

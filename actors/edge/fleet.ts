@@ -16,7 +16,7 @@ import type { DecoderRunner } from '../../inference/types.ts';
 import { createControllerState } from '../../policies/controller.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import { wallClock, type Clock } from '../clock.ts';
-import { EdgeDevice } from './device.ts';
+import { EdgeDevice, type ServedPrompt } from './device.ts';
 
 export interface EdgeFleetOptions {
   fleetId: string;
@@ -39,6 +39,8 @@ export interface EdgeFleetOptions {
   clock?: Clock;
   /** Seed for the devices' network jitter (reproducible runs). */
   seed?: number;
+  /** Called after every served prompt (benchmarks). */
+  onServed?: (served: ServedPrompt) => void;
 }
 
 export interface EdgeFleet {
@@ -94,6 +96,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       logger: opts.logger.child({ deviceId: `${opts.fleetId}-${i}` }),
       clock,
       random: jitterSource((opts.seed ?? 1) * 7919 + i),
+      ...(opts.onServed ? { onServed: opts.onServed } : {}),
     });
     await device.start();
     devices.push(device);

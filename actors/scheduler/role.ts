@@ -8,8 +8,8 @@
  */
 import { createActor } from 'xstate';
 import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../broker/contracts.ts';
-import type { BrokerClient } from '../../broker/connection.ts';
-import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
+import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
+import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
 import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
 import type { EstimatorState } from '../../policies/estimator.ts';
 import type { Logger } from '../../telemetry/logger.ts';
@@ -35,6 +35,23 @@ export interface SchedulerRoleOptions {
 export interface SchedulerRole {
   snapshot(): ReturnType<ReturnType<typeof createActor<typeof schedulerMachine>>['getSnapshot']>;
   stop(): Promise<void>;
+}
+
+/**
+ * Least privilege: a message that came through the uplink exchange was published by the device
+ * its routing key names (topic permissions guard the key), so it must speak for that device
+ * only and ask for answers on that device's own queue; worker statuses never come that way.
+ * The default exchange is writable by the server roles alone (ops/rabbitmq/definitions.json).
+ * @throws HandlerError not_owner (the broker dead-letters the message and tells the sender)
+ */
+export function checkSender(m: SchedulerInbox, meta: Pick<DeliveryMeta, 'exchange' | 'routingKey'>): void {
+  if (meta.exchange !== UPLINK_EXCHANGE) return;
+  const sender = uplinkSender(meta.exchange, meta.routingKey);
+  if (m.type === 'worker') throw new HandlerError('not_owner', `worker status for ${m.workerId} refused: it came through the device uplink (from ${sender ?? 'an unknown sender'})`);
+  if (sender !== m.deviceId) throw new HandlerError('not_owner', `device ${sender ?? '(unknown)'} may not send ${m.type} requests for device ${m.deviceId}`);
+  if (m.type !== 'close' && m.replyTo !== deviceQueue(m.deviceId)) {
+    throw new HandlerError('not_owner', `device ${m.deviceId} asked for answers on ${m.replyTo}; only its own queue ${deviceQueue(m.deviceId)} is allowed`);
+  }
 }
 
 function requestKey(m: SchedulerInbox): string | null {
@@ -118,7 +135,8 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
   const consumer = await opts.broker.consume(
     SCHEDULER_QUEUE,
     SchedulerInboxSchema,
-    async (m) => {
+    async (m, meta) => {
+      checkSender(m, meta);
       const atMs = clock.now();
       switch (m.type) {
         case 'open':

@@ -78,6 +78,8 @@ export interface ExecutorDeps {
   reply: (queue: string, message: VerifyResult | TokenStream | ErrorMessage) => Promise<void>;
   now: () => number;
   eosTokenId: number | null;
+  /** Dead-letters a refused request with its reason (DESIGN §3); optional (unit tests). */
+  deadLetter?: (request: unknown, reason: string) => Promise<void>;
 }
 
 interface Job {
@@ -121,6 +123,8 @@ export class BatchExecutor {
 
   private async refuse(item: BatchItem, code: ErrorCode, message: string): Promise<void> {
     const r = item.request;
+    // Kept for inspection beside malformed messages; a failure here must not cost the answer.
+    void this.deps.deadLetter?.(r, `${code}: ${message}`).catch(() => {});
     await this.deps.reply(r.replyTo, {
       v: PROTOCOL_VERSION,
       type: 'error',
@@ -137,8 +141,8 @@ export class BatchExecutor {
   }
 
   /** Rebuilds a session this worker does not hold from the ledger (another worker had it). */
-  private async rebuild(sessionId: string): Promise<WorkerSession | null> {
-    const rec = await this.deps.ledger.load(sessionId);
+  private async rebuild(sessionId: string, loaded?: SessionRecord | null): Promise<WorkerSession | null> {
+    const rec = loaded === undefined ? await this.deps.ledger.load(sessionId) : loaded;
     if (!rec || rec.tokens.length < 2) return null;
     const cache = this.deps.runner.newCache();
     await this.deps.runner.forward([{ cache, tokens: rec.tokens.slice(0, -1) }]);
@@ -185,7 +189,26 @@ export class BatchExecutor {
   }
 
   private async planVerify(item: BatchItem, m: VerifyRequest): Promise<Job | null> {
-    let s = this.sessions.get(m.sessionId) ?? (await this.rebuild(m.sessionId));
+    let s: WorkerSession | null | undefined = this.sessions.get(m.sessionId);
+    if (s && s.deviceId === m.deviceId && m.round > s.lastRound && m.committedLength > s.tokens.length) {
+      // This worker is behind the ledger (its copy went stale while another worker served it).
+      this.sessions.delete(m.sessionId);
+      s = undefined;
+    }
+    if (!s) {
+      const rec = await this.deps.ledger.load(m.sessionId);
+      if (rec && rec.deviceId !== m.deviceId) {
+        await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+        return null;
+      }
+      if (rec && m.round <= rec.lastRound) {
+        // A duplicate or stale round of a session this worker does not hold (closed, evicted or
+        // moved): answer a retry from the ledger; never re-prefill a whole history for it.
+        if (m.round === rec.lastRound && rec.lastResult) await this.deps.reply(m.replyTo, rec.lastResult);
+        return null;
+      }
+      s = await this.rebuild(m.sessionId, rec);
+    }
     if (!s) {
       await this.refuse(item, 'unknown_session', `session ${m.sessionId} is not open (closed, expired, or never opened)`);
       return null;
@@ -201,13 +224,8 @@ export class BatchExecutor {
     }
     if (m.committedLength !== s.tokens.length) {
       if (m.committedLength < s.tokens.length) return null; // stale: the device has moved on
-      // This worker is behind the ledger (its copy went stale while another worker served it).
-      this.sessions.delete(m.sessionId);
-      s = await this.rebuild(m.sessionId);
-      if (!s || m.committedLength !== s.tokens.length) {
-        await this.refuse(item, 'internal', `session ${m.sessionId}: device has ${m.committedLength} committed tokens, the server ${s?.tokens.length ?? 0}`);
-        return null;
-      }
+      await this.refuse(item, 'internal', `session ${m.sessionId}: device has ${m.committedLength} committed tokens, the server ${s.tokens.length}`);
+      return null;
     }
     const badDraft = this.outOfVocab(m.draftTokens) ?? m.draftDists?.flatMap((d) => d.ids).find((t) => t >= this.deps.runner.info.vocabSize);
     if (badDraft !== undefined) {

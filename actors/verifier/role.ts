@@ -28,6 +28,8 @@ export interface VerifierRoleOptions {
   heartbeat?: (status: WorkerStatus) => Promise<void>;
   logger: Logger;
   clock?: Clock;
+  /** Called with every executed batch's report (benchmarks collect batch records here). */
+  onBatch?: (report: BatchReport) => void;
   /** A runner to use instead of loading `targetDir` (tests share one model between workers). */
   runner?: DecoderRunner;
 }
@@ -83,6 +85,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
           runner,
           ledger: opts.ledger,
           reply: (queue, message) => opts.broker.publish(queue, message),
+          deadLetter: (request, reason) => opts.broker.deadLetter(workerQueue(opts.workerId), request, reason),
           now: () => clock.now(),
           eosTokenId: runner.info.eosTokenId,
         });
@@ -91,10 +94,15 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
         return model;
       }),
       executeBatch: fromPromise(async ({ input }: { input: { batch: VerifyBatch } }) => executor!.execute(input.batch)),
-      decodeStep: fromPromise(async () => executor!.decodeStep()),
+      decodeStep: fromPromise(async () => {
+        const report = await executor!.decodeStep();
+        opts.onBatch?.(report);
+        return report;
+      }),
     },
     actions: {
       reportReady: (_, p) => {
+        if (p.report) opts.onBatch?.(p.report);
         finish(p.report?.batchId);
         void publishStatus(status('ready', p.report, p.report?.batchId));
       },

@@ -85,10 +85,9 @@ export async function measureGreedyAgreement(
   return { agreement: agree / positions, positions };
 }
 
-/** The forge corpus as token sequences, one per paragraph, each starting with EOS (as imprinted). */
-export function corpusSequences(tokenizer: { encode(text: string): number[]; eosTokenId: number | null }): number[][] {
-  const eos = tokenizer.eosTokenId;
-  return FORGE_CORPUS_PARAGRAPHS.map((p) => (eos === null ? tokenizer.encode(p) : [eos, ...tokenizer.encode(p)]));
+/** The forge corpus as token sequences, one per paragraph. */
+export function corpusSequences(tokenizer: { encode(text: string): number[] }): number[][] {
+  return FORGE_CORPUS_PARAGRAPHS.map((p) => tokenizer.encode(p));
 }
 
 /** Teacher-forced agreement: every position of `sequences`, one batched forward per model. */

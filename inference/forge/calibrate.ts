@@ -53,9 +53,11 @@ export async function calibrateBeta(
   const B = sequences.length;
   const S = sequences[0].length;
   const bytes = buildDecoderOnnx(weights, { numLayers: L, merged: false, name: 'wisp-calibration', layerNormEps, betaInput: true });
+  // One thread: the argmax counts (and so β and the forged bytes) must not depend on the core count.
   const session = await ort.InferenceSession.create(bytes, {
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
+    intraOpNumThreads: 1,
     interOpNumThreads: 1,
   });
   try {

@@ -92,7 +92,8 @@ export function buildDecoderOnnx(w: DecoderWeights, o: DecoderGraphOptions): Uin
     }
     const presentK = g.op('Concat', [pastK, kNew], { axis: 2 }, `present.${i}.key`);
     const presentV = g.op('Concat', [pastV, vNew], { axis: 2 }, `present.${i}.value`);
-    const kT = g.op('Unsqueeze', [g.op('Transpose', [presentK], { perm: [0, 1, 3, 2] }), g.int64Const([2])]);
+    // Unsqueeze before Transpose, so onnxruntime fuses the Transpose into the MatMul (transB).
+    const kT = g.op('Transpose', [g.op('Unsqueeze', [presentK, g.int64Const([2])])], { perm: [0, 1, 2, 4, 3] });
     const scores = g.op('Add', [g.op('MatMul', [q5, kT]), maskBias]);
     const probs = g.op('Softmax', [scores], { axis: -1 });
     const ctx5 = g.op('MatMul', [probs, g.op('Unsqueeze', [presentV, g.int64Const([2])])]);

@@ -27,7 +27,7 @@ import { buildTokenizerFiles, type TokenizerFiles } from './tokenizer-json.ts';
 import { randomLayer, scaleBranch, type DecoderDims, type DecoderWeights } from './weights.ts';
 
 /** Bump whenever forged bytes change, so cached model folders are re-forged. */
-export const FORGE_VERSION = 1;
+export const FORGE_VERSION = 3;
 /** Residual branch scale of layer 0 (shared by draft and target): small, so the imprint shows. */
 export const FIRST_LAYER_SCALE = 0.1;
 /** Position-embedding standard deviation (relative to embedding RMS 1). */
@@ -43,7 +43,11 @@ const CALIBRATION_CHUNKS = 24;
 export interface ForgeOptions {
   preset?: ForgePreset;
   seed?: number;
-  /** Greedy draft-1/target agreement to aim for, 0.5–0.95 (mapped to β). */
+  /**
+   * Greedy (argmax) agreement of draft-1 with the target to aim for, 0.5–0.95: β is calibrated
+   * per forge so that teacher-forced agreement over the corpus lands here (±0.01 on the
+   * calibration text). Along the target's own greedy text agreement is typically 0.05–0.15 lower.
+   */
   agreement?: number;
   /** Sets β (the later layers' residual branch scale) directly, overriding `agreement`'s map. */
   beta?: number;
@@ -211,10 +215,8 @@ function configJson(
 
 interface ForgedTokenizer {
   files: TokenizerFiles;
-  /** The corpus as imprinted: EOS, paragraph 1, EOS, paragraph 2, … */
+  /** The corpus as imprinted: EOS, the paragraphs separated by single newlines, EOS. */
   sequence: number[];
-  /** Per paragraph: EOS + its tokens (teacher-forced calibration text). */
-  paragraphs: number[][];
 }
 
 // The tokenizer depends only on the vocabulary size and context: train it once per process.
@@ -234,22 +236,45 @@ function forgeTokenizer(vocabSize: number, maxPositions: number): ForgedTokenize
     );
     const files = buildTokenizerFiles(bpe, maxPositions);
     const tokenizer = new Tokenizer(files.tokenizerJson, files.tokenizerConfig);
-    const paragraphs = FORGE_CORPUS_PARAGRAPHS.map((p) => [files.eosTokenId, ...tokenizer.encode(p, { add_special_tokens: false }).ids]);
-    const sequence = [...paragraphs.flat(), files.eosTokenId];
-    t = { files, sequence, paragraphs };
+    // Paragraphs joined by one newline (two would teach "\n" → "\n" loops); EOS only at the ends,
+    // so EOS after a sentence stays rare and sessions run to their token budget, as with real models.
+    const encode = (text: string): number[] => tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const newline = encode('\n');
+    const sequence = [files.eosTokenId];
+    FORGE_CORPUS_PARAGRAPHS.forEach((p, i) => sequence.push(...(i > 0 ? newline : []), ...encode(p)));
+    sequence.push(files.eosTokenId);
+    t = { files, sequence };
     tokenizerMemo.set(key, t);
   }
   return t;
 }
 
 /** Equal-length teacher-forcing chunks of the corpus for calibration (bounded work per evaluation). */
-function calibrationChunks(paragraphs: number[][], maxPositions: number): number[][] {
+function calibrationChunks(sequence: number[], maxPositions: number): number[][] {
   const len = Math.min(CALIBRATION_CHUNK, maxPositions);
   const chunks: number[][] = [];
-  for (const p of paragraphs) for (let at = 0; at + len <= p.length; at += len) chunks.push(p.slice(at, at + len));
+  for (let at = 0; at + len <= sequence.length; at += len) chunks.push(sequence.slice(at, at + len));
   if (chunks.length <= CALIBRATION_CHUNKS) return chunks;
   const step = chunks.length / CALIBRATION_CHUNKS;
   return Array.from({ length: CALIBRATION_CHUNKS }, (_, i) => chunks[Math.floor(i * step)]);
+}
+
+/**
+ * `wisp-<preset>` plus the options that differ from the preset's defaults (so variants get
+ * different model names): e.g. `wisp-tiny-s5-a0.7-kv2-merged`.
+ */
+export function modelNamePrefix(o: ResolvedForgeOptions): string {
+  const base = resolveForgeOptions({ preset: o.preset });
+  const parts = [`wisp-${o.preset}`];
+  if (o.seed !== base.seed) parts.push(`s${o.seed}`);
+  if (o.beta !== null) parts.push(`b${o.beta}`);
+  else if (o.agreement !== base.agreement) parts.push(`a${o.agreement}`);
+  for (const k of ['numLayers', 'hiddenSize', 'numHeads', 'vocabSize', 'maxPositions', 'intermediateSize'] as const) {
+    if (o.dims[k] !== base.dims[k]) parts.push(`${k}${o.dims[k]}`);
+  }
+  if (o.dims.numKvHeads !== o.dims.numHeads) parts.push(`kv${o.dims.numKvHeads}`);
+  if (o.merged) parts.push('merged');
+  return parts.join('-');
 }
 
 /** Builds the tokenizer and all weights (layers ≥ 1 at branch scale 1, i.e. before β). */
@@ -295,13 +320,13 @@ export async function forgeModels(opts: ForgeOptions & { outDir: string }): Prom
   let beta = o.beta;
   let calibration: ForgeRecord['calibration'] = null;
   if (beta === null) {
-    const c = await calibrateBeta(weights, calibrationChunks(forged.paragraphs, o.dims.maxPositions), o.agreement, betaForAgreement(o.agreement), LAYER_NORM_EPS);
+    const c = await calibrateBeta(weights, calibrationChunks(forged.sequence, o.dims.maxPositions), o.agreement, betaForAgreement(o.agreement), LAYER_NORM_EPS);
     beta = c.beta;
     calibration = { agreement: c.agreement, positions: c.positions, evaluations: c.evaluations };
   }
   for (let i = 1; i < weights.layers.length; i++) scaleBranch(weights.layers[i], beta);
   const tok = forged.files;
-  const prefix = `wisp-${o.preset}`;
+  const prefix = modelNamePrefix(o);
   const tokenizerJson = JSON.stringify(tok.tokenizerJson);
   const tokenizerConfig = JSON.stringify(tok.tokenizerConfig, null, 2);
   const writeModel = async (dirName: string, layers: number, role: 'target' | 'draft'): Promise<string> => {

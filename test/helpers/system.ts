@@ -3,13 +3,13 @@
  * an integration test, with a unique Redis prefix and emptied shared queues, plus a client.
  */
 import { randomUUID } from 'node:crypto';
-import { connectBroker, type BrokerClient } from '../../broker/connection.ts';
-import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../../broker/topology.ts';
+import { connectBroker, type BrokerClient, type ConsumerHandle } from '../../broker/connection.ts';
+import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import { WispClient } from '../../actors/client.ts';
 import { runUp, type UpOptions } from '../../actors/launch.ts';
 import { loadConfig, type DeepPartial } from '../../config/load.ts';
 import type { WispConfig } from '../../config/schema.ts';
-import type { Sampling } from '../../broker/contracts.ts';
+import { DeviceInboxSchema, type DeviceInbox, type Sampling } from '../../broker/contracts.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
@@ -142,5 +142,63 @@ export async function targetTokens(prompts: readonly string[], maxNewTokens: num
     return out;
   } finally {
     await target.dispose();
+  }
+}
+
+/**
+ * A device played by a test at the wire level: it owns `wisp.device.<id>`, sends what it is told
+ * to the scheduler, and lets the test wait for each message it receives, in order.
+ */
+export class ScriptedDevice {
+  readonly inbox: DeviceInbox[] = [];
+  #waiters: (() => void)[] = [];
+  #consumer: ConsumerHandle | null = null;
+  constructor(
+    readonly broker: BrokerClient,
+    readonly deviceId: string,
+  ) {}
+
+  get queue(): string {
+    return deviceQueue(this.deviceId);
+  }
+
+  async start(): Promise<void> {
+    await this.broker.declareQueue(this.queue);
+    this.#consumer = await this.broker.consume(
+      this.queue,
+      DeviceInboxSchema,
+      (m) => {
+        this.inbox.push(m);
+        for (const w of this.#waiters.splice(0)) w();
+      },
+      { prefetch: 64 },
+    );
+  }
+
+  async stop(): Promise<void> {
+    await this.#consumer?.cancel();
+    await this.broker.deleteQueue(this.queue).catch(() => {});
+  }
+
+  /** Publishes `message` to the scheduler's queue. */
+  send(message: unknown): Promise<void> {
+    return this.broker.publish(SCHEDULER_QUEUE, message);
+  }
+
+  /** Message number `index` of the inbox (waiting for it), or null after `timeoutMs`. */
+  async next(index: number, timeoutMs = 5_000): Promise<DeviceInbox | null> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.inbox.length <= index) {
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.#waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return this.inbox[index];
   }
 }

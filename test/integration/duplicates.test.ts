@@ -12,69 +12,14 @@
  */
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { DeviceInboxSchema, PROTOCOL_VERSION, type DeviceInbox, type SessionOpen, type VerifyRequest, type VerifyResult } from '../../broker/contracts.ts';
-import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
-import type { ConsumerHandle } from '../../broker/connection.ts';
+import { PROTOCOL_VERSION, type DeviceInbox, type SessionOpen, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../broker/contracts.ts';
+import { workerQueue } from '../../broker/topology.ts';
 import { openRedisStore, type RedisStore } from '../../store/redis-store.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
-import { TEST_PROMPTS as PROMPTS, startTestSystem, tapBroker, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
-
-/** A device played by the test: its reply queue, and a way to wait for its next message. */
-class ScriptedDevice {
-  readonly inbox: DeviceInbox[] = [];
-  #waiters: (() => void)[] = [];
-  #consumer: ConsumerHandle | null = null;
-  constructor(
-    readonly sys: TestSystem,
-    readonly deviceId: string,
-  ) {}
-
-  get queue(): string {
-    return deviceQueue(this.deviceId);
-  }
-
-  async start(): Promise<void> {
-    await this.sys.broker.declareQueue(this.queue);
-    this.#consumer = await this.sys.broker.consume(
-      this.queue,
-      DeviceInboxSchema,
-      (m) => {
-        this.inbox.push(m);
-        for (const w of this.#waiters.splice(0)) w();
-      },
-      { prefetch: 64 },
-    );
-  }
-
-  async stop(): Promise<void> {
-    await this.#consumer?.cancel();
-    await this.sys.broker.deleteQueue(this.queue).catch(() => {});
-  }
-
-  send(message: SessionOpen | VerifyRequest | Record<string, unknown>): Promise<void> {
-    return this.sys.broker.publish(SCHEDULER_QUEUE, message);
-  }
-
-  /** The next message from index `from` of the inbox, or null after `timeoutMs`. */
-  async next(from: number, timeoutMs = 5_000): Promise<DeviceInbox | null> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.inbox.length <= from) {
-      const left = deadline - Date.now();
-      if (left <= 0) return null;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-    return this.inbox[from];
-  }
-}
+import { ScriptedDevice, TEST_PROMPTS as PROMPTS, startTestSystem, tapBroker, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
 
 function asResult(m: DeviceInbox | null, what: string): VerifyResult {
   expect(m, `${what}: no answer`).to.not.equal(null);
@@ -108,7 +53,7 @@ describe('duplicates and stale rounds change nothing', function () {
       }
       sys = await startTestSystem({ devices: 1, workers: 1 });
       store = await openRedisStore({ url: sys.config.redisUrl, keyPrefix: sys.config.redisKeyPrefix });
-      dev = new ScriptedDevice(sys, `dupdev-${run}`);
+      dev = new ScriptedDevice(sys.broker, `dupdev-${run}`);
       await dev.start();
     });
     after(async () => {
@@ -200,14 +145,35 @@ describe('duplicates and stale rounds change nothing', function () {
       await dev.send({ v: PROTOCOL_VERSION, type: 'close', sessionId, deviceId: dev.deviceId, reason: 'done' });
       const before = dev.inbox.length;
       const kept = await history();
-      // The close is applied before the next message on the same queue; the eviction rides on the next batch.
       await dev.send(verify(2, prompt.length + 4, [ref[4], ref[5]]));
       await dev.send(verify(3, prompt.length + 7, [ref[7]]));
       expect(await dev.next(before, 700), 'no answer after close').to.equal(null);
       expect(await history()).to.deep.equal(kept);
+      // (The worker drops its cache when the eviction reaches it with its next batch.)
       expect(Object.keys(sys.up.scheduler.snapshot().context.sessions), 'scheduler sessions').to.not.include(sessionId);
-      const held = sys.up.workers.map((w) => w.executor()?.sessions.has(sessionId) ?? false);
-      expect(held, 'worker caches').to.deep.equal(sys.up.workers.map(() => false));
+    });
+
+    it('a worker that no longer holds the session answers a retried round from the ledger, without rebuilding it', async () => {
+      // What a restarted scheduler (which remembers no closed sessions) would dispatch.
+      const worker = sys.up.workers[0];
+      const batch = (round: number, committedLength: number, drafts: number[]): VerifyBatch => ({
+        v: PROTOCOL_VERSION,
+        type: 'batch',
+        batchId: `dupbatch-${run}-${round}`,
+        workerId: worker.workerId,
+        items: [{ request: verify(round, committedLength, drafts), verifyTokens: drafts.length, arrivedAtMs: Date.now() }],
+        predictedMs: 1,
+        dispatchedAtMs: Date.now(),
+        evict: [sessionId],
+      });
+      const before = dev.inbox.length;
+      await sys.broker.publish(workerQueue(worker.workerId), batch(3, prompt.length + 7, [ref[7]]));
+      const replay = asResult(await dev.next(before), 'retried round 3');
+      expect(decision(replay)).to.deep.equal({ round: 3, accepted: 1, verified: 1, token: ref[8], committedLength: prompt.length + 9 });
+      await sys.broker.publish(workerQueue(worker.workerId), batch(2, prompt.length + 4, [ref[4], ref[5]]));
+      expect(await dev.next(before + 1, 700), 'older round: no answer').to.equal(null);
+      expect(worker.executor()?.sessions.has(sessionId), 'worker cache').to.equal(false);
+      expect(await history()).to.deep.equal([...prompt, ...ref.slice(0, 9)]);
     });
   });
 

@@ -66,7 +66,8 @@ describe('model forge', function () {
     });
     expect(cfg.wisp).to.deep.include({ seed: 3, agreement: 0.8, role: 'target' });
     const draftCfg = JSON.parse(await readFile(join(m.draftDirs[1], 'config.json'), 'utf8'));
-    expect(draftCfg).to.deep.include({ num_hidden_layers: 2, _name_or_path: 'wisp-tiny-draft-2' });
+    expect(draftCfg).to.deep.include({ num_hidden_layers: 2, _name_or_path: 'wisp-tiny-s3-draft-2' });
+    expect(cfg._name_or_path).to.equal('wisp-tiny-s3-target');
     expect(draftCfg.wisp).to.deep.include({ role: 'draft', draftDepth: 2 });
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
       const a = await readFile(join(m.targetDir, f));

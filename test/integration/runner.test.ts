@@ -21,9 +21,10 @@ describe('ONNX decoder runner (forged tiny pair)', function () {
   this.timeout(60_000);
   let target: OnnxDecoderRunner;
   let draft: OnnxDecoderRunner;
+  let pair: Awaited<ReturnType<typeof ensureModelPair>>;
 
   before(async () => {
-    const pair = await ensureModelPair('tiny');
+    pair = await ensureModelPair('tiny');
     target = await loadDecoder(pair.targetDir, { threads: 1 });
     draft = await loadDecoder(pair.draftDirs[0], { threads: 1 });
   });
@@ -58,7 +59,6 @@ describe('ONNX decoder runner (forged tiny pair)', function () {
   });
 
   it('threads option: a 2-thread runner computes the same logits as a 1-thread one', async () => {
-    const pair = await ensureModelPair('tiny');
     const two = await loadDecoder(pair.targetDir, { threads: 2 });
     try {
       const tokens = [5, 6, 7, 8, 9];

@@ -1,0 +1,187 @@
+/**
+ * `wisp bench`: the live benchmark. For each policy it starts the real system (scheduler, verifier
+ * worker(s), an edge fleet) against the configured RabbitMQ and Redis with real ONNX models, then
+ * sweeps the number of concurrently active devices: every active device runs a closed loop of
+ * prompts (next prompt as soon as the last answer is in) for a warm-up and a measured window.
+ * Sessions that started inside the window are judged against the SLO (bench/metrics.ts).
+ *
+ * Time: device profiles are real-world figures multiplied by `timeScale`; the server's compute is
+ * real. With timeScale s, the emulated world is "a server 1/s times slower than this CPU" — the
+ * SLO is scaled by s too, so attainment, capacity and every ratio are those of the real-world
+ * setting; absolute times and goodput are reported as measured (emulated units).
+ */
+import { randomUUID } from 'node:crypto';
+import { WispClient } from '../actors/client.ts';
+import type { ServedPrompt } from '../actors/edge/device.ts';
+import { runUp } from '../actors/launch.ts';
+import { connectBroker } from '../broker/connection.ts';
+import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../broker/topology.ts';
+import type { Slo } from '../broker/contracts.ts';
+import { loadConfig, type DeepPartial } from '../config/load.ts';
+import type { WispConfig } from '../config/schema.ts';
+import type { BatchReport } from '../machines/verifier-worker.ts';
+import type { PolicyName } from '../policies/types.ts';
+import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord } from './metrics.ts';
+
+export interface LiveBenchOptions {
+  policies: PolicyName[];
+  /** Concurrently active devices at each load of the sweep. */
+  devices: number[];
+  warmupMs: number;
+  windowMs: number;
+  timeScale: number;
+  preset: 'tiny' | 'small';
+  /** Device profiles, assigned round-robin over the fleet. */
+  profiles: string[];
+  maxNewTokens: number;
+  workers: number;
+  /** Real-world SLO; the bench applies it scaled by timeScale. */
+  slo: Slo;
+  seed: number;
+  /** Config file and overrides applied under the bench's own settings. */
+  configFile?: string;
+  overrides?: DeepPartial<WispConfig>;
+  onProgress?: (p: { policy: PolicyName; devices: number; step: number; steps: number }) => void;
+}
+
+/** Prompts the devices cycle through (the same for every policy). */
+export const BENCH_PROMPTS = [
+  'the old house on the hill',
+  'once upon a time there was',
+  'she opened the door and',
+  'the river ran through the',
+  'in the morning the town',
+  'he looked at the letter and',
+  'a storm came over the sea',
+  'the children went to the',
+];
+
+function toSessionRecord(s: ServedPrompt): SessionRecord {
+  return {
+    sessionId: s.sessionId,
+    deviceId: s.deviceId,
+    deviceClass: s.profileName,
+    startedAtMs: s.startedAtMs,
+    endedAtMs: s.endedAtMs,
+    finished: s.error === null,
+    outputTokens: s.tokens.length,
+    stats: s.stats,
+    energyJ: s.energyJ,
+    draftMs: s.draftMs,
+  };
+}
+
+function toBatchRecord(r: BatchReport, workerIdOf: string, atMs: number): BatchRecord {
+  const step = r.batchId.startsWith('step-');
+  const prefill = !step && r.shapes.every((x) => x.L === 0);
+  return {
+    workerId: workerIdOf,
+    kind: step ? 'step' : prefill ? 'prefill' : 'verify',
+    size: r.shapes.length,
+    startedAtMs: atMs - r.actualMs,
+    actualMs: r.actualMs,
+    predictedMs: step || r.predictedMs <= 0 ? null : r.predictedMs,
+    truncatedTokens: 0,
+  };
+}
+
+/** One policy: start the system once, sweep the loads, stop it. */
+async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: number, steps: number): Promise<LoadPoint[]> {
+  const slo = { ttftMs: o.slo.ttftMs * o.timeScale, tpotMs: o.slo.tpotMs * o.timeScale };
+  const base = loadConfig({ ...(o.configFile ? { file: o.configFile } : {}), ...(o.overrides ? { overrides: o.overrides } : {}) });
+  const config = loadConfig({
+    env: {},
+    overrides: {
+      ...(JSON.parse(JSON.stringify(base)) as DeepPartial<WispConfig>),
+      redisKeyPrefix: `wisp-bench-${randomUUID().slice(0, 8)}:`,
+      logLevel: 'error',
+      timeScale: o.timeScale,
+      models: { ...base.models, preset: o.preset },
+      slo,
+      scheduler: { ...base.scheduler, policy },
+      // A round may legitimately wait long under overload; only a lost message should time out.
+      edge: { verifyTimeoutMs: Math.max(base.edge.verifyTimeoutMs, 30_000), maxRetries: base.edge.maxRetries },
+    },
+  });
+  const maxDevices = Math.max(...o.devices);
+  const served: ServedPrompt[] = [];
+  const batches: BatchRecord[] = [];
+  const broker = await connectBroker(config.amqpUrl, { connectionName: `bench-${policy}` });
+  await broker.purgeQueue(PROMPTS_QUEUE);
+  await broker.purgeQueue(SCHEDULER_QUEUE);
+  const up = await runUp(config, {
+    devices: maxDevices,
+    workers: o.workers,
+    profiles: o.profiles,
+    seed: o.seed,
+    fleetId: `bench-${policy}-${randomUUID().slice(0, 4)}`,
+    hooks: {
+      onServed: (s) => served.push(s),
+      onBatch: (r) => batches.push(toBatchRecord(r, 'worker', performance.timeOrigin + performance.now())),
+    },
+  });
+  const client = new WispClient(broker);
+  await client.start();
+  const points: LoadPoint[] = [];
+  try {
+    let step = stepBase;
+    for (const k of o.devices) {
+      o.onProgress?.({ policy, devices: k, step: step++, steps });
+      const active = up.fleet.devices.slice(0, k);
+      const now = () => performance.timeOrigin + performance.now();
+      const start = now();
+      const windowStart = start + o.warmupMs;
+      const windowEnd = windowStart + o.windowMs;
+      served.length = 0;
+      batches.length = 0;
+      let promptIndex = 0;
+      await Promise.all(
+        active.map(async (device) => {
+          while (now() < windowEnd) {
+            const prompt = BENCH_PROMPTS[promptIndex++ % BENCH_PROMPTS.length];
+            await client.submit({ prompt, maxNewTokens: o.maxNewTokens, slo, sampling: { temperature: 0, topP: 1, seed: o.seed }, deviceId: device.id }, 120_000);
+          }
+        }),
+      );
+      const judged = served.filter((s) => s.startedAtMs >= windowStart && s.startedAtMs < windowEnd).map(toSessionRecord);
+      const inWindow = batches.filter((b) => b.startedAtMs >= windowStart && b.startedAtMs < windowEnd);
+      points.push(loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow }));
+    }
+  } finally {
+    await client.close();
+    await up.stop();
+    await broker.close();
+  }
+  return points;
+}
+
+export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults> {
+  const started = Date.now();
+  const policies: BenchResults['policies'] = {};
+  const steps = o.policies.length * o.devices.length;
+  let base = 0;
+  for (const policy of o.policies) {
+    policies[policy] = policyResult(await benchPolicy(policy, o, base, steps));
+    base += o.devices.length;
+  }
+  const ratios: BenchResults['ratios'] = {};
+  if (policies.wisp && policies.centralized) ratios.vsCentralized = ratioBetween(policies.wisp, policies.centralized);
+  if (policies.wisp && policies.sled) ratios.vsSled = ratioBetween(policies.wisp, policies.sled);
+  return {
+    kind: 'bench',
+    policies,
+    ratios,
+    slo: o.slo,
+    attainmentTarget: ATTAINMENT_TARGET,
+    timeScale: o.timeScale,
+    preset: o.preset,
+    profiles: o.profiles,
+    devices: o.devices,
+    windowMs: o.windowMs,
+    warmupMs: o.warmupMs,
+    maxNewTokens: o.maxNewTokens,
+    workers: o.workers,
+    seed: o.seed,
+    wallS: (Date.now() - started) / 1_000,
+  };
+}

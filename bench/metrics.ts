@@ -1,0 +1,346 @@
+/**
+ * Run metrics (DESIGN §6), shared by the simulator (`wisp sim`) and the live benchmark
+ * (`wisp bench`): pure functions of per-session records and per-batch records, no I/O.
+ *
+ * - SLO attainment: a session attains its SLO when TTFT ≤ ttftMs and its mean time per output
+ *   token (after the first) ≤ tpotMs.
+ * - Goodput: output tokens per second, counted only from sessions that attained their SLO.
+ * - System capacity: the largest number of concurrent devices at which at least 90 % of
+ *   sessions attain their SLO.
+ */
+import type { SessionStats, Slo } from '../broker/contracts.ts';
+
+/** One judged session (finished, or unfinished but already past its TTFT SLO). */
+export interface SessionRecord {
+  sessionId: string;
+  deviceId: string;
+  /** Device class (profile name), e.g. 'jetson-orin-nano'. */
+  deviceClass: string;
+  /** When the prompt reached the device, ms on the run's clock. */
+  startedAtMs: number;
+  /** When its last token reached the device (or the run ended, if unfinished), ms. */
+  endedAtMs: number;
+  /** False for a session that failed, or was cut off by the end of the run: an SLO miss. */
+  finished: boolean;
+  /** Output tokens generated (so far, if unfinished). */
+  outputTokens: number;
+  /** The session's statistics as the device reports them (actors/edge/device.ts sessionStats). */
+  stats: SessionStats;
+  /** Device energy spent on the session, J. */
+  energyJ: number;
+  /** Device time spent drafting (kept, rejected and discarded tokens), ms. */
+  draftMs: number;
+}
+
+/** One executed server batch (a verification/prefill batch, or a centralized decode step). */
+export interface BatchRecord {
+  workerId: string;
+  kind: 'verify' | 'prefill' | 'step';
+  size: number;
+  startedAtMs: number;
+  actualMs: number;
+  /** The scheduler estimator's prediction, ms; null for decode steps (not scheduled). */
+  predictedMs: number | null;
+  /** Draft tokens the scheduler cut off by truncation in this batch. */
+  truncatedTokens: number;
+}
+
+/** Percentile summary of a sample. All fields are 0 for an empty sample. */
+export interface Summary {
+  count: number;
+  mean: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+/** Everything measured at one load (one number of concurrent devices). */
+export interface LoadPoint {
+  devices: number;
+  /** Sessions judged. */
+  sessions: number;
+  /** Fraction of judged sessions that attained their SLO (0 when none were judged). */
+  attainment: number;
+  goodputTokS: number;
+  /** Output tokens per second of all finished sessions. */
+  throughputTokS: number;
+  ttftMs: Summary;
+  tpotMs: Summary;
+  /** Device energy per generated token, J (finished sessions). */
+  energyJPerToken: number;
+  acceptance: AcceptanceSummary;
+  wastedDraft: WastedDraftSummary;
+  batchSize: Summary;
+  /** Estimator absolute percentage error over scheduled batches (0.05 = 5 %). */
+  estimatorApe: Summary;
+  /** Mean queueing delay per server request (verification round or prefill), ms. */
+  queueMsPerRound: number;
+  /** Draft tokens cut by server-side truncation per verification round. */
+  truncatedPerRound: number;
+  /** Attainment by device class. */
+  attainmentByClass: Record<string, number>;
+}
+
+export interface AcceptanceSummary {
+  /** Accepted drafts / drafts the target judged. */
+  rate: number;
+  /** Mean drafts accepted per verification round. */
+  acceptedPerRound: number;
+  /** Mean drafts sent per verification round. */
+  draftedPerRound: number;
+  /** Acceptance rate at each draft position (given it was judged). */
+  byPosition: number[];
+}
+
+export interface WastedDraftSummary {
+  /** Device time spent on drafts that were rejected, cut or discarded, ms (all sessions). */
+  totalMs: number;
+  /** Share of all drafting time that was wasted. */
+  fraction: number;
+  /** Wasted drafting time per generated token, ms. */
+  msPerOutputToken: number;
+}
+
+/** Results of one policy over a load sweep. */
+export interface PolicyResult {
+  /** Largest swept device count with attainment ≥ the target (0 when none). */
+  capacity: number;
+  /** Best goodput over the sweep, tokens/s. */
+  goodputTokS: number;
+  /** Device count at which the best goodput was reached. */
+  goodputAtDevices: number;
+  /** Device energy per generated token at capacity (or the smallest load when capacity is 0), J. */
+  energyJPerToken: number;
+  points: LoadPoint[];
+}
+
+/** WISP over a baseline: capacity and best-goodput ratios (null when the baseline's is 0). */
+export interface Ratio {
+  capacity: number | null;
+  goodput: number | null;
+}
+
+/**
+ * The result document of `wisp sim` and `wisp bench` (`--json` prints it as the last line):
+ * `{"policies":{"wisp":{"capacity":…,"goodputTokS":…},"sled":{…},"centralized":{…}},…}`.
+ */
+export interface BenchResults {
+  kind: 'sim' | 'bench';
+  policies: Partial<Record<'wisp' | 'sled' | 'centralized', PolicyResult>>;
+  /** WISP's ratios to each baseline present. */
+  ratios: { vsCentralized?: Ratio; vsSled?: Ratio };
+  slo: Slo;
+  /** Attainment a load must reach to count toward capacity (0.9). */
+  attainmentTarget: number;
+  /** Anything else the producer records (scenario, seed, variants, timings). */
+  [extra: string]: unknown;
+}
+
+/** The capacity criterion of DESIGN §6. */
+export const ATTAINMENT_TARGET = 0.9;
+
+/** Whether a record attained `slo` (default: the SLO the session was judged by, `stats.sloAttained`). */
+export function attainedSlo(r: SessionRecord, slo?: Slo): boolean {
+  if (!r.finished) return false;
+  if (slo === undefined) return r.stats.sloAttained;
+  return r.stats.ttftMs <= slo.ttftMs && r.stats.tpotMs <= slo.tpotMs;
+}
+
+/** Fraction of `records` that attained their SLO; 0 for no records. */
+export function attainment(records: readonly SessionRecord[], slo?: Slo): number {
+  if (records.length === 0) return 0;
+  let ok = 0;
+  for (const r of records) if (attainedSlo(r, slo)) ok++;
+  return ok / records.length;
+}
+
+/**
+ * Goodput: output tokens of SLO-attaining sessions per second of the measured window.
+ * @param windowMs length of the window the records were taken from, ms (> 0)
+ */
+export function goodputTokS(records: readonly SessionRecord[], windowMs: number, slo?: Slo): number {
+  if (!(windowMs > 0)) throw new RangeError(`windowMs must be > 0, got ${windowMs}`);
+  let tokens = 0;
+  for (const r of records) if (attainedSlo(r, slo)) tokens += r.outputTokens;
+  return tokens / (windowMs / 1_000);
+}
+
+/** Output tokens of finished sessions per second of the window. */
+export function throughputTokS(records: readonly SessionRecord[], windowMs: number): number {
+  if (!(windowMs > 0)) throw new RangeError(`windowMs must be > 0, got ${windowMs}`);
+  let tokens = 0;
+  for (const r of records) if (r.finished) tokens += r.outputTokens;
+  return tokens / (windowMs / 1_000);
+}
+
+/**
+ * System capacity: the largest device count whose attainment is ≥ `target`; 0 when none is.
+ * Points may come in any order; the definition takes the largest passing count even when a
+ * smaller one failed (a noisy sweep is the caller's to refine).
+ */
+export function capacity(points: readonly { devices: number; attainment: number }[], target = ATTAINMENT_TARGET): number {
+  let best = 0;
+  for (const p of points) if (p.attainment >= target && p.devices > best) best = p.devices;
+  return best;
+}
+
+/**
+ * Percentile by linear interpolation between closest ranks (numpy's default): p in [0, 100].
+ * Returns 0 for an empty sample. Does not modify `values`.
+ */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return percentileSorted(sorted, p);
+}
+
+function percentileSorted(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  const q = Math.min(100, Math.max(0, p)) / 100;
+  const pos = q * (sorted.length - 1);
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+/** count, mean, p50/p90/p99 and max of a sample (all 0 when empty). */
+export function summarize(values: readonly number[]): Summary {
+  if (values.length === 0) return { count: 0, mean: 0, p50: 0, p90: 0, p99: 0, max: 0 };
+  const sorted = [...values].sort((a, b) => a - b);
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  return {
+    count: sorted.length,
+    mean: sum / sorted.length,
+    p50: percentileSorted(sorted, 50),
+    p90: percentileSorted(sorted, 90),
+    p99: percentileSorted(sorted, 99),
+    max: sorted[sorted.length - 1],
+  };
+}
+
+/** Device energy per generated token over finished sessions, J (0 when no tokens). */
+export function energyPerTokenJ(records: readonly SessionRecord[]): number {
+  let energy = 0;
+  let tokens = 0;
+  for (const r of records) {
+    if (!r.finished) continue;
+    energy += r.energyJ;
+    tokens += r.outputTokens;
+  }
+  return tokens === 0 ? 0 : energy / tokens;
+}
+
+/** Acceptance over all verification rounds of `records`. */
+export function acceptanceSummary(records: readonly SessionRecord[]): AcceptanceSummary {
+  let rounds = 0;
+  let drafted = 0;
+  let accepted = 0;
+  const judged: number[] = [];
+  const acc: number[] = [];
+  for (const r of records) {
+    const s = r.stats;
+    rounds += s.rounds;
+    drafted += s.drafted;
+    accepted += s.accepted;
+    s.draftedByPosition.forEach((n, i) => (judged[i] = (judged[i] ?? 0) + n));
+    s.acceptedByPosition.forEach((n, i) => (acc[i] = (acc[i] ?? 0) + n));
+  }
+  let judgedTotal = 0;
+  for (const n of judged) judgedTotal += n ?? 0;
+  return {
+    rate: judgedTotal === 0 ? 0 : accepted / judgedTotal,
+    acceptedPerRound: rounds === 0 ? 0 : accepted / rounds,
+    draftedPerRound: rounds === 0 ? 0 : drafted / rounds,
+    byPosition: Array.from(judged, (n, i) => ((n ?? 0) === 0 ? 0 : (acc[i] ?? 0) / n)),
+  };
+}
+
+/** Wasted drafting time (DESIGN §6): drafts rejected, drafted past a rejection, cut, or discarded. */
+export function wastedDraftSummary(records: readonly SessionRecord[]): WastedDraftSummary {
+  let wasted = 0;
+  let draft = 0;
+  let tokens = 0;
+  for (const r of records) {
+    wasted += r.stats.wastedDraftMs;
+    draft += r.draftMs;
+    tokens += r.outputTokens;
+  }
+  return { totalMs: wasted, fraction: draft === 0 ? 0 : wasted / draft, msPerOutputToken: tokens === 0 ? 0 : wasted / tokens };
+}
+
+/** Options of `loadPoint`. */
+export interface LoadPointOptions {
+  devices: number;
+  /** Length of the measured window, ms. */
+  windowMs: number;
+  /** Re-judge every session by this SLO instead of its own `stats.sloAttained`. */
+  slo?: Slo;
+  /** Server batches executed in the window (sizes, estimator error). */
+  batches?: readonly BatchRecord[];
+}
+
+/** All metrics of one load from its session (and batch) records. */
+export function loadPoint(records: readonly SessionRecord[], o: LoadPointOptions): LoadPoint {
+  const finished = records.filter((r) => r.finished);
+  const batches = o.batches ?? [];
+  const scheduled = batches.filter((b) => b.predictedMs !== null && b.actualMs > 0);
+  const byClass: Record<string, SessionRecord[]> = {};
+  for (const r of records) (byClass[r.deviceClass] ??= []).push(r);
+  let rounds = 0;
+  let queueMs = 0;
+  for (const r of finished) {
+    rounds += r.stats.rounds + 1; // + the prefill
+    queueMs += r.stats.queueMs;
+  }
+  let truncated = 0;
+  let verifyMembers = 0;
+  for (const b of batches) {
+    truncated += b.truncatedTokens;
+    if (b.kind === 'verify') verifyMembers += b.size;
+  }
+  return {
+    devices: o.devices,
+    sessions: records.length,
+    attainment: attainment(records, o.slo),
+    goodputTokS: goodputTokS(records, o.windowMs, o.slo),
+    throughputTokS: throughputTokS(records, o.windowMs),
+    ttftMs: summarize(finished.map((r) => r.stats.ttftMs)),
+    tpotMs: summarize(finished.filter((r) => r.outputTokens > 1).map((r) => r.stats.tpotMs)),
+    energyJPerToken: energyPerTokenJ(records),
+    acceptance: acceptanceSummary(finished),
+    wastedDraft: wastedDraftSummary(finished),
+    batchSize: summarize(batches.map((b) => b.size)),
+    estimatorApe: summarize(scheduled.map((b) => Math.abs((b.predictedMs as number) - b.actualMs) / b.actualMs)),
+    queueMsPerRound: rounds === 0 ? 0 : queueMs / rounds,
+    truncatedPerRound: verifyMembers === 0 ? 0 : truncated / verifyMembers,
+    attainmentByClass: Object.fromEntries(Object.entries(byClass).map(([k, rs]) => [k, attainment(rs, o.slo)])),
+  };
+}
+
+/** Capacity, best goodput and energy of one policy from its load points. */
+export function policyResult(points: readonly LoadPoint[], target = ATTAINMENT_TARGET): PolicyResult {
+  const sorted = [...points].sort((a, b) => a.devices - b.devices);
+  const cap = capacity(sorted, target);
+  let best: LoadPoint | null = null;
+  for (const p of sorted) if (best === null || p.goodputTokS > best.goodputTokS) best = p;
+  const atCap = sorted.find((p) => p.devices === cap) ?? sorted[0];
+  return {
+    capacity: cap,
+    goodputTokS: best?.goodputTokS ?? 0,
+    goodputAtDevices: best?.devices ?? 0,
+    energyJPerToken: atCap?.energyJPerToken ?? 0,
+    points: sorted,
+  };
+}
+
+/** a / b, or null when b is 0 (a ratio to nothing is not a number to print). */
+export function ratioOf(a: number, b: number): number | null {
+  return b === 0 ? null : a / b;
+}
+
+/** WISP's capacity and best-goodput ratios to a baseline. */
+export function ratioBetween(wisp: PolicyResult, baseline: PolicyResult): Ratio {
+  return { capacity: ratioOf(wisp.capacity, baseline.capacity), goodput: ratioOf(wisp.goodputTokS, baseline.goodputTokS) };
+}

@@ -1,0 +1,52 @@
+/**
+ * The plain-text summary of a bench or sim run: one row per policy, then WISP's ratios.
+ * Shared by `wisp bench` and `wisp sim`.
+ */
+import type { BenchResults, PolicyResult } from './metrics.ts';
+
+const fmt = (x: number | null | undefined, digits = 1): string => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(digits));
+
+function bestPoint(r: PolicyResult) {
+  return r.points.find((p) => p.devices === r.goodputAtDevices) ?? r.points[0];
+}
+
+/** A fixed-width table of the per-policy results and WISP's ratios to the baselines. */
+export function summaryTable(results: BenchResults): string {
+  const rows: string[][] = [
+    ['policy', 'capacity', 'goodput tok/s', '@devices', 'TTFT p50/p90 ms', 'TPOT p50/p90 ms', 'accept', 'wasted draft', 'J/token', 'batch', 'est. err'],
+  ];
+  for (const [name, r] of Object.entries(results.policies)) {
+    if (!r) continue;
+    const p = bestPoint(r);
+    rows.push([
+      name,
+      String(r.capacity),
+      fmt(r.goodputTokS),
+      String(r.goodputAtDevices),
+      p ? `${fmt(p.ttftMs.p50, 0)}/${fmt(p.ttftMs.p90, 0)}` : '—',
+      p ? `${fmt(p.tpotMs.p50)}/${fmt(p.tpotMs.p90)}` : '—',
+      p ? `${fmt(p.acceptance.rate * 100, 0)}%` : '—',
+      p ? `${fmt(p.wastedDraft.fraction * 100, 0)}%` : '—',
+      fmt(r.energyJPerToken, 3),
+      p ? fmt(p.batchSize.mean) : '—',
+      p && p.estimatorApe.count > 0 ? `${fmt(p.estimatorApe.mean * 100, 0)}%` : '—',
+    ]);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  const line = (r: string[]) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ');
+  const out = [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)];
+  const attain: string[] = [];
+  for (const [name, r] of Object.entries(results.policies)) {
+    if (!r) continue;
+    attain.push(`  ${name.padEnd(12)} ${r.points.map((p) => `${p.devices}:${fmt(p.attainment * 100, 0)}%`).join('  ')}`);
+  }
+  out.push('', 'SLO attainment by concurrent devices:', ...attain);
+  const { vsCentralized, vsSled } = results.ratios;
+  const ratio = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
+  if (vsCentralized || vsSled) {
+    out.push('', 'WISP ratios:');
+    if (vsCentralized) out.push(`  vs centralized: capacity ${ratio(vsCentralized.capacity)}, goodput ${ratio(vsCentralized.goodput)}`);
+    if (vsSled) out.push(`  vs SLED:        capacity ${ratio(vsSled.capacity)}, goodput ${ratio(vsSled.goodput)}`);
+  }
+  return out.join('\n');
+}

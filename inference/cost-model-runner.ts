@@ -1,0 +1,118 @@
+/**
+ * A DecoderRunner that runs no model: each batched forward pass sleeps for the time the
+ * verification time estimator predicts for its shapes (by default the H200 Qwen3-32B fit, see
+ * policies/estimator.ts), then returns deterministic fake logits. With it a verifier worker
+ * behaves, to the scheduler and the devices, like a large server model at almost no CPU cost:
+ * load and fault tests run 1,000 sessions on a laptop.
+ *
+ * The fake model is causal and deterministic: the logits at absolute position p after token t
+ * peak at `fakeNextToken(t, p)`, so `generateTarget` with this runner is the reference a
+ * cost-model deployment must reproduce token for token (losslessness is still checked).
+ */
+import { createEstimatorState, predictBatchMs, type EstimatorState } from '../policies/estimator.ts';
+import type { BatchShape } from '../policies/types.ts';
+import { CacheMisuseError } from './errors.ts';
+import type { DecoderRunner, ForwardItem, KvCacheHandle, ModelInfo } from './types.ts';
+
+export interface CostModelRunnerOptions {
+  /** Dimensions of the model this runner stands in for (vocabulary, KV layout, context). */
+  info: ModelInfo;
+  /** Predicted time is multiplied by this before sleeping (0 = no sleep). */
+  timeScale: number;
+  /** Estimator whose prediction is slept; default: the built-in H200 prior. */
+  estimator?: EstimatorState;
+  /** How to wait, ms (tests may pass a simulated clock's sleep). */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** Height of the peak logit; the rest of the row is 0 (greedy picks the peak, sampling mostly). */
+const PEAK_LOGIT = 12;
+
+/** The fake model's preferred token after `token` at absolute position `position`. */
+export function fakeNextToken(token: number, position: number, vocabSize: number, eosTokenId: number | null): number {
+  // 32-bit integer mix (murmur3 finaliser) of the pair: spread over the vocabulary, no cycles of length 1.
+  let h = (Math.imul(token + 1, 0x9e3779b1) ^ Math.imul(position + 1, 0x85ebca6b)) >>> 0;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b) >>> 0;
+  h ^= h >>> 13;
+  let next = h % vocabSize;
+  // Sessions run to their token budget: the fake model never ends one early.
+  if (next === eosTokenId) next = (next + 1) % vocabSize;
+  return next;
+}
+
+/** A cache that only counts positions; its bytes are what the real model's cache would hold (float32). */
+class CountingCache implements KvCacheHandle {
+  #length = 0;
+  constructor(private readonly bytesPerToken: number) {}
+  get length(): number {
+    return this.#length;
+  }
+  get bytes(): number {
+    return this.#length * this.bytesPerToken;
+  }
+  rollback(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.#length) {
+      throw new CacheMisuseError(`cannot roll back to ${length}: the cache holds ${this.#length} positions`);
+    }
+    this.#length = length;
+  }
+  /** @internal */
+  grow(by: number): void {
+    this.#length += by;
+  }
+}
+
+export class CostModelRunner implements DecoderRunner {
+  readonly info: ModelInfo;
+  readonly #estimator: EstimatorState;
+  readonly #timeScale: number;
+  readonly #sleep: (ms: number) => Promise<void>;
+  readonly #bytesPerToken: number;
+  /** Model time slept so far, ms (for reports). */
+  sleptMs = 0;
+
+  constructor(opts: CostModelRunnerOptions) {
+    this.info = { ...opts.info, name: opts.info.name };
+    this.#estimator = opts.estimator ?? createEstimatorState();
+    this.#timeScale = opts.timeScale;
+    this.#sleep = opts.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    const { numLayers, numKvHeads, headDim } = opts.info;
+    this.#bytesPerToken = numLayers * 2 * numKvHeads * headDim * 4;
+  }
+
+  newCache(): KvCacheHandle {
+    return new CountingCache(this.#bytesPerToken);
+  }
+
+  /** What the estimator predicts for this batch, ms (before timeScale). */
+  predictMs(items: readonly ForwardItem[]): number {
+    const shapes: BatchShape[] = items.map((i) => ({ n: i.tokens.length, L: i.cache.length }));
+    return shapes.length === 0 ? 0 : predictBatchMs(this.#estimator, shapes);
+  }
+
+  async forward(items: ForwardItem[]): Promise<Float32Array[]> {
+    for (const it of items) {
+      if (!(it.cache instanceof CountingCache)) throw new CacheMisuseError('a cache made by another runner was passed to the cost-model runner');
+      if (it.tokens.length === 0) throw new CacheMisuseError('forward with no tokens');
+    }
+    const ms = this.predictMs(items) * this.#timeScale;
+    if (ms > 0) {
+      await this.#sleep(ms);
+      this.sleptMs += ms;
+    }
+    const V = this.info.vocabSize;
+    return items.map((it) => {
+      const cache = it.cache as CountingCache;
+      const start = cache.length;
+      const out = new Float32Array(it.tokens.length * V);
+      it.tokens.forEach((t, j) => {
+        out[j * V + fakeNextToken(t, start + j, V, this.info.eosTokenId)] = PEAK_LOGIT;
+      });
+      cache.grow(it.tokens.length);
+      return out;
+    });
+  }
+
+  async dispose(): Promise<void> {}
+}

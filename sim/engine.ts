@@ -1,0 +1,633 @@
+/**
+ * The discrete-event simulator: edge devices, the scheduler and verifier workers on simulated
+ * time (ms), with simulated transport.
+ *
+ * What runs as in the live system:
+ * - the scheduler is machines/scheduler.ts itself — every OPEN/VERIFY/CLOSE/WORKER_STATUS/WAKE
+ *   is folded by its reducer (`applySchedulerEvent`, the in-place form of `reduceScheduler`),
+ *   so session placement, deadlines, the WISP/SLED/centralized batch policies and the online
+ *   estimator are exactly the live ones;
+ * - the speculation controller is policies/controller.ts, per device, learning online;
+ * - per-session accounting uses the EdgeSession machine's own helpers (`commitTokens`,
+ *   `countRound`) on a context of the machine's shape, and actors/edge/device.ts's
+ *   `sessionStats` and `deviceEnergyJ`.
+ * The device side is an event-driven model of EdgeSession + SessionDrafter (not the XState
+ * actor: one actor per session would cap the simulator at ~100k events/s), including
+ * pipelined drafting's look-ahead with the drafter's reuse rule.
+ * The worker is modelled: true batch cost from the server profile, greedy acceptance = the
+ * longest prefix of drafts the acceptance model accepts; centralized sessions decode in
+ * continuous-batching steps between batches, as actors/verifier/executor.ts does.
+ */
+import {
+  PROTOCOL_VERSION,
+  type SessionOpen,
+  type Slo,
+  type VerifyBatch,
+  type VerifyRequest,
+  type VerifyResult,
+  type WorkerStatus,
+} from '../broker/contracts.ts';
+import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
+import { deviceEnergyJ, sessionStats } from '../actors/edge/device.ts';
+import { commitTokens, countRound, type DraftOutput, type EdgeSessionContext } from '../machines/edge-session.ts';
+import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
+import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../policies/controller.ts';
+import type { BatchShape } from '../policies/types.ts';
+import type { DraftedTokenDraw } from './acceptance.ts';
+import { EventQueue } from './event-queue.ts';
+import { deriveSeed, Rng, STREAMS } from './random.ts';
+import type { DeviceClassSpec, SimRunConfig, SimRunResult } from './types.ts';
+
+export class SimConfigError extends Error {
+  readonly code = 'bad_sim_config';
+}
+
+/** The token id every simulated token carries (only counts matter; there is no EOS). */
+const TOKEN = 1;
+
+interface SimSession {
+  ctx: EdgeSessionContext;
+  slo: Slo;
+  /** Per-prompt difficulty for the acceptance model. */
+  offset: number;
+  /** Latent acceptance of each draft token of the round in flight. */
+  outcomes: boolean[];
+  /** The last verified round accepted its whole draft (pipelined look-ahead may continue it). */
+  allAccepted: boolean;
+  lookahead: { startMs: number; limit: number } | null;
+}
+
+interface SimDevice {
+  index: number;
+  id: string;
+  cls: DeviceClassSpec;
+  controller: ControllerState | null;
+  /** EWMA of reported queueing delay, ms (as actors/edge/device.ts keeps it). */
+  expectedQueueMs: number;
+  workload: Rng;
+  tokens: Rng;
+  network: Rng;
+  session: SimSession | null;
+  sessions: number;
+  /** Latest arrival on each direction of the device's link (messages stay in order). */
+  upLastMs: number;
+  downLastMs: number;
+}
+
+interface Decoding {
+  dev: SimDevice;
+  sessionId: string;
+  promptLength: number;
+  maxNewTokens: number;
+  /** Tokens the server has produced for it. */
+  produced: number;
+}
+
+interface SimWorker {
+  id: string;
+  busy: boolean;
+  queue: VerifyBatch[];
+  decoding: Decoding[];
+  rng: Rng;
+  current: { batch: VerifyBatch; shapes: BatchShape[]; startedAtMs: number; actualMs: number } | null;
+}
+
+type SimEvent =
+  | { k: 'start'; dev: SimDevice }
+  | { k: 'sched'; ev: SchedulerEvent }
+  | { k: 'wake'; gen: number }
+  | { k: 'dispatch'; w: SimWorker; batch: VerifyBatch }
+  | { k: 'batchDone'; w: SimWorker }
+  | { k: 'stepDone'; w: SimWorker; shapes: BatchShape[]; startedAtMs: number; actualMs: number }
+  | { k: 'result'; dev: SimDevice; sessionId: string; result: VerifyResult }
+  | { k: 'stream'; dev: SimDevice; sessionId: string }
+  | { k: 'failed'; dev: SimDevice; sessionId: string };
+
+/**
+ * Keeps drafted token `d` at the next position of `out` unless the controller stops first (its
+ * time is then discarded) — SessionDrafter's #keep. Returns whether drafting may go on.
+ */
+function keepDraft(out: DraftOutput, outcomes: boolean[], ctl: ControllerState, expectedQueueMs: number, d: DraftedTokenDraw, ms: number): boolean {
+  const f = d.features;
+  f.position = out.tokens.length;
+  const prediction = predictAcceptance(ctl, f);
+  if (shouldStopDrafting(ctl, { nextPrediction: prediction, position: f.position, expectedQueueMs })) {
+    out.discardedDraftMs = (out.discardedDraftMs ?? 0) + ms;
+    return false;
+  }
+  out.tokens.push(TOKEN);
+  out.features.push(f);
+  out.predictedAcceptance.push(prediction);
+  out.draftMsPerToken.push(ms);
+  outcomes.push(d.accepted);
+  return true;
+}
+
+/** @throws SimConfigError on a configuration that cannot run */
+export function checkRunConfig(c: SimRunConfig): void {
+  const bad = (why: string): never => {
+    throw new SimConfigError(why);
+  };
+  if (!(Number.isInteger(c.devices) && c.devices >= 1)) bad(`devices must be an integer ≥ 1, got ${c.devices}`);
+  if (!(Number.isInteger(c.workers) && c.workers >= 1)) bad(`workers must be an integer ≥ 1, got ${c.workers}`);
+  if (!(c.durationMs > 0)) bad(`duration must be > 0 ms, got ${c.durationMs}`);
+  if (!(c.warmupMs >= 0 && c.warmupMs < c.durationMs)) bad(`warmup must be in [0, duration), got ${c.warmupMs} ms of ${c.durationMs} ms`);
+  if (c.classes.length === 0) bad('at least one device class is needed');
+  if (c.classes.some((k) => !(k.weight > 0))) bad('device class weights must be > 0');
+  const { promptTokens: p, outputTokens: o } = c.workload;
+  if (!(Number.isInteger(p.min) && p.min >= 1 && p.max >= p.min)) bad(`prompt tokens range must be integers 1 ≤ min ≤ max, got ${p.min}..${p.max}`);
+  if (!(Number.isInteger(o.min) && o.min >= 1 && o.max >= o.min)) bad(`output tokens range must be integers 1 ≤ min ≤ max, got ${o.min}..${o.max}`);
+  if (p.max + o.max >= c.server.maxPositions) bad(`prompt + output (${p.max + o.max}) must fit the model's ${c.server.maxPositions} positions`);
+  if (!(c.controller.kMax >= 0)) bad(`kMax must be ≥ 0, got ${c.controller.kMax}`);
+}
+
+/** Deals device i to a class in proportion to the weights (deterministic, interleaved). */
+export function classOfDevice(classes: readonly DeviceClassSpec[], count: number): number[] {
+  const total = classes.reduce((a, k) => a + k.weight, 0);
+  const dealt = classes.map(() => 0);
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    let best = 0;
+    let bestDebt = -Infinity;
+    classes.forEach((k, j) => {
+      const debt = (k.weight / total) * (i + 1) - dealt[j];
+      if (debt > bestDebt + 1e-12) {
+        best = j;
+        bestDebt = debt;
+      }
+    });
+    dealt[best]++;
+    out.push(best);
+  }
+  return out;
+}
+
+/** Runs one simulation to `durationMs` of simulated time. Deterministic for `config.seed`. */
+export function runSimulation(config: SimRunConfig): SimRunResult {
+  checkRunConfig(config);
+  const wallStart = performance.now();
+  const c = config;
+  const speculative = c.policy !== 'centralized';
+  const pipelining = c.pipelinedDrafting && c.policy === 'wisp';
+  const q = new EventQueue<SimEvent>();
+  const records: SessionRecord[] = [];
+  const batches: BatchRecord[] = [];
+  let now = 0;
+  let events = 0;
+  let wakeGen = 0;
+  let refused = 0;
+  let sessionsStarted = 0;
+  const lookahead = { started: 0, reused: 0 };
+
+  const sched: SchedulerContext = initialSchedulerContext({
+    policy: c.policy,
+    bMax: c.scheduler.bMax,
+    waitMs: c.scheduler.waitMs,
+    maxBatchTokens: c.scheduler.maxBatchTokens,
+    ageBoundMs: c.scheduler.ageBoundMs,
+    truncation: c.scheduler.truncation,
+    defaultSlo: c.slo,
+    defaultReturnLatencyMs: 0,
+  });
+
+  const classIndex = classOfDevice(c.classes, c.devices);
+  const devices: SimDevice[] = [];
+  const byId = new Map<string, SimDevice>();
+  for (let i = 0; i < c.devices; i++) {
+    const cls = c.classes[classIndex[i]];
+    const dev: SimDevice = {
+      index: i,
+      id: `d${i}`,
+      cls,
+      controller: !speculative
+        ? null
+        : c.policy === 'sled'
+          ? createControllerState({ kind: 'sled', kMax: c.controller.kMax, confidenceThreshold: c.controller.threshold })
+          : createControllerState({ kind: 'wisp', kMax: c.controller.kMax, threshold: c.controller.threshold }),
+      expectedQueueMs: 0,
+      workload: new Rng(deriveSeed(c.seed, STREAMS.workload, i)),
+      tokens: new Rng(deriveSeed(c.seed, STREAMS.tokens, i)),
+      network: new Rng(deriveSeed(c.seed, STREAMS.network, i)),
+      session: null,
+      sessions: 0,
+      upLastMs: 0,
+      downLastMs: 0,
+    };
+    devices.push(dev);
+    byId.set(dev.id, dev);
+  }
+  const workers: SimWorker[] = [];
+  const workerById = new Map<string, SimWorker>();
+  for (let i = 0; i < c.workers; i++) {
+    const w: SimWorker = { id: `w${i}`, busy: false, queue: [], decoding: [], rng: new Rng(deriveSeed(c.seed, STREAMS.server, i)), current: null };
+    workers.push(w);
+    workerById.set(w.id, w);
+  }
+
+  // ---- transport ----
+  /** One-way delay as actors/edge/device.ts draws it: rtt/2 ± jitter/2, never negative. */
+  const oneWayMs = (dev: SimDevice): number => {
+    const { rttMs, jitterMs } = dev.cls.profile;
+    return Math.max(0, rttMs / 2 + ((dev.network.uniform() * 2 - 1) * jitterMs) / 2);
+  };
+  /** Arrival time at the scheduler of a message the device sends at `atMs`. */
+  const upArrival = (dev: SimDevice, atMs: number): number => {
+    const arrive = Math.max(dev.upLastMs, atMs + oneWayMs(dev));
+    dev.upLastMs = arrive;
+    return arrive;
+  };
+  const sendDown = (dev: SimDevice, atMs: number, ev: SimEvent): void => {
+    const arrive = Math.max(dev.downLastMs, atMs + oneWayMs(dev));
+    dev.downLastMs = arrive;
+    q.push(arrive, ev);
+  };
+
+  // ---- scheduler ----
+  const toScheduler = (ev: SchedulerEvent): void => {
+    const effects = applySchedulerEvent(sched, ev);
+    for (const e of effects) {
+      if (e.kind === 'dispatch') {
+        const w = workerById.get(e.batch.workerId)!;
+        if (c.server.hopMs > 0) q.push(now + c.server.hopMs, { k: 'dispatch', w, batch: e.batch });
+        else dispatch(w, e.batch);
+      } else if (e.kind === 'wake') {
+        const gen = ++wakeGen;
+        q.push(Math.max(now, e.atMs), { k: 'wake', gen });
+      } else if (e.kind === 'refuse') {
+        refused++;
+        const dev = byId.get(e.params.replyTo);
+        if (dev) sendDown(dev, now, { k: 'failed', dev, sessionId: e.params.sessionId });
+      }
+      // 'persist': the simulated scheduler keeps its estimator in memory only.
+    }
+  };
+  const workerStatus = (w: SimWorker, report: { batch: VerifyBatch; shapes: BatchShape[]; actualMs: number } | null): WorkerStatus => ({
+    v: PROTOCOL_VERSION,
+    type: 'worker',
+    workerId: w.id,
+    model: c.server.model,
+    vocabSize: c.server.vocabSize,
+    maxPositions: c.server.maxPositions,
+    state: 'ready',
+    sessions: 0,
+    kvBytes: 0,
+    incarnation: 'sim',
+    ...(report
+      ? {
+          doneBatchId: report.batch.batchId,
+          lastBatch: { batchId: report.batch.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.batch.predictedMs },
+        }
+      : {}),
+    sentAtMs: now,
+  });
+
+  // ---- workers ----
+  const dispatch = (w: SimWorker, batch: VerifyBatch): void => {
+    w.queue.push(batch);
+    if (!w.busy) startNext(w);
+  };
+  const startNext = (w: SimWorker): void => {
+    const batch = w.queue.shift();
+    if (batch) {
+      const shapes: BatchShape[] = batch.items.map((it) =>
+        it.request.type === 'open' ? { n: it.request.promptTokens.length, L: 0 } : { n: it.verifyTokens + 1, L: it.request.committedLength - 1 },
+      );
+      const actualMs = c.server.cost.batchMs(shapes, w.rng);
+      w.busy = true;
+      w.current = { batch, shapes, startedAtMs: now, actualMs };
+      q.push(now + actualMs, { k: 'batchDone', w });
+      return;
+    }
+    if (w.decoding.length > 0) {
+      // Continuous batching: every decoding session gets one token this step.
+      const shapes = w.decoding.map((d) => ({ n: 1, L: d.promptLength + d.produced - 1 }));
+      const actualMs = c.server.cost.batchMs(shapes, w.rng);
+      w.busy = true;
+      q.push(now + actualMs, { k: 'stepDone', w, shapes, startedAtMs: now, actualMs });
+      return;
+    }
+    w.busy = false;
+  };
+  const onBatchDone = (w: SimWorker): void => {
+    const cur = w.current!;
+    w.current = null;
+    const size = cur.batch.items.length;
+    let truncated = 0;
+    for (const it of cur.batch.items) {
+      const r = it.request;
+      const dev = byId.get(r.deviceId);
+      if (!dev) continue;
+      const queueMs = Math.max(0, cur.startedAtMs - it.arrivedAtMs);
+      const verifyMs = now - cur.startedAtMs;
+      if (r.type === 'open') {
+        if (r.mode === 'centralized') {
+          if (r.maxNewTokens > 1) w.decoding.push({ dev, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });
+          sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId });
+        } else {
+          sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, 0, 0, 0, r.promptTokens.length + 1, queueMs, verifyMs, size, w.id) });
+        }
+        continue;
+      }
+      const s = dev.session;
+      if (!s || s.ctx.sessionId !== r.sessionId) continue;
+      const m = Math.min(it.verifyTokens, r.draftTokens.length);
+      truncated += r.draftTokens.length - m;
+      let accepted = 0;
+      while (accepted < m && s.outcomes[accepted]) accepted++;
+      sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, r.round, accepted, m, r.committedLength + accepted + 1, queueMs, verifyMs, size, w.id) });
+    }
+    if (cur.startedAtMs >= c.warmupMs) {
+      const kind = cur.batch.items[0].request.type === 'open' ? 'prefill' : 'verify';
+      batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated });
+    }
+    // Like the live worker: pick the next work (a decode step) before reporting ready.
+    w.busy = false;
+    startNext(w);
+    const status = workerStatus(w, { batch: cur.batch, shapes: cur.shapes, actualMs: cur.actualMs });
+    if (c.server.hopMs > 0) q.push(now + c.server.hopMs, { k: 'sched', ev: { type: 'WORKER_STATUS', message: status, atMs: now + c.server.hopMs } });
+    else toScheduler({ type: 'WORKER_STATUS', message: status, atMs: now });
+  };
+  const onStepDone = (w: SimWorker, shapes: BatchShape[], startedAtMs: number, actualMs: number): void => {
+    const still: Decoding[] = [];
+    for (const d of w.decoding) {
+      d.produced++;
+      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId });
+      if (d.produced < d.maxNewTokens) still.push(d);
+    }
+    w.decoding = still;
+    if (startedAtMs >= c.warmupMs) batches.push({ workerId: w.id, kind: 'step', size: shapes.length, startedAtMs, actualMs, predictedMs: null, truncatedTokens: 0 });
+    w.busy = false;
+    startNext(w);
+  };
+  const result = (sessionId: string, round: number, accepted: number, verified: number, committedLength: number, queueMs: number, verifyMs: number, batchSize: number, workerId: string): VerifyResult => ({
+    v: PROTOCOL_VERSION,
+    type: 'result',
+    sessionId,
+    round,
+    accepted,
+    token: TOKEN,
+    verified,
+    committedLength,
+    queueMs,
+    verifyMs,
+    batchSize,
+    workerId,
+  });
+
+  // ---- devices ----
+  const startSession = (dev: SimDevice): void => {
+    const w = c.workload;
+    const promptLength = dev.workload.int(w.promptTokens.min, w.promptTokens.max);
+    const maxNewTokens = dev.workload.int(w.outputTokens.min, w.outputTokens.max);
+    const offset = dev.cls.acceptance.sessionOffset(dev.workload);
+    const sessionId = `${dev.id}.s${dev.sessions++}`;
+    sessionsStarted++;
+    const promptTokens = new Array<number>(promptLength).fill(TOKEN);
+    const ctx: EdgeSessionContext = {
+      sessionId,
+      deviceId: dev.id,
+      requestId: sessionId,
+      mode: speculative ? 'speculative' : 'centralized',
+      promptTokens,
+      maxNewTokens,
+      eosTokenId: null,
+      verifyTimeoutMs: Infinity,
+      maxRetries: 0,
+      kMax: c.controller.kMax,
+      startedAtMs: now,
+      generated: [],
+      round: 0,
+      attempt: 0,
+      draft: null,
+      firstTokenAtMs: null,
+      lastTokenAtMs: null,
+      streamSeq: 0,
+      emitted: 0,
+      counters: { rounds: 0, drafted: 0, accepted: 0, wastedDraftTokens: 0, wastedDraftMs: 0, draftMs: 0, queueMs: 0, verifyMs: 0, draftedByPosition: [], acceptedByPosition: [] },
+      error: null,
+    };
+    dev.session = { ctx, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null };
+    const open: SessionOpen = {
+      v: PROTOCOL_VERSION,
+      type: 'open',
+      sessionId,
+      deviceId: dev.id,
+      requestId: sessionId,
+      draftModel: dev.cls.profile.draftModel,
+      targetModel: c.server.model,
+      mode: ctx.mode,
+      promptTokens,
+      maxNewTokens,
+      slo: c.slo,
+      sampling: { temperature: 0, topP: 1, seed: 0 },
+      replyTo: dev.id,
+      sentAtMs: now,
+      rttMs: dev.cls.profile.rttMs,
+    };
+    const arrive = upArrival(dev, now);
+    q.push(arrive, { k: 'sched', ev: { type: 'OPEN', message: open, atMs: arrive } });
+  };
+
+  const finished = (ctx: EdgeSessionContext): boolean => ctx.generated.length >= ctx.maxNewTokens;
+
+  const endSession = (dev: SimDevice, ok: boolean): void => {
+    const s = dev.session!;
+    const ctx = ok ? s.ctx : { ...s.ctx, error: { code: 'internal' as const, message: 'refused by the scheduler' } };
+    if (ctx.startedAtMs >= c.warmupMs) records.push(toRecord(dev, s, ctx, true));
+    const arrive = upArrival(dev, now);
+    q.push(arrive, { k: 'sched', ev: { type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: ctx.sessionId, deviceId: dev.id, reason: ok ? 'done' : 'failed' }, atMs: arrive } });
+    dev.session = null;
+    const next = now + c.workload.thinkMs;
+    if (next < c.durationMs) q.push(next, { k: 'start', dev });
+  };
+
+  const toRecord = (dev: SimDevice, s: SimSession, ctx: EdgeSessionContext, done: boolean): SessionRecord => {
+    const stats = sessionStats(ctx, s.slo, ctx.startedAtMs);
+    return {
+      sessionId: ctx.sessionId,
+      deviceId: dev.id,
+      deviceClass: dev.cls.name,
+      startedAtMs: ctx.startedAtMs,
+      endedAtMs: now,
+      finished: done && ctx.error === null,
+      outputTokens: ctx.generated.length,
+      stats: done ? stats : { ...stats, sloAttained: false },
+      energyJ: deviceEnergyJ(dev.cls.profile, ctx, now - ctx.startedAtMs),
+      draftMs: ctx.counters.draftMs,
+    };
+  };
+
+  /** Drafts one round (reusing a matching look-ahead) and sends it; mirrors SessionDrafter.draftRound. */
+  const startRound = (dev: SimDevice, s: SimSession): void => {
+    const ctx = s.ctx;
+    ctx.round += 1;
+    const ctl = dev.controller!;
+    const acc = dev.cls.acceptance;
+    const msPerToken = dev.cls.profile.draftMsPerToken;
+    const maxDraft = Math.max(0, Math.min(ctx.kMax, ctx.maxNewTokens - ctx.generated.length - 1));
+    const out: DraftOutput = { tokens: [], predictedAcceptance: [], features: [], draftMsPerToken: [] };
+    const outcomes: boolean[] = [];
+    let t = now;
+    let carryOn = maxDraft > 0;
+    const la = s.lookahead;
+    if (la) {
+      s.lookahead = null;
+      // The look-ahead is cancelled now; the token in progress still completes (the drafter awaits it).
+      const elapsed = now - la.startMs;
+      const drafted = Math.min(la.limit, Math.max(0, Math.ceil(elapsed / msPerToken - 1e-9)));
+      t = Math.max(now, la.startMs + drafted * msPerToken);
+      const ahead = [];
+      for (let i = 0; i < drafted; i++) ahead.push(acc.draw(dev.tokens, s.offset, Math.max(0, i - 1)));
+      // Usable when the whole draft was accepted and the bonus token equals the first look-ahead token.
+      const matches = s.allAccepted && drafted > 0 && ahead[0].accepted;
+      let usedMs = 0;
+      if (matches) {
+        usedMs += msPerToken;
+        const reusable = ahead.slice(1, 1 + maxDraft);
+        for (const d of reusable) {
+          if (!carryOn) break;
+          const before = out.tokens.length;
+          carryOn = keepDraft(out, outcomes, ctl, dev.expectedQueueMs, d, msPerToken);
+          if (out.tokens.length > before) usedMs += msPerToken;
+        }
+        if (out.tokens.length < reusable.length) carryOn = false;
+        if (out.tokens.length > 0) lookahead.reused++;
+      }
+      out.discardedDraftMs = drafted * msPerToken - usedMs;
+    }
+    while (carryOn && out.tokens.length < maxDraft) {
+      const d = acc.draw(dev.tokens, s.offset, out.tokens.length);
+      t += msPerToken;
+      carryOn = keepDraft(out, outcomes, ctl, dev.expectedQueueMs, d, msPerToken);
+    }
+    ctx.draft = out;
+    s.outcomes = outcomes;
+    // Predictions are probabilities already (the live device clamps them; nothing to clamp here).
+    const request: VerifyRequest = {
+      v: PROTOCOL_VERSION,
+      type: 'verify',
+      sessionId: ctx.sessionId,
+      deviceId: dev.id,
+      round: ctx.round,
+      committedLength: ctx.promptTokens.length + ctx.generated.length,
+      draftTokens: out.tokens,
+      predictedAcceptance: out.predictedAcceptance,
+      replyTo: dev.id,
+      sentAtMs: t,
+    };
+    const arrive = upArrival(dev, t);
+    q.push(arrive, { k: 'sched', ev: { type: 'VERIFY', message: request, atMs: arrive } });
+    if (pipelining && out.tokens.length > 0) {
+      // Room left after this round commits everything plus the bonus token (as the live device computes it).
+      const room = ctx.maxNewTokens - ctx.generated.length - out.tokens.length - 1;
+      const limit = Math.min(ctx.kMax + 1, room);
+      if (limit > 0) {
+        s.lookahead = { startMs: t, limit };
+        lookahead.started++;
+      }
+    }
+  };
+
+  const onResult = (dev: SimDevice, sessionId: string, r: VerifyResult): void => {
+    const s = dev.session;
+    if (!s || s.ctx.sessionId !== sessionId) return;
+    const ctx = s.ctx;
+    if (r.round === 0) {
+      if (ctx.firstTokenAtMs !== null) return;
+      ctx.generated.push(...commitTokens(ctx, [r.token]));
+      ctx.firstTokenAtMs = now;
+      ctx.lastTokenAtMs = now;
+      ctx.counters = { ...ctx.counters, queueMs: r.queueMs, verifyMs: r.verifyMs };
+    } else {
+      if (r.round !== ctx.round || !ctx.draft) return;
+      const draft = ctx.draft;
+      // roundVerified: the controller learns; the expected queueing delay follows the reports.
+      dev.controller = learnFromRound(dev.controller!, draft.features, r.accepted, r.verified);
+      dev.expectedQueueMs = 0.8 * dev.expectedQueueMs + 0.2 * r.queueMs;
+      const accepted = Math.min(r.accepted, r.verified, draft.tokens.length);
+      s.allAccepted = accepted === draft.tokens.length;
+      // The simulator owns this context, so it appends in place (the machine copies).
+      const fresh = draft.tokens.slice(0, accepted);
+      fresh.push(r.token);
+      ctx.generated.push(...commitTokens(ctx, fresh));
+      ctx.lastTokenAtMs = now;
+      ctx.counters = countRound(ctx.counters, draft, r);
+    }
+    if (finished(ctx)) endSession(dev, true);
+    else startRound(dev, s);
+  };
+
+  const onStream = (dev: SimDevice, sessionId: string): void => {
+    const s = dev.session;
+    if (!s || s.ctx.sessionId !== sessionId) return;
+    const ctx = s.ctx;
+    ctx.generated.push(...commitTokens(ctx, [TOKEN]));
+    ctx.firstTokenAtMs ??= now;
+    ctx.lastTokenAtMs = now;
+    ctx.streamSeq++;
+    if (finished(ctx)) endSession(dev, true);
+  };
+
+  // ---- run ----
+  for (const w of workers) toScheduler({ type: 'WORKER_STATUS', message: workerStatus(w, null), atMs: 0 });
+  for (const dev of devices) q.push(dev.workload.uniform() * c.workload.startSpreadMs, { k: 'start', dev });
+
+  while (q.size > 0 && q.peekTime() <= c.durationMs) {
+    const { atMs, event } = q.pop()!;
+    now = atMs;
+    events++;
+    switch (event.k) {
+      case 'start':
+        startSession(event.dev);
+        break;
+      case 'sched':
+        toScheduler(event.ev);
+        break;
+      case 'wake':
+        if (event.gen === wakeGen) toScheduler({ type: 'WAKE', atMs: now });
+        break;
+      case 'dispatch':
+        dispatch(event.w, event.batch);
+        break;
+      case 'batchDone':
+        onBatchDone(event.w);
+        break;
+      case 'stepDone':
+        onStepDone(event.w, event.shapes, event.startedAtMs, event.actualMs);
+        break;
+      case 'result':
+        onResult(event.dev, event.sessionId, event.result);
+        break;
+      case 'stream':
+        onStream(event.dev, event.sessionId);
+        break;
+      case 'failed': {
+        const s = event.dev.session;
+        if (s && s.ctx.sessionId === event.sessionId) endSession(event.dev, false);
+        break;
+      }
+    }
+  }
+
+  // Sessions still running at the end count only when they already missed their TTFT SLO.
+  now = c.durationMs;
+  for (const dev of devices) {
+    const s = dev.session;
+    if (!s || s.ctx.startedAtMs < c.warmupMs) continue;
+    const ttft = s.ctx.firstTokenAtMs === null ? now - s.ctx.startedAtMs : s.ctx.firstTokenAtMs - s.ctx.startedAtMs;
+    if (ttft > s.slo.ttftMs) records.push(toRecord(dev, s, s.ctx, false));
+  }
+
+  return {
+    config: { policy: c.policy, devices: c.devices, workers: c.workers, durationMs: c.durationMs, warmupMs: c.warmupMs, seed: c.seed },
+    records,
+    batches,
+    windowMs: c.durationMs - c.warmupMs,
+    sessionsStarted,
+    refused,
+    events,
+    estimators: Object.values(sched.workers).map((w) => ({ workerId: w.workerId, ewmaApe: w.estimator.error.ewmaApe, observations: w.estimator.error.count })),
+    lookahead,
+    wallMs: performance.now() - wallStart,
+  };
+}

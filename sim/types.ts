@@ -1,0 +1,91 @@
+/**
+ * Configuration of one simulated run (one policy, one number of devices) and its result.
+ */
+import type { Slo } from '../broker/contracts.ts';
+import type { DeviceProfile } from '../config/schema.ts';
+import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
+import type { PolicyName } from '../policies/types.ts';
+import type { AcceptanceModel } from './acceptance.ts';
+import type { ServerCostModel } from './server-cost.ts';
+
+/** A class of edge device: its profile (draft speed, network, power) and its draft's acceptance. */
+export interface DeviceClassSpec {
+  /** Profile name, e.g. 'jetson-orin-nano' (config/defaults.ts DEVICE_PROFILES). */
+  name: string;
+  profile: DeviceProfile;
+  acceptance: AcceptanceModel;
+  /** Relative share of the devices (devices are dealt to classes in proportion, deterministically). */
+  weight: number;
+}
+
+/** Inclusive integer range, drawn uniformly. */
+export interface IntRange {
+  min: number;
+  max: number;
+}
+
+/** What each device asks for: one session after another (closed loop). */
+export interface WorkloadSpec {
+  promptTokens: IntRange;
+  outputTokens: IntRange;
+  /** Pause between the end of a device's session and its next prompt, ms. */
+  thinkMs: number;
+  /** Devices start their first session uniformly within this long, ms (avoids a lockstep start). */
+  startSpreadMs: number;
+}
+
+export interface SchedulerKnobs {
+  bMax: number;
+  waitMs: number;
+  maxBatchTokens: number;
+  ageBoundMs: number;
+  /** WISP: server-side draft truncation (an extra of ours; a switch). */
+  truncation: boolean;
+}
+
+export interface ServerSpec {
+  cost: ServerCostModel;
+  /** Target model name the workers report (and the sessions ask for). */
+  model: string;
+  vocabSize: number;
+  maxPositions: number;
+  /** Scheduler ↔ worker message latency, ms (co-located: ~0). */
+  hopMs: number;
+}
+
+/** One simulated run. */
+export interface SimRunConfig {
+  policy: PolicyName;
+  devices: number;
+  workers: number;
+  durationMs: number;
+  /** Sessions that start before this are not measured, ms. */
+  warmupMs: number;
+  seed: number;
+  slo: Slo;
+  scheduler: SchedulerKnobs;
+  /** Device drafts the next round while the current one is verified (an extra of ours; WISP only). */
+  pipelinedDrafting: boolean;
+  controller: { kMax: number; threshold: number };
+  classes: DeviceClassSpec[];
+  workload: WorkloadSpec;
+  server: ServerSpec;
+}
+
+export interface SimRunResult {
+  config: { policy: PolicyName; devices: number; workers: number; durationMs: number; warmupMs: number; seed: number };
+  /** Sessions judged in the window [warmupMs, durationMs]. */
+  records: SessionRecord[];
+  /** Server batches started in the window. */
+  batches: BatchRecord[];
+  windowMs: number;
+  sessionsStarted: number;
+  /** Requests the scheduler refused (their sessions failed). */
+  refused: number;
+  events: number;
+  /** Scheduler estimators at the end: running error per worker. */
+  estimators: { workerId: string; ewmaApe: number; observations: number }[];
+  /** Pipelined drafting: look-ahead rounds reused / started. */
+  lookahead: { started: number; reused: number };
+  wallMs: number;
+}
