@@ -15,6 +15,10 @@ import { CostModelRunner } from '../inference/cost-model-runner.ts';
 import { readModelDir } from '../inference/model-dir.ts';
 import type { DecoderRunner } from '../inference/types.ts';
 import { createLogger, type Logger } from '../telemetry/logger.ts';
+import { openMetricsEndpoint, processMetrics, type WispMetrics } from '../telemetry/metrics.ts';
+import { flushTraces } from '../telemetry/spans.ts';
+import { ensureTracing } from '../telemetry/tracing-switch.ts';
+import { resolveDraftDir } from './edge/draft-models.ts';
 import type { ServedPrompt } from './edge/device.ts';
 import { startEdgeFleet, type EdgeFleet } from './edge/fleet.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
@@ -34,6 +38,44 @@ export async function resolveModelRoot(config: WispConfig): Promise<string> {
     return config.models.modelDir;
   }
   return (await ensureModelPair(config.models.preset)).root;
+}
+
+/** A role's logger: JSON lines, or lines for people (config telemetry.prettyLogs; default on a terminal). */
+function roleLogger(config: WispConfig, role: 'scheduler' | 'verifier' | 'edge'): Logger {
+  return createLogger(role, config.logLevel, { pretty: config.telemetry.prettyLogs });
+}
+
+/**
+ * A role's telemetry: tracing (if the config asks and the environment did not start it), the
+ * process's metrics, and — once the role runs — its /metrics endpoint (shared by the roles of
+ * one process). `close` releases the endpoint and flushes the spans recorded so far.
+ */
+async function roleTelemetry(config: WispConfig, logger: Logger): Promise<{ metrics: WispMetrics; serve(): Promise<void>; close(): Promise<void> }> {
+  await ensureTracing(config.telemetry.tracing, (m) => logger.warn(m));
+  const metrics = processMetrics();
+  let endpoint: Awaited<ReturnType<typeof openMetricsEndpoint>> | null = null;
+  return {
+    metrics,
+    async serve() {
+      if (config.telemetry.metricsPort === 0) return;
+      endpoint = await openMetricsEndpoint(metrics, config.telemetry.metricsHost, config.telemetry.metricsPort);
+      logger.info({ url: endpoint.url }, 'metrics endpoint');
+    },
+    async close() {
+      await endpoint?.close();
+      await flushTraces();
+    },
+  };
+}
+
+/** Opens the role's metrics endpoint once it runs; a role whose endpoint cannot listen is stopped again. */
+async function serveOrStop(telemetry: { serve(): Promise<void> }, running: Running): Promise<void> {
+  try {
+    await telemetry.serve();
+  } catch (err) {
+    await running.stop().catch(() => {});
+    throw err;
+  }
 }
 
 /** Seams for tests and benchmarks: how each role's broker connection is made. */
@@ -61,7 +103,8 @@ async function brokerFor(config: WispConfig, role: 'scheduler' | 'verifier' | 'e
   return hooks.wrapBroker ? hooks.wrapBroker(role, broker) : broker;
 }
 
-export async function runScheduler(config: WispConfig, logger = createLogger('scheduler', config.logLevel), hooks: LaunchHooks = {}): Promise<Running & { role: SchedulerRole }> {
+export async function runScheduler(config: WispConfig, logger = roleLogger(config, 'scheduler'), hooks: LaunchHooks = {}): Promise<Running & { role: SchedulerRole }> {
+  const telemetry = await roleTelemetry(config, logger);
   const broker = await brokerFor(config, 'scheduler', 'scheduler', logger, hooks);
   const store = await openSessionStore(config, logger);
   const role = await startScheduler({
@@ -77,18 +120,23 @@ export async function runScheduler(config: WispConfig, logger = createLogger('sc
       defaultReturnLatencyMs: 0,
     },
     estimators: store.estimators,
+    owners: { lookup: async (sessionId) => (await store.store.getSession(sessionId)) ?? null },
     workerTimeoutMs: config.worker.heartbeatTtlMs,
     logger,
+    metrics: telemetry.metrics.scheduler(),
   });
-  logger.info({ policy: config.scheduler.policy }, 'scheduler started');
-  return {
+  const running = {
     role,
     async stop() {
       await role.stop();
       await broker.close();
       await store.close();
+      await telemetry.close();
     },
   };
+  await serveOrStop(telemetry, running);
+  logger.info({ policy: config.scheduler.policy }, 'scheduler started');
+  return running;
 }
 
 /** models.costModel: a runner that sleeps per the estimator, shaped like the target in `targetDir`. */
@@ -104,7 +152,8 @@ export interface VerifierLaunchOptions {
   hooks?: LaunchHooks;
 }
 
-export async function runVerifier(config: WispConfig, opts: VerifierLaunchOptions = {}, logger = createLogger('verifier', config.logLevel)): Promise<Running & { role: VerifierRole }> {
+export async function runVerifier(config: WispConfig, opts: VerifierLaunchOptions = {}, logger = roleLogger(config, 'verifier')): Promise<Running & { role: VerifierRole }> {
+  const telemetry = await roleTelemetry(config, logger);
   const workerId = opts.workerId ?? config.worker.id ?? `w${randomUUID().slice(0, 8)}`;
   const modelRoot = await resolveModelRoot(config);
   const broker = await brokerFor(config, 'verifier', `verifier-${workerId}`, logger, opts.hooks ?? {}, [workerQueue(workerId)]);
@@ -121,16 +170,20 @@ export async function runVerifier(config: WispConfig, opts: VerifierLaunchOption
     logger,
     ...(opts.runner ? { runner: opts.runner } : config.models.costModel.enabled ? { runner: await costModelRunner(config, join(modelRoot, 'target')) } : {}),
     ...(opts.hooks?.onBatch ? { onBatch: opts.hooks.onBatch } : {}),
+    metrics: telemetry.metrics.verifier(),
   });
-  logger.info({ workerId }, 'verifier started');
-  return {
+  const running = {
     role,
     async stop() {
       await role.stop();
       await broker.close();
       await store.close();
+      await telemetry.close();
     },
   };
+  await serveOrStop(telemetry, running);
+  logger.info({ workerId }, 'verifier started');
+  return running;
 }
 
 export interface EdgeLaunchOptions {
@@ -142,14 +195,15 @@ export interface EdgeLaunchOptions {
   hooks?: LaunchHooks;
 }
 
-export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logger = createLogger('edge', config.logLevel)): Promise<Running & { fleet: EdgeFleet }> {
+export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logger = roleLogger(config, 'edge')): Promise<Running & { fleet: EdgeFleet }> {
+  const telemetry = await roleTelemetry(config, logger);
   const profileNames = opts.profiles?.length ? opts.profiles : [config.deviceProfile];
   for (const p of profileNames) {
     if (!Object.hasOwn(config.devices, p)) throw new Error(`unknown device profile "${p}" (known: ${Object.keys(config.devices).sort().join(', ')})`);
   }
   const modelRoot = await resolveModelRoot(config);
   for (const p of profileNames) {
-    const dir = join(modelRoot, config.devices[p].draftModel);
+    const dir = resolveDraftDir(modelRoot, config.devices[p].draftModel);
     if (!existsSync(dir)) throw new ModelDirNotFoundError(dir);
   }
   const fleetId = opts.fleetId ?? config.edge.deviceId ?? `e${randomUUID().slice(0, 6)}`;
@@ -172,15 +226,19 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
     logger,
     ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
     ...(opts.hooks?.onServed ? { onServed: opts.hooks.onServed } : {}),
+    metrics: telemetry.metrics.edge(),
   });
-  logger.info({ fleetId, devices: opts.devices, profiles: profileNames }, 'edge fleet started');
-  return {
+  const running = {
     fleet,
     async stop() {
       await fleet.stop();
       await broker.close();
+      await telemetry.close();
     },
   };
+  await serveOrStop(telemetry, running);
+  logger.info({ fleetId, devices: opts.devices, profiles: profileNames }, 'edge fleet started');
+  return running;
 }
 
 export interface UpOptions {

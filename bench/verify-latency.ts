@@ -5,7 +5,7 @@
  * the 1-layer draft's per-token decode time at batch 1. Timings include the runner's own work
  * (building padded inputs, copying caches in and out), i.e. the verifier's hot path.
  *
- *   npm run bench:verify [-- --threads N --runs N --warmup N --cache N]
+ *   npm run bench:verify [-- --threads N --spinning --runs N --warmup N --cache N]
  */
 import { parseArgs } from 'node:util';
 import { ensureModelPair } from '../inference/forge/index.ts';
@@ -15,6 +15,7 @@ import type { DecoderRunner, KvCacheHandle } from '../inference/types.ts';
 const { values } = parseArgs({
   options: {
     threads: { type: 'string' },
+    spinning: { type: 'boolean', default: false },
     runs: { type: 'string', default: '30' },
     warmup: { type: 'string', default: '10' },
     cache: { type: 'string', default: '128' },
@@ -65,13 +66,14 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const pair = await ensureModelPair('small');
   const readyMs = performance.now() - t0;
-  const target = await loadDecoder(pair.targetDir, threads === undefined ? {} : { threads });
-  const draft = await loadDecoder(pair.draftDirs[0], threads === undefined ? {} : { threads });
+  const opts = { spinning: values.spinning, ...(threads === undefined ? {} : { threads }) };
+  const target = await loadDecoder(pair.targetDir, opts);
+  const draft = await loadDecoder(pair.draftDirs[0], opts);
   const i = target.info;
   process.stdout.write(
     `# verify latency — forged small target (${i.numLayers} layers, d ${i.hiddenSize}, heads ${i.numHeads}/${i.numKvHeads} kv, vocab ${i.vocabSize})\n` +
       `# ${cacheLen}-token cache per request; "new" = tokens fed per request = drafts + 1; ` +
-      `median (p90) ms of ${runs} runs after ${warmup} warm-up; intra-op threads ${threads ?? 'default'}; models ready in ${readyMs.toFixed(0)} ms\n\n`,
+      `median (p90) ms of ${runs} runs after ${warmup} warm-up; intra-op threads ${threads ?? 'default'}${values.spinning ? ' (spinning)' : ''}; models ready in ${readyMs.toFixed(0)} ms\n\n`,
   );
   const header = ['batch', ...NEW_TOKENS.map((n) => `new=${n} (${n - 1} drafts)`)];
   const rows: string[][] = [];

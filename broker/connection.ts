@@ -555,7 +555,7 @@ export class BrokerClient extends EventEmitter {
   /** Dead-letters the original body with the reason, then tells the sender (best effort). */
   async #refuse(queue: string, msg: ConsumeMessage, reason: string, code: ErrorCode, raw: unknown): Promise<void> {
     const p = msg.properties;
-    const oneLine = await this.#deadLetterBody(queue, msg.content, reason, {
+    const deadLettered = this.#deadLetterBody(queue, msg.content, reason, {
       headers: (p.headers ?? {}) as Record<string, unknown>,
       correlationId: p.correlationId,
       replyTo: p.replyTo,
@@ -565,12 +565,17 @@ export class BrokerClient extends EventEmitter {
     // A device authenticated by its uplink routing key hears about its own refusals only.
     const sender = uplinkSender(msg.fields.exchange, msg.fields.routingKey);
     const target = sender !== null ? deviceQueue(sender) : replyTarget(raw, msg.properties.replyTo);
-    if (!target || target === queue || (isObject(raw) && raw.type === 'error')) return;
-    const error: ErrorMessage = { v: PROTOCOL_VERSION, type: 'error', code, message: oneLine.slice(0, 2_000), ...idsOf(raw) };
+    if (!target || target === queue || (isObject(raw) && raw.type === 'error')) return void (await deadLettered);
+    const oneLine = reason.replace(/\s+/g, ' ').slice(0, 1_000);
+    const error: ErrorMessage = { v: PROTOCOL_VERSION, type: 'error', code, message: oneLine, ...idsOf(raw) };
+    // The typed error goes out alongside the dead letter (not after it): half the latency per refusal.
+    const replied = this.publish(target, error, { correlationId: msg.properties.correlationId, mandatory: false }).catch((err: Error) =>
+      this.#logger.warn('error reply not sent', { to: target, reason: err.message }),
+    );
     try {
-      await this.publish(target, error, { correlationId: msg.properties.correlationId, mandatory: false });
-    } catch (err) {
-      this.#logger.warn('error reply not sent', { to: target, reason: (err as Error).message });
+      await deadLettered;
+    } finally {
+      await replied;
     }
   }
 
@@ -700,6 +705,6 @@ function idsOf(raw: unknown): Pick<ErrorMessage, 'sessionId' | 'requestId' | 'ro
   const out: Pick<ErrorMessage, 'sessionId' | 'requestId' | 'round'> = {};
   if (typeof raw.sessionId === 'string' && SAFE_ID.test(raw.sessionId)) out.sessionId = raw.sessionId;
   if (typeof raw.requestId === 'string' && SAFE_ID.test(raw.requestId)) out.requestId = raw.requestId;
-  if (typeof raw.round === 'number' && Number.isInteger(raw.round) && raw.round >= 0) out.round = raw.round;
+  if (typeof raw.round === 'number' && Number.isSafeInteger(raw.round) && raw.round >= 0) out.round = raw.round;
   return out;
 }

@@ -21,6 +21,8 @@ import { registerEnqueue } from './commands/enqueue.ts';
 registerEnqueue(program);
 import { registerBench } from './commands/bench.ts';
 registerBench(program);
+import { registerSim } from './commands/sim.ts';
+registerSim(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const e = err as Error & { code?: string };

@@ -46,7 +46,8 @@ export const DEVICE_PROFILES: Readonly<Record<string, DeviceProfile>> = {
 };
 
 export const DEFAULT_CONFIG: WispConfig = {
-  amqpUrl: 'amqp://guest:guest@127.0.0.1:5672',
+  // No credential in code: without user info amqplib logs in as RabbitMQ's local-only guest.
+  amqpUrl: 'amqp://127.0.0.1:5672',
   amqpTls: { enabled: false },
   redisUrl: 'redis://127.0.0.1:6379',
   redisTls: { enabled: false },

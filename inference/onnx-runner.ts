@@ -17,6 +17,12 @@ import type { DecoderRunner, ForwardItem, KvCacheHandle, ModelInfo } from './typ
 export interface LoadDecoderOptions {
   /** ORT intra-op threads (default: onnxruntime's choice, one per physical core). */
   threads?: number;
+  /**
+   * Let idle intra-op threads spin between work items (default false). Spinning shaves a little
+   * latency on a dedicated machine but burns cores that edge emulation, the broker and other
+   * workers on the same host need, and is much slower when cores are oversubscribed.
+   */
+  spinning?: boolean;
 }
 
 /** Grows-only scratch Float32Array storage, handed out as exact-length views. */
@@ -85,8 +91,14 @@ export class OnnxDecoderRunner implements DecoderRunner {
     });
   }
 
-  private async forwardNow(items: ForwardItem[]): Promise<Float32Array[]> {
-    const caches = this.checkItems(items);
+  private async forwardNow(all: ForwardItem[]): Promise<Float32Array[]> {
+    const allCaches = this.checkItems(all);
+    // Items without new tokens stay out of the batch (no padding rows, no cache copies).
+    const active = all.map((item, i) => (item.tokens.length > 0 ? i : -1)).filter((i) => i >= 0);
+    const results: Float32Array[] = all.map(() => new Float32Array(0));
+    if (active.length === 0) return results;
+    const items = active.map((i) => all[i]);
+    const caches = active.map((i) => allCaches[i]);
     const B = items.length;
     const V = this.info.vocabSize;
     let S = 0;
@@ -95,7 +107,6 @@ export class OnnxDecoderRunner implements DecoderRunner {
       S = Math.max(S, items[b].tokens.length);
       P = Math.max(P, caches[b].length);
     }
-    if (S === 0) return items.map(() => new Float32Array(0));
     const T = P + S;
     const { numLayers, numKvHeads: Hkv, headDim: Dh } = this.layout;
 
@@ -156,16 +167,15 @@ export class OnnxDecoderRunner implements DecoderRunner {
       const vData = pv.data as Float32Array;
       for (let b = 0; b < B; b++) {
         const n = items[b].tokens.length;
-        if (n > 0) caches[b].readPresent(l, kData, vData, b, T, T - n, n);
+        caches[b].readPresent(l, kData, vData, b, T, T - n, n);
       }
     }
-    const result: Float32Array[] = [];
     for (let b = 0; b < B; b++) {
       const n = items[b].tokens.length;
       caches[b].commit(n);
-      result.push(logits.slice((b * S + S - n) * V, (b * S + S) * V));
+      results[active[b]] = logits.slice((b * S + S - n) * V, (b * S + S) * V);
     }
-    return result;
+    return results;
   }
 
   async dispose(): Promise<void> {
@@ -188,6 +198,7 @@ export async function loadDecoder(dir: string, opts: LoadDecoderOptions = {}): P
     executionMode: 'sequential',
     interOpNumThreads: 1,
     ...(opts.threads !== undefined ? { intraOpNumThreads: opts.threads } : {}),
+    extra: { session: { intra_op: { allow_spinning: opts.spinning ? '1' : '0' } } },
   };
   let session: ort.InferenceSession;
   try {

@@ -84,7 +84,8 @@ export interface SchedulerContext {
 
 export type SchedulerEvent =
   | { type: 'OPEN'; message: SessionOpen; atMs: number }
-  | { type: 'VERIFY'; message: VerifyRequest; atMs: number }
+  /** `workerHint`: the worker Redis records for a session this scheduler does not know (after a restart). */
+  | { type: 'VERIFY'; message: VerifyRequest; atMs: number; workerHint?: string }
   | { type: 'CLOSE'; message: SessionClose; atMs: number }
   | { type: 'WORKER_STATUS'; message: WorkerStatus; atMs: number }
   | { type: 'WORKER_LOST'; workerId: string; atMs: number }
@@ -180,6 +181,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     return;
   }
   const existing = ctx.sessions[m.sessionId];
+  if (existing && existing.deviceId !== m.deviceId) return refuseNotOwner(m, effects);
   const s: SessionEntry = existing ?? {
     sessionId: m.sessionId,
     deviceId: m.deviceId,
@@ -197,13 +199,23 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
   addPending(ctx, s.workerId, openRequest(s, m, atMs));
 }
 
-function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number): void {
+/** A request naming a session another device owns: refused, never queued in place of the owner's. */
+function refuseNotOwner(m: SessionOpen | VerifyRequest, effects: Effect[]): void {
+  effects.push({
+    kind: 'refuse',
+    params: { replyTo: m.replyTo, code: 'not_owner', message: `session ${m.sessionId} belongs to another device`, sessionId: m.sessionId, round: m.type === 'open' ? 0 : m.round },
+  });
+}
+
+function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, effects: Effect[], workerHint?: string): void {
   if (ctx.closed[m.sessionId] !== undefined) return; // stale: the session ended
   let s = ctx.sessions[m.sessionId];
+  if (s && s.deviceId !== m.deviceId) return refuseNotOwner(m, effects);
   if (!s) {
     // Unknown here (e.g. this scheduler restarted): adopt it; the worker rebuilds its cache
     // from the committed history in Redis, or refuses it as unknown.
-    const w = placeSession(ctx.workers, undefined);
+    // The worker that holds its cache, when it is still here; else the least loaded one.
+    const w = (workerHint !== undefined ? ctx.workers[workerHint] : undefined) ?? placeSession(ctx.workers, undefined);
     if (!w) return; // no worker yet: the device retries after its timeout
     s = {
       sessionId: m.sessionId,
@@ -240,7 +252,9 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number): vo
 /** Asks the policy, for every ready worker, what to run now; returns dispatch and wake effects. */
 export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): void {
   let wakeAtMs: number | null = null;
-  for (const w of Object.values(ctx.workers)) {
+  // for…in, not Object.values: this runs on every event, and the array would be garbage.
+  for (const id in ctx.workers) {
+    const w = ctx.workers[id];
     const entries = pendingFor(ctx, w.workerId);
     if (!w.ready || entries.length === 0) continue;
     const decision = selectBatch(
@@ -260,7 +274,8 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
       if (decision.wakeAtMs !== null) wakeAtMs = wakeAtMs === null ? decision.wakeAtMs : Math.min(wakeAtMs, decision.wakeAtMs);
       continue;
     }
-    const byId = new Map(entries.map((e) => [e.request.requestId, e]));
+    const byId = new Map<string, PendingEntry>();
+    for (const e of entries) byId.set(e.request.requestId, e);
     const chosen = new Set(decision.members.map((m) => m.requestId));
     const batchId = `${w.workerId}.${ctx.batchSeq++}`;
     const items = decision.members.map((m) => {
@@ -356,7 +371,8 @@ function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): vo
 export const CLOSED_RETAIN_MS = 10 * 60_000;
 export const CLOSED_RETAIN_MAX = 4_096;
 
-function rememberClosed(ctx: SchedulerContext, sessionId: string, atMs: number): void {
+function rememberClosed(ctx: SchedulerContext, sessionId: string, atMs: number, owned = false): void {
+  if (owned && rememberClosedInPlace(ctx.closed, sessionId, atMs)) return;
   const closed: Record<string, number> = {};
   const kept = Object.entries(ctx.closed).filter(([id, at]) => id !== sessionId && atMs - at < CLOSED_RETAIN_MS);
   // Insertion order is close order: keep the newest.
@@ -365,10 +381,80 @@ function rememberClosed(ctx: SchedulerContext, sessionId: string, atMs: number):
   ctx.closed = closed;
 }
 
-function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number): void {
+/**
+ * The in-place path's index of a `closed` record it owns: ids in key order (= close order) with
+ * their times, a head pointer past evicted/stale slots, and id → slot of the live entry.
+ */
+interface ClosedIndex {
+  order: string[];
+  times: number[];
+  head: number;
+  live: Map<string, number>;
+  lastAtMs: number;
+}
+const closedIndexes = new WeakMap<Record<string, number>, ClosedIndex>();
+/** Integer-like keys enumerate before the others, so key order would not be close order. */
+const INTEGER_KEY = /^(?:0|[1-9][0-9]*)$/;
+
+function closedIndexOf(closed: Record<string, number>): ClosedIndex | null {
+  const known = closedIndexes.get(closed);
+  if (known) return known;
+  const ix: ClosedIndex = { order: [], times: [], head: 0, live: new Map(), lastAtMs: -Infinity };
+  for (const id of Object.keys(closed)) {
+    const at = closed[id];
+    if (at < ix.lastAtMs || INTEGER_KEY.test(id)) return null;
+    ix.live.set(id, ix.order.length);
+    ix.order.push(id);
+    ix.times.push(at);
+    ix.lastAtMs = at;
+  }
+  closedIndexes.set(closed, ix);
+  return ix;
+}
+
+/**
+ * rememberClosed's update done in place, amortised O(1), for a context the caller owns: exactly
+ * the rebuild's result while close times never decrease (then the expired entries are the
+ * oldest, a prefix of key order). Returns false, having changed nothing, when that does not
+ * hold; the caller then rebuilds.
+ */
+function rememberClosedInPlace(closed: Record<string, number>, sessionId: string, atMs: number): boolean {
+  if (INTEGER_KEY.test(sessionId)) return false;
+  const ix = closedIndexOf(closed);
+  if (!ix || atMs < ix.lastAtMs) return false;
+  if (ix.live.delete(sessionId)) delete closed[sessionId];
+  while (ix.head < ix.order.length) {
+    const id = ix.order[ix.head];
+    if (ix.live.get(id) !== ix.head) {
+      ix.head++; // a stale slot: that id was closed again later
+      continue;
+    }
+    if (atMs - ix.times[ix.head] < CLOSED_RETAIN_MS && ix.live.size < CLOSED_RETAIN_MAX) break;
+    ix.live.delete(id);
+    delete closed[id];
+    ix.head++;
+  }
+  if (ix.head >= 1_024 && ix.head * 2 > ix.order.length) {
+    ix.order = ix.order.slice(ix.head);
+    ix.times = ix.times.slice(ix.head);
+    ix.head = 0;
+    ix.live.clear();
+    ix.order.forEach((id, i) => {
+      if (closed[id] === ix.times[i]) ix.live.set(id, i);
+    });
+  }
+  ix.live.set(sessionId, ix.order.length);
+  ix.order.push(sessionId);
+  ix.times.push(atMs);
+  ix.lastAtMs = atMs;
+  closed[sessionId] = atMs;
+  return true;
+}
+
+function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number, owned = false): void {
   const s = ctx.sessions[m.sessionId];
   if (s && s.deviceId !== m.deviceId) return;
-  rememberClosed(ctx, m.sessionId, atMs);
+  rememberClosed(ctx, m.sessionId, atMs, owned);
   ctx.unplaced = ctx.unplaced.filter((u) => u.message.sessionId !== m.sessionId || u.message.deviceId !== m.deviceId);
   if (!s) return;
   delete ctx.sessions[m.sessionId];
@@ -393,7 +479,7 @@ function draft(ctx: SchedulerContext): SchedulerContext {
 /** The whole transition function: event → (new context, effects). Pure. */
 export function reduceScheduler(prev: SchedulerContext, event: SchedulerEvent): { context: SchedulerContext; effects: Effect[] } {
   const ctx = draft(prev);
-  return { context: ctx, effects: applySchedulerEvent(ctx, event) };
+  return { context: ctx, effects: transition(ctx, event, false) };
 }
 
 /**
@@ -402,16 +488,21 @@ export function reduceScheduler(prev: SchedulerContext, event: SchedulerEvent): 
  * defensive copy `reduceScheduler` makes of every record (O(sessions) per event).
  */
 export function applySchedulerEvent(ctx: SchedulerContext, event: SchedulerEvent): Effect[] {
+  return transition(ctx, event, true);
+}
+
+/** `owned`: ctx's records are the caller's alone, so nested ones may be updated in place too. */
+function transition(ctx: SchedulerContext, event: SchedulerEvent, owned: boolean): Effect[] {
   const effects: Effect[] = [];
   switch (event.type) {
     case 'OPEN':
       acceptOpen(ctx, event.message, event.atMs, effects);
       break;
     case 'VERIFY':
-      acceptVerify(ctx, event.message, event.atMs);
+      acceptVerify(ctx, event.message, event.atMs, effects, event.workerHint);
       break;
     case 'CLOSE':
-      applyClose(ctx, event.message, event.atMs);
+      applyClose(ctx, event.message, event.atMs, owned);
       break;
     case 'WORKER_STATUS':
       applyWorkerStatus(ctx, event.message, event.atMs, effects);

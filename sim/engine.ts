@@ -162,8 +162,24 @@ export function classOfDevice(classes: readonly DeviceClassSpec[], count: number
   return out;
 }
 
-/** Runs one simulation to `durationMs` of simulated time. Deterministic for `config.seed`. */
-export function runSimulation(config: SimRunConfig): SimRunResult {
+/** How long a run may go on past its window so the sessions started in it can end, ms. */
+export function drainMs(c: Pick<SimRunConfig, 'durationMs'>): number {
+  return Math.max(30_000, c.durationMs / 2);
+}
+
+/** Observers of a run (tests replay the scheduler's input through the pure reducer). */
+export interface SimHooks {
+  /** Every event the scheduler folds, in order, before it is applied. */
+  onSchedulerEvent?: (event: SchedulerEvent) => void;
+}
+
+/**
+ * Runs one simulation. Sessions that start in the window [warmupMs, durationMs) are judged; the
+ * closed loop keeps running past durationMs (same load) until they have all ended, or until
+ * the drain limit — a session still unfinished then counts as an SLO miss. Deterministic for
+ * `config.seed`.
+ */
+export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRunResult {
   checkRunConfig(config);
   const wallStart = performance.now();
   const c = config;
@@ -178,6 +194,10 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
   let refused = 0;
   let sessionsStarted = 0;
   const lookahead = { started: 0, reused: 0 };
+  /** Judged sessions (started in the window) still running. */
+  let judgedOpen = 0;
+  const inWindow = (atMs: number): boolean => atMs >= c.warmupMs && atMs < c.durationMs;
+  const drainLimitMs = c.durationMs + drainMs(c);
 
   const sched: SchedulerContext = initialSchedulerContext({
     policy: c.policy,
@@ -243,7 +263,9 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
   };
 
   // ---- scheduler ----
+  const tap = hooks.onSchedulerEvent;
   const toScheduler = (ev: SchedulerEvent): void => {
+    tap?.(ev);
     const effects = applySchedulerEvent(sched, ev);
     for (const e of effects) {
       if (e.kind === 'dispatch') {
@@ -336,7 +358,7 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
       while (accepted < m && s.outcomes[accepted]) accepted++;
       sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, r.round, accepted, m, r.committedLength + accepted + 1, queueMs, verifyMs, size, w.id) });
     }
-    if (cur.startedAtMs >= c.warmupMs) {
+    if (inWindow(cur.startedAtMs)) {
       const kind = cur.batch.items[0].request.type === 'open' ? 'prefill' : 'verify';
       batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated });
     }
@@ -355,7 +377,7 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
       if (d.produced < d.maxNewTokens) still.push(d);
     }
     w.decoding = still;
-    if (startedAtMs >= c.warmupMs) batches.push({ workerId: w.id, kind: 'step', size: shapes.length, startedAtMs, actualMs, predictedMs: null, truncatedTokens: 0 });
+    if (inWindow(startedAtMs)) batches.push({ workerId: w.id, kind: 'step', size: shapes.length, startedAtMs, actualMs, predictedMs: null, truncatedTokens: 0 });
     w.busy = false;
     startNext(w);
   };
@@ -382,6 +404,7 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
     const offset = dev.cls.acceptance.sessionOffset(dev.workload);
     const sessionId = `${dev.id}.s${dev.sessions++}`;
     sessionsStarted++;
+    if (inWindow(now)) judgedOpen++;
     const promptTokens = new Array<number>(promptLength).fill(TOKEN);
     const ctx: EdgeSessionContext = {
       sessionId,
@@ -433,12 +456,15 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
   const endSession = (dev: SimDevice, ok: boolean): void => {
     const s = dev.session!;
     const ctx = ok ? s.ctx : { ...s.ctx, error: { code: 'internal' as const, message: 'refused by the scheduler' } };
-    if (ctx.startedAtMs >= c.warmupMs) records.push(toRecord(dev, s, ctx, true));
+    if (inWindow(ctx.startedAtMs)) {
+      records.push(toRecord(dev, s, ctx, true));
+      judgedOpen--;
+    }
     const arrive = upArrival(dev, now);
     q.push(arrive, { k: 'sched', ev: { type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: ctx.sessionId, deviceId: dev.id, reason: ok ? 'done' : 'failed' }, atMs: arrive } });
     dev.session = null;
     const next = now + c.workload.thinkMs;
-    if (next < c.durationMs) q.push(next, { k: 'start', dev });
+    if (next < drainLimitMs) q.push(next, { k: 'start', dev });
   };
 
   const toRecord = (dev: SimDevice, s: SimSession, ctx: EdgeSessionContext, done: boolean): SessionRecord => {
@@ -476,21 +502,19 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
       const elapsed = now - la.startMs;
       const drafted = Math.min(la.limit, Math.max(0, Math.ceil(elapsed / msPerToken - 1e-9)));
       t = Math.max(now, la.startMs + drafted * msPerToken);
-      const ahead = [];
-      for (let i = 0; i < drafted; i++) ahead.push(acc.draw(dev.tokens, s.offset, Math.max(0, i - 1)));
-      // Usable when the whole draft was accepted and the bonus token equals the first look-ahead token.
-      const matches = s.allAccepted && drafted > 0 && ahead[0].accepted;
+      // Usable when the whole draft was accepted and the target's bonus token equals the first
+      // look-ahead token (drawn only when it matters; later ones only as they are reused).
+      const matches = s.allAccepted && drafted > 0 && acc.draw(dev.tokens, s.offset, 0).accepted;
       let usedMs = 0;
       if (matches) {
         usedMs += msPerToken;
-        const reusable = ahead.slice(1, 1 + maxDraft);
-        for (const d of reusable) {
-          if (!carryOn) break;
+        const reusable = Math.min(drafted - 1, maxDraft);
+        for (let i = 0; i < reusable && carryOn; i++) {
           const before = out.tokens.length;
-          carryOn = keepDraft(out, outcomes, ctl, dev.expectedQueueMs, d, msPerToken);
+          carryOn = keepDraft(out, outcomes, ctl, dev.expectedQueueMs, acc.draw(dev.tokens, s.offset, i), msPerToken);
           if (out.tokens.length > before) usedMs += msPerToken;
         }
-        if (out.tokens.length < reusable.length) carryOn = false;
+        if (out.tokens.length < reusable) carryOn = false;
         if (out.tokens.length > 0) lookahead.reused++;
       }
       out.discardedDraftMs = drafted * msPerToken - usedMs;
@@ -572,7 +596,7 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
   for (const w of workers) toScheduler({ type: 'WORKER_STATUS', message: workerStatus(w, null), atMs: 0 });
   for (const dev of devices) q.push(dev.workload.uniform() * c.workload.startSpreadMs, { k: 'start', dev });
 
-  while (q.size > 0 && q.peekTime() <= c.durationMs) {
+  while (q.size > 0 && (q.peekTime() <= c.durationMs || (judgedOpen > 0 && q.peekTime() <= drainLimitMs))) {
     const { atMs, event } = q.pop()!;
     now = atMs;
     events++;
@@ -609,13 +633,11 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
     }
   }
 
-  // Sessions still running at the end count only when they already missed their TTFT SLO.
-  now = c.durationMs;
+  // Judged sessions still running at the drain limit: SLO misses.
+  const endMs = now;
   for (const dev of devices) {
     const s = dev.session;
-    if (!s || s.ctx.startedAtMs < c.warmupMs) continue;
-    const ttft = s.ctx.firstTokenAtMs === null ? now - s.ctx.startedAtMs : s.ctx.firstTokenAtMs - s.ctx.startedAtMs;
-    if (ttft > s.slo.ttftMs) records.push(toRecord(dev, s, s.ctx, false));
+    if (s && inWindow(s.ctx.startedAtMs)) records.push(toRecord(dev, s, s.ctx, false));
   }
 
   return {
@@ -623,6 +645,7 @@ export function runSimulation(config: SimRunConfig): SimRunResult {
     records,
     batches,
     windowMs: c.durationMs - c.warmupMs,
+    endMs,
     sessionsStarted,
     refused,
     events,

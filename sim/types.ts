@@ -59,7 +59,7 @@ export interface SimRunConfig {
   devices: number;
   workers: number;
   durationMs: number;
-  /** Sessions that start before this are not measured, ms. */
+  /** Sessions that start before this are not judged, ms. */
   warmupMs: number;
   seed: number;
   slo: Slo;
@@ -74,11 +74,13 @@ export interface SimRunConfig {
 
 export interface SimRunResult {
   config: { policy: PolicyName; devices: number; workers: number; durationMs: number; warmupMs: number; seed: number };
-  /** Sessions judged in the window [warmupMs, durationMs]. */
+  /** Sessions that started in the window [warmupMs, durationMs), each judged when it ended. */
   records: SessionRecord[];
   /** Server batches started in the window. */
   batches: BatchRecord[];
   windowMs: number;
+  /** Simulated time the run stopped at (past durationMs while judged sessions drained). */
+  endMs: number;
   sessionsStarted: number;
   /** Requests the scheduler refused (their sessions failed). */
   refused: number;

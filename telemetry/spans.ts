@@ -327,7 +327,8 @@ export function startBatchSpan(a: { batchId: string; workerId: string; size: num
   return startSpan('verifier', SPAN.batch, {
     parent: ROOT_CONTEXT,
     root: true,
-    kind: SpanKind.CONSUMER,
+    // Not CONSUMER: the SDK's sampler drops lone messaging roots (telemetry/tracing.ts).
+    kind: SpanKind.INTERNAL,
     links: itemContexts.map((ctx, i) => ({ ctx, attrs: { [ATTR.sessionId]: members[i]?.sessionId, [ATTR.round]: members[i]?.round } })),
     attrs: { [ATTR.batchId]: a.batchId, [ATTR.workerId]: a.workerId, [ATTR.batchSize]: a.size, [ATTR.predictedMs]: a.predictedMs },
   });

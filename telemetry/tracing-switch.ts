@@ -50,3 +50,18 @@ export function processServiceName(argv: readonly string[] = process.argv, env: 
   if (role) return serviceNameFor(role, env);
   return env.OTEL_SERVICE_NAME?.trim() || (cmd && /^[a-z-]+$/.test(cmd) ? `wisp-${cmd}` : 'wisp');
 }
+
+/**
+ * Starts tracing from a role's config when the environment did not already (register.ts):
+ * our own spans and the broker's context propagation work; amqplib and ioredis, already
+ * loaded, are not instrumented, which `warn` says. Returns whether tracing is on.
+ */
+export async function ensureTracing(fileSetting: boolean, warn: (message: string) => void, env: Env = process.env): Promise<boolean> {
+  const { tracingOn } = await import('./spans.ts');
+  if (tracingOn()) return true;
+  if (!tracingRequested(env, fileSetting)) return false;
+  const { startTracing } = await import('./tracing.ts');
+  startTracing({ serviceName: processServiceName(process.argv, env), instrument: false, env });
+  warn('tracing started after amqplib and ioredis were loaded: they are not instrumented (set WISP_TRACING=true in the environment of `wisp` to trace them too)');
+  return true;
+}

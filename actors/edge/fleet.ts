@@ -15,7 +15,9 @@ import { loadTokenizer, type WispTokenizer } from '../../inference/tokenizer.ts'
 import type { DecoderRunner } from '../../inference/types.ts';
 import { createControllerState } from '../../policies/controller.ts';
 import type { Logger } from '../../telemetry/logger.ts';
+import type { EdgeMetrics } from '../../telemetry/metrics.ts';
 import { wallClock, type Clock } from '../clock.ts';
+import { checkDraftTokenizer, draftModelName, resolveDraftDir } from './draft-models.ts';
 import { EdgeDevice, type ServedPrompt } from './device.ts';
 
 export interface EdgeFleetOptions {
@@ -41,6 +43,8 @@ export interface EdgeFleetOptions {
   seed?: number;
   /** Called after every served prompt (benchmarks). */
   onServed?: (served: ServedPrompt) => void;
+  /** Prometheus series of the edge role; none when absent. */
+  metrics?: EdgeMetrics;
 }
 
 export interface EdgeFleet {
@@ -66,7 +70,11 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
   const tokenizer = await loadTokenizer(join(opts.modelRoot, 'target'));
   const drafts = new Map<string, DecoderRunner>();
   for (const name of new Set(opts.profileNames.map((p) => opts.profiles[p].draftModel))) {
-    const runner = await loadDecoder(join(opts.modelRoot, name), { threads: opts.threads });
+    // A profile's draft is a folder under the model root or a path of its own; either way it
+    // must use the target's tokenizer (refused here, at start, otherwise).
+    const dir = resolveDraftDir(opts.modelRoot, name);
+    await checkDraftTokenizer(join(opts.modelRoot, 'target'), dir);
+    const runner = await loadDecoder(dir, { threads: opts.threads });
     checkTokenizerMatchesModel(tokenizer, runner.info);
     drafts.set(name, runner);
   }
@@ -87,7 +95,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
           ? createControllerState({ kind: 'sled', kMax: opts.controller.kMax, confidenceThreshold: opts.controller.threshold })
           : createControllerState({ kind: 'wisp', kMax: opts.controller.kMax, threshold: opts.controller.threshold }),
       draft: drafts.get(profile.draftModel)!,
-      draftModelName: profile.draftModel,
+      draftModelName: draftModelName(profile.draftModel),
       tokenizer,
       broker: opts.broker,
       defaultSlo: opts.defaultSlo,
@@ -97,6 +105,8 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       clock,
       random: jitterSource((opts.seed ?? 1) * 7919 + i),
       ...(opts.onServed ? { onServed: opts.onServed } : {}),
+      ...(opts.metrics ? { metrics: opts.metrics } : {}),
+      policy: opts.policy,
     });
     await device.start();
     devices.push(device);

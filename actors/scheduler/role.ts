@@ -6,13 +6,17 @@
  * A request's delivery is acknowledged only once its batch has been published (or the request
  * was refused or superseded): a scheduler that dies loses nothing, the broker redelivers.
  */
+import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { createActor } from 'xstate';
-import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, SchedulerInboxSchema, type BatchItem, type SchedulerInbox } from '../../broker/contracts.ts';
 import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
 import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
-import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
+import { schedulerMachine, type SchedulerContext, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
+import { prefillDeadlineMs, roundDeadlineMs } from '../../policies/deadline.ts';
 import type { EstimatorState } from '../../policies/estimator.ts';
 import type { Logger } from '../../telemetry/logger.ts';
+import type { SchedulerMetrics } from '../../telemetry/metrics.ts';
+import { ATTR, itemTraceHeaders, startQueueSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
 import { wallClock, type Clock } from '../clock.ts';
 
 export interface EstimatorStore {
@@ -20,16 +24,25 @@ export interface EstimatorStore {
   save(model: string, workerId: string, state: EstimatorState): Promise<void>;
 }
 
+/** Who owns a session, from Redis (the verifier's ledger): checked before adopting an unknown one. */
+export interface SessionOwners {
+  lookup(sessionId: string): Promise<{ deviceId: string; workerId: string } | null>;
+}
+
 export interface SchedulerRoleOptions {
   broker: BrokerClient;
   settings: SchedulerSettings;
   estimators?: EstimatorStore;
+  /** Session owners in Redis; without it an unknown session is adopted on the sender's word. */
+  owners?: SessionOwners;
   /** A worker silent for longer than this is lost: its sessions move, ms. */
   workerTimeoutMs: number;
   logger: Logger;
   clock?: Clock;
   /** Deliveries held unacked at once (pending requests); the broker keeps the rest. */
   prefetch?: number;
+  /** Prometheus series of the scheduler role; none when absent. */
+  metrics?: SchedulerMetrics;
 }
 
 export interface SchedulerRole {
@@ -54,6 +67,19 @@ export function checkSender(m: SchedulerInbox, meta: Pick<DeliveryMeta, 'exchang
   }
 }
 
+/**
+ * The deadline the machine gave a dispatched item (machines/scheduler.ts computes it the same
+ * way, from the session entry, with policies/deadline.ts); null when the session is gone.
+ */
+function itemDeadlineMs(ctx: SchedulerContext, item: BatchItem): number | null {
+  const s = ctx.sessions[item.request.sessionId];
+  if (!s) return null;
+  const r = item.request;
+  if (r.type === 'open') return prefillDeadlineMs(item.arrivedAtMs, s.slo.ttftMs, s.returnLatencyMs);
+  const afterFirst = Math.max(0, r.committedLength - s.promptLength - 1);
+  return roundDeadlineMs(s.firstTokenAtMs ?? item.arrivedAtMs, s.slo.tpotMs, afterFirst, s.returnLatencyMs);
+}
+
 function requestKey(m: SchedulerInbox): string | null {
   if (m.type === 'open') return `${m.sessionId}:0`;
   if (m.type === 'verify') return `${m.sessionId}:${m.round}`;
@@ -65,9 +91,19 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
   const log = opts.logger;
   /** Unacked deliveries by request id; released when dispatched, refused or superseded. */
   const held = new Map<string, () => void>();
+  /** Tracing only: the queue span of each waiting request and the round context it came with. */
+  const queued = new Map<string, { span: SpanHandle; parent: Context }>();
+  const endQueued = (key: string, attrs: Parameters<SpanHandle['end']>[0], failure?: { message: string; code: string }) => {
+    const q = queued.get(key);
+    if (!q) return;
+    queued.delete(key);
+    if (failure) q.span.fail(failure.message, failure.code);
+    q.span.end(attrs);
+  };
   const release = (key: string) => {
     held.get(key)?.();
     held.delete(key);
+    if (queued.size > 0) endQueued(key, { [ATTR.outcome]: 'released' });
   };
   /** Requests whose batch is being published (released when the broker confirms). */
   const publishing = new Set<string>();
@@ -76,10 +112,39 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
 
   const machine = schedulerMachine.provide({
     actions: {
-      dispatchBatch: (_, { batch }) => {
+      dispatchBatch: (args, { batch }) => {
         const keys = batch.items.map((i) => `${i.request.sessionId}:${i.request.type === 'open' ? 0 : i.request.round}`);
         for (const k of keys) publishing.add(k);
-        void opts.broker.publish(workerQueue(batch.workerId), batch).then(
+        let publish: Promise<void>;
+        if (opts.metrics || tracingOn()) {
+          const ctx = (args as { context: SchedulerContext }).context;
+          const now = clock.now();
+          const members = batch.items.map((item) => {
+            const deadline = itemDeadlineMs(ctx, item);
+            return { waitedMs: now - item.arrivedAtMs, slackMs: deadline === null ? null : deadline - now };
+          });
+          opts.metrics?.dispatched(members);
+          // Each member's queue span ends here; the worker gets each member's round context.
+          const parents = keys.map((k) => queued.get(k)?.parent ?? null);
+          keys.forEach((k, i) =>
+            endQueued(k, {
+              [ATTR.outcome]: 'dispatched',
+              [ATTR.batchId]: batch.batchId,
+              [ATTR.batchSize]: batch.items.length,
+              [ATTR.workerId]: batch.workerId,
+              [ATTR.predictedMs]: batch.predictedMs,
+              [ATTR.verified]: batch.items[i].request.type === 'verify' ? batch.items[i].verifyTokens : undefined,
+              [ATTR.slackMs]: members[i].slackMs,
+              [ATTR.queueMs]: members[i].waitedMs,
+            }),
+          );
+          const headers = itemTraceHeaders(parents);
+          // The batch message itself belongs to no one session's trace.
+          publish = otelContext.with(ROOT_CONTEXT, () => opts.broker.publish(workerQueue(batch.workerId), batch, { headers }));
+        } else {
+          publish = opts.broker.publish(workerQueue(batch.workerId), batch);
+        }
+        void publish.then(
           () => {
             for (const k of keys) {
               publishing.delete(k);
@@ -94,6 +159,8 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         );
       },
       refuseRequest: (_, p) => {
+        opts.metrics?.refusedRequest(p.code);
+        if (queued.size > 0) endQueued(`${p.sessionId}:${p.round ?? 0}`, { [ATTR.outcome]: 'refused' }, { message: p.message, code: p.code });
         void opts.broker
           .publish(p.replyTo, { v: PROTOCOL_VERSION, type: 'error', code: p.code, message: p.message, sessionId: p.sessionId, ...(p.round !== undefined ? { round: p.round } : {}) })
           .catch(() => {});
@@ -121,6 +188,15 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
   const actor = createActor(machine, { input: opts.settings });
   actor.subscribe({ error: (err) => log.error({ err: (err as Error).message }, 'scheduler machine failed') });
   actor.start();
+  opts.metrics?.observe({
+    queueDepth: () => {
+      const ctx = actor.getSnapshot().context;
+      let n = ctx.unplaced.length;
+      for (const list of Object.values(ctx.pending)) n += list.length;
+      return n;
+    },
+    workers: () => Object.keys(actor.getSnapshot().context.workers).length,
+  });
   const send = (e: SchedulerEvent) => actor.send(e);
 
   /** Releases held deliveries the machine no longer keeps (refused, superseded, closed). */
@@ -141,10 +217,24 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
       switch (m.type) {
         case 'open':
         case 'verify': {
+          // A session this scheduler does not know (new, or known before a restart): Redis says
+          // who owns it and which worker holds it; nobody takes over another device's session.
+          let workerHint: string | undefined;
+          const ctx = actor.getSnapshot().context;
+          if (opts.owners && !ctx.sessions[m.sessionId] && ctx.closed[m.sessionId] === undefined) {
+            const owner = await opts.owners.lookup(m.sessionId).catch(() => null);
+            if (owner && owner.deviceId !== m.deviceId) throw new HandlerError('not_owner', `session ${m.sessionId} belongs to another device`);
+            if (owner) workerHint = owner.workerId;
+          }
           const key = requestKey(m)!;
           release(key); // a redelivered or retried copy supersedes the one held
           const done = new Promise<void>((resolve) => held.set(key, resolve));
-          send(m.type === 'open' ? { type: 'OPEN', message: m, atMs } : { type: 'VERIFY', message: m, atMs });
+          if (tracingOn()) {
+            // The handler runs in the context the message carried: the device's round.
+            const parent = otelContext.active();
+            queued.set(key, { span: startQueueSpan({ sessionId: m.sessionId, round: m.type === 'open' ? 0 : m.round, kind: m.type, draftTokens: m.type === 'verify' ? m.draftTokens.length : undefined }, parent), parent });
+          }
+          send(m.type === 'open' ? { type: 'OPEN', message: m, atMs } : { type: 'VERIFY', message: m, atMs, ...(workerHint ? { workerHint } : {}) });
           releaseDropped();
           return done;
         }
@@ -186,6 +276,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
       if (wake) clearTimeout(wake);
       await consumer.cancel();
       actor.stop();
+      for (const key of [...queued.keys()]) endQueued(key, { [ATTR.outcome]: 'stopped' });
     },
   };
 }

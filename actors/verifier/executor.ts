@@ -8,6 +8,7 @@
  * position uses randomness keyed by (seed, position), so a round replayed on another worker
  * (after a crash) commits exactly the same tokens.
  */
+import { ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import {
   PROTOCOL_VERSION,
   type BatchItem,
@@ -24,6 +25,8 @@ import type { DecoderRunner, KvCacheHandle } from '../../inference/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
 import type { BatchReport } from '../../machines/verifier-worker.ts';
+import type { VerifierMetrics } from '../../telemetry/metrics.ts';
+import { ATTR, startBatchSpan, startItemSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
 
 /** What the worker keeps per session (the durable copy lives in the ledger). */
 export interface WorkerSession {
@@ -80,6 +83,8 @@ export interface ExecutorDeps {
   eosTokenId: number | null;
   /** Dead-letters a refused request with its reason (DESIGN §3); optional (unit tests). */
   deadLetter?: (request: unknown, reason: string) => Promise<void>;
+  /** Prometheus series of the verifier role; none when absent. */
+  metrics?: VerifierMetrics;
 }
 
 interface Job {
@@ -154,8 +159,24 @@ export class BatchExecutor {
 
   private async planOpen(item: BatchItem, m: SessionOpen): Promise<Job | null> {
     const existing = this.sessions.get(m.sessionId);
-    if (existing?.lastResult && existing.lastRound === 0) {
-      await this.deps.reply(m.replyTo, existing.lastResult); // duplicate open: same answer again
+    if (existing) {
+      if (existing.deviceId !== m.deviceId) {
+        await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+        return null;
+      }
+      // A repeated open (retry, redelivery) gets the same answer while the session is at round 0;
+      // later it is stale. It never restarts a session that has moved on.
+      if (existing.lastResult && existing.lastRound === 0) await this.deps.reply(m.replyTo, existing.lastResult);
+      return null;
+    }
+    // Not held here: the ledger says whether it was opened already (elsewhere, or before a crash).
+    const recorded = await this.deps.ledger.load(m.sessionId);
+    if (recorded) {
+      if (recorded.deviceId !== m.deviceId) {
+        await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+        return null;
+      }
+      if (recorded.lastResult && recorded.lastRound === 0) await this.deps.reply(m.replyTo, recorded.lastResult);
       return null;
     }
     const bad = this.outOfVocab(m.promptTokens);
@@ -242,16 +263,80 @@ export class BatchExecutor {
     return { item, session: s, tokens: [s.tokens[s.tokens.length - 1], ...m.draftTokens.slice(0, verifyTokens)], verifyTokens };
   }
 
-  /** Runs the batch and returns its cost report (model time only, for the estimator). */
-  async execute(batch: VerifyBatch): Promise<BatchReport> {
+  /**
+   * Records a round in the ledger. When the ledger lost the session (Redis emptied, or its keys
+   * expired) the whole record is written again from this worker's copy (DESIGN §4: the worker
+   * still holds every committed token), so later take-overs and replays keep working.
+   */
+  private async commit(s: WorkerSession, fresh: number[], result: VerifyResult): Promise<void> {
+    try {
+      await this.deps.ledger.commit(s.sessionId, fresh, result, s.cache.bytes);
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'unknown_session') throw err;
+      const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: result.round, lastResult: result };
+      await this.deps.ledger.open(s.sessionId, record, s.cache.bytes);
+    }
+  }
+
+  /**
+   * Runs the batch and returns its cost report (model time only, for the estimator). With
+   * tracing on, the batch gets a span linked to every member's round (`itemContexts`, one per
+   * item, from the batch message's headers) and each member a span in its session's trace.
+   */
+  async execute(batch: VerifyBatch, itemContexts?: readonly Context[]): Promise<BatchReport> {
+    if (!tracingOn()) return this.#execute(batch, null);
+    const contexts = batch.items.map((_, i) => itemContexts?.[i] ?? ROOT_CONTEXT);
+    const members = batch.items.map((i) => ({ sessionId: i.request.sessionId, round: i.request.type === 'open' ? 0 : i.request.round }));
+    const span = startBatchSpan({ batchId: batch.batchId, workerId: this.deps.workerId, size: batch.items.length, predictedMs: batch.predictedMs }, contexts, members);
+    const itemSpans = new Map<BatchItem, SpanHandle>();
+    batch.items.forEach((item, i) => {
+      const r = item.request;
+      itemSpans.set(
+        item,
+        startItemSpan(span, contexts[i], {
+          kind: r.type,
+          sessionId: r.sessionId,
+          round: members[i].round,
+          workerId: this.deps.workerId,
+          draftTokens: r.type === 'verify' ? r.draftTokens.length : undefined,
+          verifyTokens: r.type === 'verify' ? item.verifyTokens : undefined,
+          contextTokens: r.type === 'verify' ? r.committedLength : r.promptTokens.length,
+        }),
+      );
+    });
+    try {
+      const report = await span.run(() => this.#execute(batch, itemSpans));
+      const ape = report.predictedMs > 0 && report.actualMs > 0 ? Math.abs(report.predictedMs - report.actualMs) / report.actualMs : undefined;
+      span.end({
+        [ATTR.actualMs]: report.actualMs,
+        [ATTR.estimatorApe]: ape,
+        [ATTR.batchTokens]: report.shapes.reduce((a, x) => a + x.n, 0),
+        [ATTR.sessions]: report.sessions,
+        [ATTR.kvBytes]: report.kvBytes,
+      });
+      return report;
+    } catch (err) {
+      for (const s of [span, ...itemSpans.values()]) {
+        s.fail((err as Error).message, 'internal');
+        s.end();
+      }
+      throw err;
+    }
+  }
+
+  async #execute(batch: VerifyBatch, itemSpans: Map<BatchItem, SpanHandle> | null): Promise<BatchReport> {
     const startedMs = this.deps.now();
     for (const id of batch.evict) this.sessions.delete(id);
     const opens: Job[] = [];
     const verifies: Job[] = [];
     for (const item of batch.items) {
       const r = item.request;
-      const job = r.type === 'open' ? await this.planOpen(item, r) : await this.planVerify(item, r);
+      const plan = () => (r.type === 'open' ? this.planOpen(item, r) : this.planVerify(item, r));
+      const itemSpan = itemSpans?.get(item);
+      // Refusals and repeated answers go out inside the member's span (its session's trace).
+      const job = itemSpan ? await itemSpan.run(plan) : await plan();
       if (job) (r.type === 'open' ? opens : verifies).push(job);
+      else itemSpan?.end({ [ATTR.outcome]: 'answered without running (duplicate, stale or refused)' });
     }
     const shapes = [...opens, ...verifies].map((j) => ({ n: j.tokens.length, L: j.session.cache.length }));
     let modelMs = 0;
@@ -268,7 +353,12 @@ export class BatchExecutor {
     const doneMs = this.deps.now();
     const size = opens.length + verifies.length;
     const writes: Promise<void>[] = [];
-    const replies: [string, VerifyResult | TokenStream][] = [];
+    const replies: [string, VerifyResult | TokenStream, SpanHandle | undefined][] = [];
+    /** Runs `fn` inside the member's span (when tracing), so its Redis writes and reply join its trace. */
+    const within = <T>(job: Job, fn: () => T): T => {
+      const span = itemSpans?.get(job.item);
+      return span ? span.run(fn) : fn();
+    };
 
     opens.forEach((job, i) => {
       const s = job.session;
@@ -280,13 +370,14 @@ export class BatchExecutor {
       s.lastResult = result;
       s.lastAccessMs = doneMs;
       const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: 0, lastResult: result };
-      writes.push(this.deps.ledger.open(s.sessionId, record, s.cache.bytes));
+      writes.push(within(job, () => this.deps.ledger.open(s.sessionId, record, s.cache.bytes)));
+      itemSpans?.get(job.item)?.end({ [ATTR.generatedTokens]: 1, [ATTR.contextTokens]: s.promptLength });
       if (s.mode === 'centralized') {
         const finished = s.maxNewTokens <= 1 || token === this.deps.eosTokenId;
         s.decoding = !finished;
-        replies.push([s.replyTo, this.streamChunk(s, [token], finished)]);
+        replies.push([s.replyTo, this.streamChunk(s, [token], finished), itemSpans?.get(job.item)]);
       } else {
-        replies.push([s.replyTo, result]);
+        replies.push([s.replyTo, result, itemSpans?.get(job.item)]);
       }
     });
 
@@ -303,7 +394,10 @@ export class BatchExecutor {
         // A malformed sampling request (e.g. a draft token outside its own top-k): undo its feed.
         s.cache.rollback(committed - 1);
         const code = e instanceof VerifyInputError ? e.code : 'internal';
-        writes.push(this.refuse(job.item, code, (e as Error).message));
+        writes.push(within(job, () => this.refuse(job.item, code, (e as Error).message)));
+        const span = itemSpans?.get(job.item);
+        span?.fail((e as Error).message, code);
+        span?.end();
         return;
       }
       const fresh = [...drafts.slice(0, outcome.accepted), outcome.token];
@@ -313,14 +407,24 @@ export class BatchExecutor {
       s.lastRound = m.round;
       s.lastResult = result;
       s.lastAccessMs = doneMs;
-      writes.push(this.deps.ledger.commit(s.sessionId, fresh, result, s.cache.bytes));
-      replies.push([m.replyTo, result]);
+      writes.push(within(job, () => this.commit(s, fresh, result)));
+      itemSpans?.get(job.item)?.end({ [ATTR.verified]: job.verifyTokens, [ATTR.accepted]: outcome.accepted });
+      replies.push([m.replyTo, result, itemSpans?.get(job.item)]);
     });
 
     // The ledger is written before anyone hears of the result, so a crash in between only
     // means the device retries and gets the recorded answer.
     await Promise.all(writes);
-    await Promise.all(replies.map(([q, msg]) => this.deps.reply(q, msg)));
+    await Promise.all(replies.map(([q, msg, span]) => (span ? span.run(() => this.deps.reply(q, msg)) : this.deps.reply(q, msg))));
+    this.deps.metrics?.batchExecuted({
+      workerId: this.deps.workerId,
+      size,
+      tokens: shapes.reduce((a, x) => a + x.n, 0),
+      modelMs,
+      predictedMs: batch.predictedMs,
+      prefillTokens: opens.reduce((a, j) => a + j.tokens.length, 0),
+      verifyTokens: verifies.reduce((a, j) => a + j.tokens.length, 0),
+    });
     return { batchId: batch.batchId, shapes, actualMs: modelMs, predictedMs: batch.predictedMs, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }
 
@@ -365,6 +469,7 @@ export class BatchExecutor {
       replies.push(this.deps.reply(s.replyTo, this.streamChunk(s, [token], finished)));
     });
     await Promise.all(replies);
+    if (active.length > 0) this.deps.metrics?.batchExecuted({ workerId: this.deps.workerId, size: active.length, tokens: active.length, modelMs, predictedMs: 0, prefillTokens: 0, verifyTokens: active.length });
     return { batchId: `step-${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }
 }

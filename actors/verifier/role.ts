@@ -11,7 +11,10 @@ import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import { verifierWorkerMachine, type BatchReport, type WorkerModelSummary } from '../../machines/verifier-worker.ts';
+import type { Context } from '@opentelemetry/api';
 import type { Logger } from '../../telemetry/logger.ts';
+import type { VerifierMetrics } from '../../telemetry/metrics.ts';
+import { itemContextsFrom, tracingOn } from '../../telemetry/spans.ts';
 import { wallClock, type Clock } from '../clock.ts';
 import { BatchExecutor, type SessionLedger } from './executor.ts';
 
@@ -32,6 +35,8 @@ export interface VerifierRoleOptions {
   onBatch?: (report: BatchReport) => void;
   /** A runner to use instead of loading `targetDir` (tests share one model between workers). */
   runner?: DecoderRunner;
+  /** Prometheus series of the verifier role; none when absent. */
+  metrics?: VerifierMetrics;
 }
 
 export interface VerifierRole {
@@ -84,16 +89,23 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
           workerId: opts.workerId,
           runner,
           ledger: opts.ledger,
-          reply: (queue, message) => opts.broker.publish(queue, message),
+          // A reply that cannot be sent (broker away, device queue gone) is not a batch failure:
+          // the ledger already holds the round, and the device's retry gets it replayed.
+          reply: (queue, message) => opts.broker.publish(queue, message).catch((err: Error) => log.warn({ err: err.message, queue }, 'reply not sent; the device retries')),
           deadLetter: (request, reason) => opts.broker.deadLetter(workerQueue(opts.workerId), request, reason),
           now: () => clock.now(),
           eosTokenId: runner.info.eosTokenId,
+          ...(opts.metrics ? { metrics: opts.metrics } : {}),
         });
         model = { model: runner.info.name, vocabSize: runner.info.vocabSize, maxPositions: runner.info.maxPositions };
         log.info({ model: model.model }, 'model loaded');
         return model;
       }),
-      executeBatch: fromPromise(async ({ input }: { input: { batch: VerifyBatch } }) => executor!.execute(input.batch)),
+      executeBatch: fromPromise(async ({ input }: { input: { batch: VerifyBatch } }) => {
+        const contexts = itemTraces.get(input.batch.batchId);
+        itemTraces.delete(input.batch.batchId);
+        return executor!.execute(input.batch, contexts);
+      }),
       decodeStep: fromPromise(async () => {
         const report = await executor!.decodeStep();
         opts.onBatch?.(report);
@@ -107,6 +119,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
         void publishStatus(status('ready', p.report, p.report?.batchId));
       },
       reportBatchFailed: (_, p) => {
+        opts.metrics?.batchFailed(opts.workerId);
         log.error({ batchId: p.batch.batchId, err: p.message }, 'batch failed');
         for (const item of p.batch.items) {
           const r = item.request;
@@ -128,11 +141,16 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
   actor.subscribe({ error: (err) => log.error({ err: (err as Error).message }, 'worker machine failed') });
   actor.start();
 
+  /** Tracing only: each batch's per-member round contexts (from its headers) until it runs. */
+  const itemTraces = new Map<string, Context[]>();
+  const untrack = opts.metrics?.track(opts.workerId, () => ({ kvBytes: executor?.kvBytes ?? 0, sessions: executor?.sessions.size ?? 0 }));
+
   const consumer = await opts.broker.consume(
     workerQueue(opts.workerId),
     VerifyBatchSchema,
-    (batch) =>
+    (batch, meta) =>
       new Promise<void>((resolve) => {
+        if (tracingOn()) itemTraces.set(batch.batchId, itemContextsFrom(meta.headers, batch.items.length));
         waiting.set(batch.batchId, resolve);
         actor.send({ type: 'BATCH', batch });
       }),
@@ -143,7 +161,9 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
   const beat = setInterval(() => {
     if (stopped || !model) return;
     const snap = actor.getSnapshot();
-    const s = status(snap.matches('ready') ? 'ready' : 'busy', null);
+    // A worker between or inside decode steps (centralized) takes a batch at once: 'ready'.
+    // Reporting 'busy' there made the scheduler hold every new session until decoding ended.
+    const s = status(snap.matches('ready') || snap.matches('stepping') ? 'ready' : 'busy', null);
     void publishStatus(s);
     void opts.heartbeat?.(s).catch((err: Error) => log.warn({ err: err.message }, 'heartbeat not stored'));
     actor.send({ type: 'TICK', nowMs: clock.now() });
@@ -157,11 +177,13 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
       if (stopped) return;
       stopped = true;
       clearInterval(beat);
+      untrack?.();
       await consumer.cancel();
       if (model) await publishStatus(status('stopping', null));
       actor.send({ type: 'STOP' });
       for (const resolve of waiting.values()) resolve();
       waiting.clear();
+      itemTraces.clear();
       if (!opts.runner) await runner?.dispose();
     },
   };

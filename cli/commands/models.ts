@@ -45,7 +45,7 @@ export function registerModels(program: Command): void {
     .option('--agreement <x>', 'greedy draft-1/target agreement to aim for, 0.5–0.95')
     .option('--gqa <kvHeads>', 'key/value heads (grouped-query attention)')
     .option('--merged', 'merged decoder with a use_cache_branch input', false)
-    .option('--drafts <depths>', 'draft depths in layers, comma-separated (default 1)')
+    .option('--drafts <depths>', 'draft depths in layers, comma-separated (default 1,2 as the built-in pairs)')
     .option('--out <dir>', 'output folder (default: under $WISP_MODELS_DIR or .wisp/models)')
     .action(async (raw: Record<string, unknown>) => {
       const parsed = ForgeCliSchema.safeParse(raw);
@@ -55,7 +55,7 @@ export function registerModels(program: Command): void {
       }
       const o = parsed.data;
       const { resolve } = await import('node:path');
-      const { forgeModelsAtomic, defaultModelsDir } = await import('../../inference/forge/index.ts');
+      const { forgeModelsAtomic, defaultModelsDir, BUILT_IN_DRAFTS } = await import('../../inference/forge/index.ts');
       const outDir = resolve(o.out ?? defaultOut(defaultModelsDir(), o));
       // Atomic: tests or servers may be reading the folder being replaced.
       const m = await forgeModelsAtomic({
@@ -64,7 +64,7 @@ export function registerModels(program: Command): void {
         ...(o.seed !== undefined ? { seed: o.seed } : {}),
         ...(o.agreement !== undefined ? { agreement: o.agreement } : {}),
         ...(o.gqa !== undefined ? { numKvHeads: o.gqa } : {}),
-        ...(o.drafts !== undefined ? { drafts: o.drafts } : {}),
+        drafts: o.drafts ?? BUILT_IN_DRAFTS,
         merged: o.merged,
       });
       const d = m.options.dims;

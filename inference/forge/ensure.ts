@@ -36,8 +36,14 @@ export function defaultModelsDir(): string {
 /** The parts of forge.json that determine the forged bytes (β and calibration are derived). */
 type ForgeKey = Pick<ForgeRecord, 'forgeVersion' | 'options' | 'corpusSha256'>;
 
+/**
+ * The built-in pairs carry two drafts of different depth (SLED's diverse draft models, one
+ * shared tokenizer): the device profiles pick one each (config `devices.*.draftModel`).
+ */
+export const BUILT_IN_DRAFTS = [1, 2];
+
 function expectedRecord(preset: ForgePreset): ForgeKey {
-  return { forgeVersion: FORGE_VERSION, options: resolveForgeOptions({ preset }), corpusSha256: corpusSha256() };
+  return { forgeVersion: FORGE_VERSION, options: resolveForgeOptions({ preset, drafts: BUILT_IN_DRAFTS }), corpusSha256: corpusSha256() };
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -96,7 +102,7 @@ export function ensureModelPair(preset: ForgePreset, opts: { root?: string } = {
 async function ensureAt(dir: string, preset: ForgePreset): Promise<ModelPairLocation> {
   const expected = expectedRecord(preset);
   if (await isCurrent(dir, expected)) return location(dir, expected);
-  await installForged(dir, { preset }, (d) => isCurrent(d, expected));
+  await installForged(dir, { preset, drafts: BUILT_IN_DRAFTS }, (d) => isCurrent(d, expected));
   return location(dir, expected);
 }
 

@@ -2,7 +2,7 @@
  * The model forge's public surface: forge a deterministic target/draft pair, or get the
  * built-in pair of a preset (forged on first use).
  */
-export { ensureModelPair, forgeModelsAtomic, defaultModelsDir, type ModelPairLocation } from './ensure.ts';
+export { ensureModelPair, forgeModelsAtomic, defaultModelsDir, BUILT_IN_DRAFTS, type ModelPairLocation } from './ensure.ts';
 export {
   forgeModels,
   resolveForgeOptions,

@@ -15,7 +15,10 @@ import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 
-export const AMQP_URL = process.env.WISP_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+import { testAmqpUrl } from './vhost.ts';
+
+/** The broker in this test process's private vhost (see vhost.ts). */
+export const AMQP_URL = process.env.WISP_AMQP_URL ?? testAmqpUrl();
 export const REDIS_URL = process.env.WISP_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 /** Test config: local services, a private Redis prefix, no emulated delays, quiet logs. */
@@ -27,7 +30,6 @@ export function testConfig(overrides: DeepPartial<WispConfig> = {}): WispConfig 
     logLevel: 'silent',
     timeScale: 0,
     models: { preset: 'tiny', threads: 1 },
-    deviceProfile: 'raspberry-pi-5',
     worker: { heartbeatMs: 200, heartbeatTtlMs: 2_000 },
     edge: { verifyTimeoutMs: 3_000, maxRetries: 3 },
   };

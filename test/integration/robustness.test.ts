@@ -49,7 +49,7 @@ describe('robustness: malformed messages on every queue while good sessions run'
 
   before(async () => {
     sys = await startTestSystem({ devices: 3, workers: 1, hooks: { deadLetterQueue: deadQueue } });
-    broker = await connectBroker(AMQP_URL, { connectionName: `robustness-${run}`, deadLetterQueue: deadQueue, queues: [probeQueue] });
+    broker = await connectBroker(AMQP_URL, { connectionName: `robustness-${run}`, deadLetterQueue: deadQueue, queues: [probeQueue], logger: { info: () => {}, warn: () => {} } });
     client = new WispClient(broker, `robust-${run}`);
     await client.start();
     probe = await broker.consume(probeQueue, z.unknown(), (m) => {
@@ -223,7 +223,8 @@ describe('robustness: malformed messages on every queue while good sessions run'
 
     // Dead letters: every malformed body with its queue and reason, and the refused requests.
     const names = Object.keys(queues) as (keyof typeof queues)[];
-    const has = (all: DeadLetter[], marker: string) => all.find((d) => d.body.includes(marker));
+    // Markers end at their closing quote, so "device" does not match "devicePrompts".
+    const has = (all: DeadLetter[], marker: string) => all.find((d) => d.body.includes(marker.endsWith('"') ? marker : `${marker}"`));
     const dead = await deadLetters((all) =>
       names.every((n) => has(all, `json-${run}-${n}`) && has(all, `schema-${run}-${n}`)) &&
       ['ghost-', 'ghost2-', 'oov-open-'].every((p) => has(all, `"${p}${run}"`)) &&
@@ -272,5 +273,56 @@ describe('robustness: malformed messages on every queue while good sessions run'
     expect(last.error, JSON.stringify(last.error)).to.equal(null);
     expect(last.tokens).to.deep.equal(again);
     expect(worker.executor()).to.not.equal(null);
+  });
+
+  it('a batch member whose device queue is gone does not fail the other members of its batch', async () => {
+    const worker = sys.up.workers[0];
+    const tok = await loadTokenizer((await ensureModelPair('tiny')).targetDir);
+    const prompt = tok.encode(TEST_PROMPTS[5]);
+    const [ref] = await targetTokens([TEST_PROMPTS[5]], 4);
+    const gone = new ScriptedDevice(broker, `gone-${run}`);
+    const stays = new ScriptedDevice(broker, `stays-${run}`);
+    const open = (d: ScriptedDevice): SessionOpen => ({
+      v: PROTOCOL_VERSION,
+      type: 'open',
+      sessionId: `s-${d.deviceId}`,
+      deviceId: d.deviceId,
+      requestId: `s-${d.deviceId}`,
+      draftModel: 'draft-1',
+      mode: 'speculative',
+      promptTokens: prompt,
+      maxNewTokens: 4,
+      slo: { ttftMs: 10_000, tpotMs: 10_000 },
+      sampling: { temperature: 0, topP: 1, seed: 0 },
+      replyTo: d.queue,
+      sentAtMs: Date.now(),
+    });
+    for (const d of [gone, stays]) {
+      await d.start();
+      await d.send(open(d));
+      expect((await d.next(0))?.type).to.equal('result');
+    }
+    await gone.stop(); // its queue is deleted: a reply to it is unroutable
+    const item = (d: ScriptedDevice) => ({
+      request: {
+        v: PROTOCOL_VERSION,
+        type: 'verify' as const,
+        sessionId: `s-${d.deviceId}`,
+        deviceId: d.deviceId,
+        round: 1,
+        committedLength: prompt.length + 1,
+        draftTokens: [ref[1]],
+        predictedAcceptance: [0.9],
+        replyTo: d.queue,
+        sentAtMs: Date.now(),
+      },
+      verifyTokens: 1,
+      arrivedAtMs: Date.now(),
+    });
+    const batch: VerifyBatch = { v: PROTOCOL_VERSION, type: 'batch', batchId: `gone-${run}`, workerId: worker.workerId, items: [item(gone), item(stays)], predictedMs: 1, dispatchedAtMs: Date.now(), evict: [] };
+    await broker.publish(workerQueue(worker.workerId), batch);
+    const r = await stays.next(1);
+    expect(r, JSON.stringify(r)).to.include({ type: 'result', round: 1, accepted: 1, token: ref[2] });
+    await stays.stop();
   });
 });

@@ -136,7 +136,7 @@ describe('config', () => {
       [() => loadConfig({ env: { WISP_REDIS_URL: 'x' } }), 'config: redisUrl: expected a redis:// or rediss:// URL, got "x" (from WISP_REDIS_URL)'],
       [() => loadConfig({ env: { WISP_DEVICE_PROFILE: 'toaster' } }), 'config: deviceProfile: unknown device profile (known: jetson-orin-nano, phone, raspberry-pi-5), got "toaster" (from WISP_DEVICE_PROFILE)'],
       [() => loadConfig({ env: {}, overrides: { worker: { heartbeatTtlMs: 500 } } }), 'config: worker.heartbeatTtlMs: must exceed worker.heartbeatMs (1000), got 500 (from overrides)'],
-      [() => loadConfig({ env: { WISP_AMQP_TLS: 'on' } }), 'config: amqpUrl: amqpTls.enabled needs an amqps:// URL, got "amqp://guest:guest@127.0.0.1:5672"'],
+      [() => loadConfig({ env: { WISP_AMQP_TLS: 'on' } }), 'config: amqpUrl: amqpTls.enabled needs an amqps:// URL, got "amqp://127.0.0.1:5672"'],
     ];
     for (const [fn, message] of cases) expect(refused(fn).message).to.equal(message);
   });

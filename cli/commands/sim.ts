@@ -1,0 +1,139 @@
+/**
+ * `wisp sim`: the discrete-event simulator (sim/). Runs WISP, SLED and centralized — the same
+ * scheduler machine and policies as the live system — on simulated time over a sweep of
+ * concurrent devices; prints the summary table with WISP's ratios and writes
+ * reports/sim-<timestamp>/ (results.json, goodput.svg, attainment.svg, report.md). `--json`
+ * prints the results (the `wisp bench` shape) as the last line.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import type { PolicyName } from '../../policies/types.ts';
+
+interface SimFlags {
+  scenario: string;
+  serverProfile?: string;
+  model?: string;
+  workers?: number;
+  devices?: number[];
+  durationS?: number;
+  warmupS?: number;
+  seed?: number;
+  policies: string;
+  pipelining: boolean;
+  truncation: boolean;
+  variants: boolean;
+  refine?: number;
+  ttftMs?: number;
+  tpotMs?: number;
+  serverNoise?: number;
+  acceptanceSamples?: string;
+  json?: boolean;
+  out?: string;
+}
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be an integer ≥ 1');
+  return n;
+}
+
+function nonNegInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be an integer ≥ 0');
+  return n;
+}
+
+function positive(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('must be a positive number');
+  return n;
+}
+
+function nonNeg(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('must be a number ≥ 0');
+  return n;
+}
+
+function deviceList(v: string): number[] {
+  const xs = v.split(',').map((s) => Number(s.trim()));
+  if (xs.length === 0 || xs.some((n) => !Number.isInteger(n) || n < 1)) throw new InvalidArgumentError('must be a comma-separated list of integers ≥ 1');
+  return xs;
+}
+
+export function registerSim(program: Command): void {
+  program
+    .command('sim')
+    .description('discrete-event simulator: capacity and goodput of wisp, sled and centralized on simulated time (same scheduler and policies as the live system)')
+    .option('--scenario <name>', 'built-in scenario: paper | tiny', 'paper')
+    .option('--server-profile <csv>', 'server latency profile (format of data/verify-profile-h200.csv; default: that file, measured on an H200)')
+    .option('--model <name>', 'model rows of the profile to use (qwen3-32b | qwen3-8b)')
+    .option('--workers <n>', 'verifier workers (servers)', positiveInt)
+    .option('--devices <list>', 'concurrent devices per load, e.g. 4,8,16,32', deviceList)
+    .option('--duration-s <s>', 'simulated seconds per load', positive)
+    .option('--warmup-s <s>', 'simulated seconds not measured at the start of each load', nonNeg)
+    .option('--seed <n>', 'seed (same seed, same results)', nonNegInt)
+    .option('--policies <list>', 'policies to run', 'wisp,sled,centralized')
+    .option('--no-pipelining', 'WISP: no pipelined drafting (an extra of ours)')
+    .option('--no-truncation', 'WISP: no server-side draft truncation (an extra of ours)')
+    .option('--no-variants', 'do not also run WISP with each extra switched off')
+    .option('--refine <n>', 'bisection steps refining each capacity between swept counts', nonNegInt)
+    .option('--ttft-ms <ms>', 'TTFT SLO override', positive)
+    .option('--tpot-ms <ms>', 'TPOT SLO override', positive)
+    .option('--server-noise <sigma>', 'log-normal noise of batch latency (0 = none)', nonNeg)
+    .option('--acceptance-samples <jsonl>', 'observed drafted tokens of a live pair ({position,top1Prob,entropy,margin,logitSpread,accepted} per line): resampled instead of the parametric model')
+    .option('--json', 'print the results as JSON on the last line')
+    .option('--out <dir>', 'report folder (default reports/sim-<timestamp>)')
+    .action(async (flags: SimFlags) => {
+      const { scenario, loadServerProfile, SCENARIO_NAMES } = await import('../../sim/scenarios.ts');
+      const { runSweep } = await import('../../sim/sweep.ts');
+      const { empiricalAcceptance, parseAcceptanceSamples } = await import('../../sim/acceptance.ts');
+      const { summaryTable } = await import('../../bench/table.ts');
+      const { writeRunReport } = await import('../../bench/write.ts');
+      const { writeReportFiles, paperComparisonTable } = await import('../../bench/report.ts');
+      const { readFile } = await import('node:fs/promises');
+
+      if (!(SCENARIO_NAMES as readonly string[]).includes(flags.scenario)) throw new Error(`--scenario: unknown scenario "${flags.scenario}" (known: ${SCENARIO_NAMES.join(', ')})`);
+      const s = scenario(flags.scenario as (typeof SCENARIO_NAMES)[number]);
+      if (flags.serverProfile) s.serverProfilePath = flags.serverProfile;
+      if (flags.model) s.model = flags.model;
+      if (flags.workers !== undefined) s.workers = flags.workers;
+      if (flags.devices) s.deviceCounts = flags.devices;
+      if (flags.durationS !== undefined) {
+        s.durationMs = flags.durationS * 1_000;
+        if (flags.warmupS === undefined) s.warmupMs = Math.min(s.warmupMs, s.durationMs / 5);
+      }
+      if (flags.warmupS !== undefined) s.warmupMs = flags.warmupS * 1_000;
+      if (flags.seed !== undefined) s.seed = flags.seed;
+      if (flags.refine !== undefined) s.refineSteps = flags.refine;
+      if (flags.ttftMs !== undefined) s.slo = { ...s.slo, ttftMs: flags.ttftMs };
+      if (flags.tpotMs !== undefined) s.slo = { ...s.slo, tpotMs: flags.tpotMs };
+      if (flags.serverNoise !== undefined) s.serverNoise = flags.serverNoise;
+      s.pipelinedDrafting = s.pipelinedDrafting && flags.pipelining;
+      s.scheduler.truncation = s.scheduler.truncation && flags.truncation;
+      const policies = flags.policies.split(',').map((p) => p.trim()) as PolicyName[];
+      for (const p of policies) if (!['wisp', 'sled', 'centralized'].includes(p)) throw new Error(`--policies: unknown policy "${p}" (known: wisp, sled, centralized)`);
+
+      const rows = loadServerProfile(s.serverProfilePath);
+      const samples = flags.acceptanceSamples ? parseAcceptanceSamples(await readFile(flags.acceptanceSamples, 'utf8'), flags.acceptanceSamples) : null;
+      const fitted = samples ? empiricalAcceptance(samples, `empirical:${flags.acceptanceSamples}`) : null;
+
+      const interactive = process.stderr.isTTY;
+      const results = runSweep({
+        scenario: s,
+        rows,
+        policies,
+        extrasVariants: flags.variants,
+        ...(fitted ? { acceptance: () => fitted } : {}),
+        onProgress: ({ key, devices, done, wallMs }) => {
+          const line = `sim: ${String(done).padStart(3)} runs  ${key} @ ${devices} devices (${(wallMs / 1_000).toFixed(1)} s)`;
+          process.stderr.write(interactive ? `\r${line.padEnd(72)}` : `${line}\n`);
+        },
+      });
+      if (interactive) process.stderr.write('\n');
+      const dir = await writeRunReport(results, flags.out);
+      await writeReportFiles(results, dir);
+      const cmp = paperComparisonTable(results);
+      process.stdout.write(`${summaryTable(results)}\n${cmp ? `\nBeside the WISP paper (extras on/off):\n${cmp}\n` : ''}\nreport: ${dir}\n`);
+      if (flags.json) process.stdout.write(`${JSON.stringify(results)}\n`);
+    });
+}
