@@ -88,6 +88,8 @@ export interface LaunchHooks {
   onServed?: (served: ServedPrompt) => void;
   /** Every batch or decode step a verifier worker executed (benchmarks collect batch records). */
   onBatch?: (report: BatchReport) => void;
+  /** Time the scheduler took per event (reduction and batch decision), ms (load tests). */
+  onSchedulerDecision?: (event: string, ms: number) => void;
 }
 
 async function brokerFor(config: WispConfig, role: 'scheduler' | 'verifier' | 'edge', name: string, logger: Logger, hooks: LaunchHooks, queues: string[] = []): Promise<BrokerClient> {
@@ -121,7 +123,10 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
     },
     estimators: store.estimators,
     owners: { lookup: async (sessionId) => (await store.store.getSession(sessionId)) ?? null },
+    ...(hooks.onSchedulerDecision ? { onDecision: hooks.onSchedulerDecision } : {}),
     workerTimeoutMs: config.worker.heartbeatTtlMs,
+    // The worker drops an idle session's cache after idleEvictMs; the scheduler forgets it then too.
+    sessionIdleMs: config.worker.idleEvictMs,
     logger,
     metrics: telemetry.metrics.scheduler(),
   });
@@ -208,26 +213,33 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
   }
   const fleetId = opts.fleetId ?? config.edge.deviceId ?? `e${randomUUID().slice(0, 6)}`;
   const broker = await brokerFor(config, 'edge', `edge-${fleetId}`, logger, opts.hooks ?? {});
-  const fleet = await startEdgeFleet({
-    fleetId,
-    devices: opts.devices,
-    profileNames,
-    profiles: config.devices,
-    modelRoot,
-    timeScale: config.timeScale,
-    policy: config.scheduler.policy,
-    pipelinedDrafting: config.scheduler.pipelinedDrafting,
-    controller: config.controller,
-    defaultSlo: config.slo,
-    verifyTimeoutMs: config.edge.verifyTimeoutMs,
-    maxRetries: config.edge.maxRetries,
-    threads: config.models.threads,
-    broker,
-    logger,
-    ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
-    ...(opts.hooks?.onServed ? { onServed: opts.hooks.onServed } : {}),
-    metrics: telemetry.metrics.edge(),
-  });
+  let fleet: EdgeFleet;
+  try {
+    fleet = await startEdgeFleet({
+      fleetId,
+      devices: opts.devices,
+      profileNames,
+      profiles: config.devices,
+      modelRoot,
+      timeScale: config.timeScale,
+      policy: config.scheduler.policy,
+      pipelinedDrafting: config.scheduler.pipelinedDrafting,
+      controller: config.controller,
+      defaultSlo: config.slo,
+      verifyTimeoutMs: config.edge.verifyTimeoutMs,
+      maxRetries: config.edge.maxRetries,
+      threads: config.models.threads,
+      broker,
+      logger,
+      ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+      ...(opts.hooks?.onServed ? { onServed: opts.hooks.onServed } : {}),
+      metrics: telemetry.metrics.edge(),
+    });
+  } catch (err) {
+    // Models or queues failed: do not leave the connection open behind a failed start.
+    await broker.close().catch(() => {});
+    throw err;
+  }
   const running = {
     fleet,
     async stop() {

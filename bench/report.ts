@@ -5,7 +5,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BenchResults, PolicyResult, Ratio } from './metrics.ts';
+import type { BenchResults, PolicyResult, Ratio, Summary } from './metrics.ts';
 import { summaryTable } from './table.ts';
 
 export interface Series {
@@ -160,12 +160,16 @@ function pointsTable(name: string, r: PolicyResult): string {
   const rows = [
     `**${name}** — capacity ${r.capacity}, best goodput ${r.goodputTokS.toFixed(1)} tok/s at ${r.goodputAtDevices} devices, ${r.energyJPerToken.toFixed(3)} J/token at capacity`,
     '',
-    '| devices | sessions | attainment | goodput tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | accept rate | accepted/round | drafted/round | wasted draft | J/token | batch mean/p99 | est. APE mean | queue ms/round | truncated/round |',
+    '| devices | sessions | attainment (by class) | goodput tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | accept rate | accepted/round | drafted/round | wasted draft | J/token | batch mean/p99 | est. APE mean | queue ms/round | truncated/round |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
+  const pct = (s: Summary, d: number): string => (s.count === 0 ? '—' : `${s.p50.toFixed(d)}/${s.p90.toFixed(d)}/${s.p99.toFixed(d)}`);
   for (const p of r.points) {
+    const byClass = Object.entries(p.attainmentByClass)
+      .map(([k, v]) => `${k} ${(v * 100).toFixed(0)}%`)
+      .join(', ');
     rows.push(
-      `| ${p.devices} | ${p.sessions} | ${(p.attainment * 100).toFixed(1)}% | ${p.goodputTokS.toFixed(1)} | ${p.ttftMs.p50.toFixed(0)}/${p.ttftMs.p90.toFixed(0)}/${p.ttftMs.p99.toFixed(0)} | ${p.tpotMs.p50.toFixed(1)}/${p.tpotMs.p90.toFixed(1)}/${p.tpotMs.p99.toFixed(1)} | ${(p.acceptance.rate * 100).toFixed(0)}% | ${p.acceptance.acceptedPerRound.toFixed(2)} | ${p.acceptance.draftedPerRound.toFixed(2)} | ${(p.wastedDraft.fraction * 100).toFixed(0)}% | ${p.energyJPerToken.toFixed(3)} | ${p.batchSize.mean.toFixed(1)}/${p.batchSize.p99.toFixed(0)} | ${(p.estimatorApe.mean * 100).toFixed(1)}% | ${p.queueMsPerRound.toFixed(1)} | ${p.truncatedPerRound.toFixed(2)} |`,
+      `| ${p.devices} | ${p.sessions} | ${(p.attainment * 100).toFixed(1)}% (${byClass}) | ${p.goodputTokS.toFixed(1)} | ${pct(p.ttftMs, 0)} | ${pct(p.tpotMs, 1)} | ${(p.acceptance.rate * 100).toFixed(0)}% | ${p.acceptance.acceptedPerRound.toFixed(2)} | ${p.acceptance.draftedPerRound.toFixed(2)} | ${(p.wastedDraft.fraction * 100).toFixed(0)}% | ${p.energyJPerToken.toFixed(3)} | ${p.batchSize.mean.toFixed(1)}/${p.batchSize.p99.toFixed(0)} | ${p.estimatorApe.count === 0 ? '—' : `${(p.estimatorApe.mean * 100).toFixed(1)}%`} | ${p.queueMsPerRound.toFixed(1)} | ${p.truncatedPerRound.toFixed(2)} |`,
     );
   }
   return rows.join('\n');

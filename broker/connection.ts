@@ -289,7 +289,7 @@ export class BrokerClient extends EventEmitter {
   }
 
   async #startConsumer(record: ConsumerRecord, model: ChannelModel): Promise<void> {
-    const ch = await model.createChannel();
+    const ch = await declaredChannel(model, queueSpec(record.queue));
     ch.on('error', (err: Error) => this.#reportError(new Error(`consumer channel of ${record.queue}: ${err.message}`)));
     ch.on('close', () => {
       record.channels.delete(ch);
@@ -303,7 +303,6 @@ export class BrokerClient extends EventEmitter {
       }, 500).unref();
     });
     try {
-      await ensureTopology(model, [], [queueSpec(record.queue)], []);
       await ch.prefetch(record.prefetch);
       await ch.consume(
         record.queue,
@@ -660,6 +659,30 @@ async function ensureTopology(model: ChannelModel, exchanges: readonly ExchangeS
   } finally {
     await ch.close().catch(() => {});
   }
+}
+
+/**
+ * A channel on which `spec`'s queue is declared (with its uplink binding), or, when this
+ * credential may not declare it, a fresh channel on which the queue was checked to exist.
+ */
+async function declaredChannel(model: ChannelModel, spec: QueueSpec): Promise<Channel> {
+  const ch = await scratchChannel(model);
+  try {
+    await declareQueue(ch, spec);
+    return ch;
+  } catch (err) {
+    if (!isAccessRefused(err)) {
+      await ch.close().catch(() => {});
+      throw err;
+    }
+  }
+  const checked = await scratchChannel(model);
+  try {
+    await checked.checkQueue(spec.name);
+  } catch (err) {
+    throw new Error(`queue ${spec.name} does not exist and this credential may not declare it (apply ops/rabbitmq/definitions.json): ${(err as Error).message}`);
+  }
+  return checked;
 }
 
 function withHeartbeat(url: string, heartbeatS: number): string {

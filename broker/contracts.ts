@@ -210,11 +210,15 @@ export type ErrorMessage = z.infer<typeof ErrorMessageSchema>;
 
 /** One batch member as dispatched by the scheduler to a worker. */
 export const BatchItemSchema = z.object({
-  request: z.union([SessionOpenSchema, VerifyRequestSchema]),
+  // Discriminated by `type`: a plain union tried SessionOpen first and paid for its failure on
+  // every verify item (~0.15 ms per batch, on the worker's hot path).
+  request: z.discriminatedUnion('type', [SessionOpenSchema, VerifyRequestSchema]),
   /** Draft tokens to verify (≤ sent; the scheduler may truncate). Ignored for opens. */
   verifyTokens: z.number().int().min(0),
   /** When the scheduler received the request (scheduler clock), for queueMs. */
   arrivedAtMs: ms,
+  /** The request's deadline on the scheduler clock (DESIGN §5), for slack accounting. */
+  deadlineMs: z.number().finite().optional(),
   /** Committed token history, sent when the worker must (re)build the session's cache. */
   history: z.array(tokenId).optional(),
 });

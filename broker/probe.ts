@@ -78,7 +78,7 @@ export async function probeBroker(broker: BrokerClient, options: { count?: numbe
 
 /** Connects with WISP_AMQP_URL (or localhost), runs the probe and prints JSON. */
 export async function runProbeCli(): Promise<void> {
-  const url = process.env.WISP_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+  const url = process.env.WISP_AMQP_URL ?? 'amqp://127.0.0.1:5672';
   const broker = await connectBroker(url, { connectionName: 'wisp-probe', deadLetterQueue: `${DEAD_QUEUE}.probe-${process.pid}` });
   try {
     const count = Number(process.env.WISP_PROBE_COUNT ?? 1_000);

@@ -32,9 +32,9 @@ const PEAK_LOGIT = 12;
 export function fakeNextToken(token: number, position: number, vocabSize: number, eosTokenId: number | null): number {
   // 32-bit integer mix (murmur3 finaliser) of the pair: spread over the vocabulary, no cycles of length 1.
   let h = (Math.imul(token + 1, 0x9e3779b1) ^ Math.imul(position + 1, 0x85ebca6b)) >>> 0;
-  h ^= h >>> 16;
+  h = (h ^ (h >>> 16)) >>> 0;
   h = Math.imul(h, 0x85ebca6b) >>> 0;
-  h ^= h >>> 13;
+  h = (h ^ (h >>> 13)) >>> 0;
   let next = h % vocabSize;
   // Sessions run to their token budget: the fake model never ends one early.
   if (next === eosTokenId) next = (next + 1) % vocabSize;

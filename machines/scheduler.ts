@@ -57,6 +57,8 @@ export interface SessionEntry {
   firstTokenAtMs: number | null;
   returnLatencyMs: number;
   replyTo: string;
+  /** Scheduler time of the session's latest request (for forgetting sessions whose device vanished). */
+  lastSeenMs?: number;
 }
 
 export interface PendingEntry {
@@ -90,6 +92,8 @@ export type SchedulerEvent =
   | { type: 'WORKER_STATUS'; message: WorkerStatus; atMs: number }
   | { type: 'WORKER_LOST'; workerId: string; atMs: number }
   | { type: 'WAKE'; atMs: number }
+  /** Forget sessions with no request for longer than `idleMs` (their device vanished; the worker evicts them too). */
+  | { type: 'EXPIRE_IDLE'; atMs: number; idleMs: number }
   | { type: 'RESTORE_ESTIMATOR'; workerId: string; estimator: EstimatorState };
 
 export interface RefusalParams {
@@ -131,6 +135,8 @@ function addPending(ctx: SchedulerContext, workerId: string, entry: PendingEntry
   const list = pendingFor(ctx, workerId).filter((p) => p.request.requestId !== entry.request.requestId);
   list.push(entry);
   ctx.pending[workerId] = list;
+  const s = ctx.sessions[entry.request.sessionId];
+  if (s && (s.lastSeenMs ?? -Infinity) < entry.request.arrivalMs) ctx.sessions[s.sessionId] = { ...s, lastSeenMs: entry.request.arrivalMs };
 }
 
 function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntry {
@@ -255,8 +261,9 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
   // for…in, not Object.values: this runs on every event, and the array would be garbage.
   for (const id in ctx.workers) {
     const w = ctx.workers[id];
+    if (!w.ready) continue;
     const entries = pendingFor(ctx, w.workerId);
-    if (!w.ready || entries.length === 0) continue;
+    if (entries.length === 0) continue;
     const decision = selectBatch(
       ctx.settings.policy,
       {
@@ -280,7 +287,7 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
     const batchId = `${w.workerId}.${ctx.batchSeq++}`;
     const items = decision.members.map((m) => {
       const e = byId.get(m.requestId)!;
-      return { request: e.message, verifyTokens: e.message.type === 'verify' ? Math.min(m.verifyTokens, e.message.draftTokens.length) : 0, arrivedAtMs: e.request.arrivalMs };
+      return { request: e.message, verifyTokens: e.message.type === 'verify' ? Math.min(m.verifyTokens, e.message.draftTokens.length) : 0, arrivedAtMs: e.request.arrivalMs, deadlineMs: e.request.deadlineMs };
     });
     const batch: VerifyBatch = {
       v: PROTOCOL_VERSION,
@@ -364,6 +371,18 @@ function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): vo
   for (const e of orphaned) {
     const s = ctx.sessions[e.message.sessionId];
     if (s) addPending(ctx, s.workerId, { ...e, request: { ...e.request, arrivalMs: Math.min(e.request.arrivalMs, atMs) } });
+  }
+}
+
+/** Forgets sessions that sent nothing for longer than `idleMs` and have nothing pending. */
+function expireIdle(ctx: SchedulerContext, atMs: number, idleMs: number): void {
+  const waiting = new Set<string>();
+  for (const list of Object.values(ctx.pending)) for (const p of list) waiting.add(p.request.sessionId);
+  for (const s of Object.values(ctx.sessions)) {
+    if (waiting.has(s.sessionId) || atMs - (s.lastSeenMs ?? atMs) <= idleMs) continue;
+    delete ctx.sessions[s.sessionId];
+    const w = ctx.workers[s.workerId];
+    if (w) ctx.workers[s.workerId] = { ...w, sessions: Math.max(0, w.sessions - 1) };
   }
 }
 
@@ -513,13 +532,18 @@ function transition(ctx: SchedulerContext, event: SchedulerEvent, owned: boolean
     case 'WAKE':
       ctx.wakeAtMs = null;
       break;
+    case 'EXPIRE_IDLE':
+      expireIdle(ctx, event.atMs, event.idleMs);
+      break;
     case 'RESTORE_ESTIMATOR': {
       const w = ctx.workers[event.workerId];
       if (w) ctx.workers[event.workerId] = { ...w, estimator: event.estimator };
       return effects;
     }
   }
-  ctx.stats = { ...ctx.stats, refused: ctx.stats.refused + effects.filter((e) => e.kind === 'refuse').length };
+  let refused = 0;
+  for (const e of effects) if (e.kind === 'refuse') refused++;
+  if (refused > 0) ctx.stats = { ...ctx.stats, refused: ctx.stats.refused + refused };
   pump(ctx, event.atMs, effects);
   return effects;
 }

@@ -397,6 +397,16 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   });
 
   // ---- devices ----
+  /** One read-only prompt array per length, shared by every session of that length (only lengths matter). */
+  const prompts = new Map<number, number[]>();
+  const promptOf = (length: number): number[] => {
+    let p = prompts.get(length);
+    if (!p) {
+      p = new Array<number>(length).fill(TOKEN);
+      prompts.set(length, p);
+    }
+    return p;
+  };
   const startSession = (dev: SimDevice): void => {
     const w = c.workload;
     const promptLength = dev.workload.int(w.promptTokens.min, w.promptTokens.max);
@@ -405,7 +415,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     const sessionId = `${dev.id}.s${dev.sessions++}`;
     sessionsStarted++;
     if (inWindow(now)) judgedOpen++;
-    const promptTokens = new Array<number>(promptLength).fill(TOKEN);
+    const promptTokens = promptOf(promptLength);
     const ctx: EdgeSessionContext = {
       sessionId,
       deviceId: dev.id,

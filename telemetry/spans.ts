@@ -26,6 +26,7 @@ import {
   SpanKind,
   SpanStatusCode,
   trace,
+  TraceFlags,
   type Attributes,
   type Context,
   type Link,
@@ -203,13 +204,14 @@ export function startSpan(role: WispRole, name: string, opts: StartSpanOptions =
   if (installed === null) return NOOP_SPAN;
   const parentCtx = contextOf(opts.parent);
   const links: Link[] = [];
+  // Links only to spans that are recorded somewhere (sampled); others would dangle.
   for (const l of opts.links ?? []) {
     const sc = trace.getSpanContext(l.ctx);
-    if (sc) links.push({ context: sc, attributes: clean(l.attrs) });
+    if (sc && sc.traceFlags & TraceFlags.SAMPLED) links.push({ context: sc, attributes: clean(l.attrs) });
   }
   if (opts.root) {
     const sc = trace.getSpanContext(parentCtx);
-    if (sc && opts.parent !== undefined) links.push({ context: sc });
+    if (sc && sc.traceFlags & TraceFlags.SAMPLED && opts.parent !== undefined) links.push({ context: sc });
   }
   const span = installed.tracerFor(role).startSpan(
     name,

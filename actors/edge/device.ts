@@ -83,7 +83,7 @@ export class EdgeDevice {
   #controller: ControllerState;
   /** EWMA of the queueing delay results report, ms: the controller drafts more when it is high. */
   #expectedQueueMs = 0;
-  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void }>();
+  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; lastDeliveryAtMs: number }>();
   #consumer: ConsumerHandle | null = null;
   #busy: Promise<unknown> = Promise.resolve();
   #random: () => number;
@@ -121,8 +121,11 @@ export class EdgeDevice {
     const target = m.sessionId ? this.#sessions.get(m.sessionId) : undefined;
     if (!target) return; // a late answer for a session that ended: nothing to do
     const delay = this.#oneWayMs();
-    if (delay > 0) setTimeout(() => target.deliver(m), delay);
-    else target.deliver(m);
+    if (delay <= 0 && target.lastDeliveryAtMs <= this.#opts.clock.now()) return target.deliver(m);
+    // A network link delivers in order: jitter never lets a message overtake an earlier one.
+    const at = Math.max(this.#opts.clock.now() + delay, target.lastDeliveryAtMs);
+    target.lastDeliveryAtMs = at;
+    setTimeout(() => target.deliver(m), at - this.#opts.clock.now());
   }
 
   #sendUp(message: unknown): void {
@@ -295,6 +298,7 @@ export class EdgeDevice {
       span.end({ [ATTR.accepted]: r.accepted, [ATTR.verified]: r.verified, [ATTR.queueMs]: r.queueMs, [ATTR.verifyMs]: r.verifyMs, [ATTR.batchSize]: r.batchSize, [ATTR.workerId]: r.workerId });
     };
     this.#sessions.set(sessionId, {
+      lastDeliveryAtMs: 0,
       deliver: (m) => {
         const atMs = clock.now();
         if (m.type === 'result') endRound(m);

@@ -58,7 +58,7 @@ function digest(t: TokenizerShape): string {
 
 function firstDifference(a: TokenizerShape, b: TokenizerShape): string {
   if (a.type !== b.type) return `model types ${a.type} vs ${b.type}`;
-  if (a.vocab.size !== b.vocab.size) return `vocabularies of ${a.vocab.size} vs ${b.vocab.size} tokens`;
+  if (a.vocab.size !== b.vocab.size) return `vocabularies of ${a.vocab.size} vs ${b.vocab.size} entries`;
   const byIdB = new Map([...b.vocab].map(([tok, id]) => [id, tok]));
   for (const [tok, id] of [...a.vocab].sort((x, y) => x[1] - y[1])) {
     if (b.vocab.get(tok) !== id) return `id ${id} is ${JSON.stringify(tok)} vs ${JSON.stringify(byIdB.get(id) ?? null)}`;

@@ -14,6 +14,7 @@ import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer, type WispTokenizer } from '../../inference/tokenizer.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import { createControllerState } from '../../policies/controller.ts';
+import { rngFor } from '../../inference/rng.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
 import { wallClock, type Clock } from '../clock.ts';
@@ -51,18 +52,6 @@ export interface EdgeFleet {
   devices: EdgeDevice[];
   tokenizer: WispTokenizer;
   stop(): Promise<void>;
-}
-
-/** Small deterministic generator for jitter (mulberry32). */
-function jitterSource(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet> {
@@ -103,7 +92,10 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       maxRetries: opts.maxRetries,
       logger: opts.logger.child({ deviceId: `${opts.fleetId}-${i}` }),
       clock,
-      random: jitterSource((opts.seed ?? 1) * 7919 + i),
+      random: (() => {
+        const rng = rngFor(opts.seed ?? 1, i, 'network-jitter');
+        return () => rng.nextDouble();
+      })(),
       ...(opts.onServed ? { onServed: opts.onServed } : {}),
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
       policy: opts.policy,

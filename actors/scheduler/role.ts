@@ -8,11 +8,10 @@
  */
 import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { createActor } from 'xstate';
-import { PROTOCOL_VERSION, SchedulerInboxSchema, type BatchItem, type SchedulerInbox } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../broker/contracts.ts';
 import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
 import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
-import { schedulerMachine, type SchedulerContext, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
-import { prefillDeadlineMs, roundDeadlineMs } from '../../policies/deadline.ts';
+import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
 import type { EstimatorState } from '../../policies/estimator.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { SchedulerMetrics } from '../../telemetry/metrics.ts';
@@ -37,12 +36,16 @@ export interface SchedulerRoleOptions {
   owners?: SessionOwners;
   /** A worker silent for longer than this is lost: its sessions move, ms. */
   workerTimeoutMs: number;
+  /** Sessions with no request for longer than this are forgotten (their device vanished), ms. */
+  sessionIdleMs?: number;
   logger: Logger;
   clock?: Clock;
   /** Deliveries held unacked at once (pending requests); the broker keeps the rest. */
   prefetch?: number;
   /** Prometheus series of the scheduler role; none when absent. */
   metrics?: SchedulerMetrics;
+  /** Called with the time the machine took for each event (reduction + batch decision), ms. */
+  onDecision?: (event: SchedulerEvent['type'], ms: number) => void;
 }
 
 export interface SchedulerRole {
@@ -71,15 +74,6 @@ export function checkSender(m: SchedulerInbox, meta: Pick<DeliveryMeta, 'exchang
  * The deadline the machine gave a dispatched item (machines/scheduler.ts computes it the same
  * way, from the session entry, with policies/deadline.ts); null when the session is gone.
  */
-function itemDeadlineMs(ctx: SchedulerContext, item: BatchItem): number | null {
-  const s = ctx.sessions[item.request.sessionId];
-  if (!s) return null;
-  const r = item.request;
-  if (r.type === 'open') return prefillDeadlineMs(item.arrivedAtMs, s.slo.ttftMs, s.returnLatencyMs);
-  const afterFirst = Math.max(0, r.committedLength - s.promptLength - 1);
-  return roundDeadlineMs(s.firstTokenAtMs ?? item.arrivedAtMs, s.slo.tpotMs, afterFirst, s.returnLatencyMs);
-}
-
 function requestKey(m: SchedulerInbox): string | null {
   if (m.type === 'open') return `${m.sessionId}:0`;
   if (m.type === 'verify') return `${m.sessionId}:${m.round}`;
@@ -112,17 +106,13 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
 
   const machine = schedulerMachine.provide({
     actions: {
-      dispatchBatch: (args, { batch }) => {
+      dispatchBatch: (_, { batch }) => {
         const keys = batch.items.map((i) => `${i.request.sessionId}:${i.request.type === 'open' ? 0 : i.request.round}`);
         for (const k of keys) publishing.add(k);
         let publish: Promise<void>;
         if (opts.metrics || tracingOn()) {
-          const ctx = (args as { context: SchedulerContext }).context;
           const now = clock.now();
-          const members = batch.items.map((item) => {
-            const deadline = itemDeadlineMs(ctx, item);
-            return { waitedMs: now - item.arrivedAtMs, slackMs: deadline === null ? null : deadline - now };
-          });
+          const members = batch.items.map((item) => ({ waitedMs: now - item.arrivedAtMs, slackMs: item.deadlineMs === undefined ? null : item.deadlineMs - now }));
           opts.metrics?.dispatched(members);
           // Each member's queue span ends here; the worker gets each member's round context.
           const parents = keys.map((k) => queued.get(k)?.parent ?? null);
@@ -197,7 +187,12 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
     },
     workers: () => Object.keys(actor.getSnapshot().context.workers).length,
   });
-  const send = (e: SchedulerEvent) => actor.send(e);
+  const send = (e: SchedulerEvent) => {
+    if (!opts.onDecision) return actor.send(e);
+    const t0 = performance.now();
+    actor.send(e);
+    opts.onDecision(e.type, performance.now() - t0);
+  };
 
   /** Releases held deliveries the machine no longer keeps (refused, superseded, closed). */
   const releaseDropped = () => {
@@ -266,6 +261,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         releaseDropped();
       }
     }
+    if (opts.sessionIdleMs !== undefined) send({ type: 'EXPIRE_IDLE', atMs: now, idleMs: opts.sessionIdleMs });
   }, Math.max(100, Math.floor(opts.workerTimeoutMs / 4)));
   watchdog.unref();
 

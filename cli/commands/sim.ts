@@ -26,6 +26,10 @@ interface SimFlags {
   tpotMs?: number;
   serverNoise?: number;
   acceptanceSamples?: string;
+  deviceMix?: { name: string; weight: number }[];
+  agreement?: number;
+  bMax?: number;
+  waitMs?: number;
   json?: boolean;
   out?: string;
 }
@@ -54,6 +58,21 @@ function nonNeg(v: string): number {
   return n;
 }
 
+function unitOpen(v: string): number {
+  const n = Number(v);
+  if (!(n > 0 && n < 1)) throw new InvalidArgumentError('must be a number in (0, 1)');
+  return n;
+}
+
+function mixList(v: string): { name: string; weight: number }[] {
+  return v.split(',').map((part) => {
+    const [name, w] = part.trim().split(':');
+    const weight = w === undefined ? 1 : Number(w);
+    if (!name || !(weight > 0)) throw new InvalidArgumentError('must be profile[:weight],… with weights > 0');
+    return { name, weight };
+  });
+}
+
 function deviceList(v: string): number[] {
   const xs = v.split(',').map((s) => Number(s.trim()));
   if (xs.length === 0 || xs.some((n) => !Number.isInteger(n) || n < 1)) throw new InvalidArgumentError('must be a comma-separated list of integers ≥ 1');
@@ -80,6 +99,10 @@ export function registerSim(program: Command): void {
     .option('--ttft-ms <ms>', 'TTFT SLO override', positive)
     .option('--tpot-ms <ms>', 'TPOT SLO override', positive)
     .option('--server-noise <sigma>', 'log-normal noise of batch latency (0 = none)', nonNeg)
+    .option('--device-mix <list>', 'device profiles and weights, e.g. jetson-orin-nano:1,raspberry-pi-5:1 (config/defaults.ts profiles)', mixList)
+    .option('--agreement <p>', 'mean per-token acceptance of every class\'s draft (parametric model)', unitOpen)
+    .option('--b-max <n>', 'most requests per batch', positiveInt)
+    .option('--wait-ms <ms>', 'SLED: dispatch when the oldest request waited this long', nonNeg)
     .option('--acceptance-samples <jsonl>', 'observed drafted tokens of a live pair ({position,top1Prob,entropy,margin,logitSpread,accepted} per line): resampled instead of the parametric model')
     .option('--json', 'print the results as JSON on the last line')
     .option('--out <dir>', 'report folder (default reports/sim-<timestamp>)')
@@ -108,6 +131,18 @@ export function registerSim(program: Command): void {
       if (flags.ttftMs !== undefined) s.slo = { ...s.slo, ttftMs: flags.ttftMs };
       if (flags.tpotMs !== undefined) s.slo = { ...s.slo, tpotMs: flags.tpotMs };
       if (flags.serverNoise !== undefined) s.serverNoise = flags.serverNoise;
+      if (flags.bMax !== undefined) s.scheduler.bMax = flags.bMax;
+      if (flags.waitMs !== undefined) s.scheduler.waitMs = flags.waitMs;
+      if (flags.deviceMix) {
+        const { DEVICE_PROFILES } = await import('../../config/defaults.ts');
+        const template = s.classes[0];
+        s.classes = flags.deviceMix.map(({ name, weight }) => {
+          const profile = DEVICE_PROFILES[name];
+          if (!profile) throw new Error(`--device-mix: unknown device profile "${name}" (known: ${Object.keys(DEVICE_PROFILES).join(', ')})`);
+          return { ...template, name, profile, weight };
+        });
+      }
+      if (flags.agreement !== undefined) s.classes = s.classes.map((k) => ({ ...k, acceptance: { ...k.acceptance, agreement: flags.agreement! } }));
       s.pipelinedDrafting = s.pipelinedDrafting && flags.pipelining;
       s.scheduler.truncation = s.scheduler.truncation && flags.truncation;
       const policies = flags.policies.split(',').map((p) => p.trim()) as PolicyName[];

@@ -323,6 +323,9 @@ describe('robustness: malformed messages on every queue while good sessions run'
     await broker.publish(workerQueue(worker.workerId), batch);
     const r = await stays.next(1);
     expect(r, JSON.stringify(r)).to.include({ type: 'result', round: 1, accepted: 1, token: ref[2] });
+    // …and no error after it (a failed batch would tell every member 'verification failed').
+    const after = await stays.next(2, 700);
+    expect(after, JSON.stringify(after)).to.equal(null);
     await stays.stop();
   });
 });
