@@ -22,6 +22,7 @@ import { resolveDraftDir } from './edge/draft-models.ts';
 import type { ServedPrompt } from './edge/device.ts';
 import { startEdgeFleet, type EdgeFleet } from './edge/fleet.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
+import type { DraftTokenFeatures } from '../policies/types.ts';
 import { startScheduler, type SchedulerRole } from './scheduler/role.ts';
 import { startVerifier, type VerifierRole } from './verifier/role.ts';
 import { openSessionStore, type SessionStoreHandle } from './store.ts';
@@ -88,6 +89,8 @@ export interface LaunchHooks {
   onServed?: (served: ServedPrompt) => void;
   /** Every batch or decode step a verifier worker executed (benchmarks collect batch records). */
   onBatch?: (report: BatchReport) => void;
+  /** Every drafted token the target judged, with its draft features (acceptance samples). */
+  onTokenJudged?: (sample: DraftTokenFeatures & { accepted: boolean }) => void;
   /** Time the scheduler took per event (reduction and batch decision), ms (load tests). */
   onSchedulerDecision?: (event: string, ms: number) => void;
 }
@@ -233,6 +236,7 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
       logger,
       ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
       ...(opts.hooks?.onServed ? { onServed: opts.hooks.onServed } : {}),
+      ...(opts.hooks?.onTokenJudged ? { onTokenJudged: opts.hooks.onTokenJudged } : {}),
       metrics: telemetry.metrics.edge(),
     });
   } catch (err) {

@@ -20,7 +20,7 @@ import type { Slo } from '../broker/contracts.ts';
 import { loadConfig, type DeepPartial } from '../config/load.ts';
 import type { WispConfig } from '../config/schema.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
-import type { PolicyName } from '../policies/types.ts';
+import type { DraftTokenFeatures, PolicyName } from '../policies/types.ts';
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord } from './metrics.ts';
 
 export interface LiveBenchOptions {
@@ -86,7 +86,7 @@ function toBatchRecord(r: BatchReport, workerIdOf: string, atMs: number): BatchR
 }
 
 /** One policy: start the system once, sweep the loads, stop it. */
-async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: number, steps: number): Promise<LoadPoint[]> {
+async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: number, steps: number, artifacts: LiveArtifacts): Promise<LoadPoint[]> {
   const slo = { ttftMs: o.slo.ttftMs * o.timeScale, tpotMs: o.slo.tpotMs * o.timeScale };
   const base = loadConfig({ ...(o.configFile ? { file: o.configFile } : {}), ...(o.overrides ? { overrides: o.overrides } : {}) });
   const config = loadConfig({
@@ -117,7 +117,11 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
     fleetId: `bench-${policy}-${randomUUID().slice(0, 4)}`,
     hooks: {
       onServed: (s) => served.push(s),
-      onBatch: (r) => batches.push(toBatchRecord(r, 'worker', performance.timeOrigin + performance.now())),
+      onBatch: (r) => {
+        batches.push(toBatchRecord(r, 'worker', performance.timeOrigin + performance.now()));
+        if (r.actualMs > 0) artifacts.profileRows.push(profileRow(r));
+      },
+      onTokenJudged: (t) => artifacts.acceptanceSamples.push(t),
     },
   });
   const client = new WispClient(broker);
@@ -155,13 +159,34 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
   return points;
 }
 
-export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults> {
+/** What the live run measured that the simulator can be fed with (`wisp sim --server-profile/--acceptance-samples`). */
+export interface LiveArtifacts {
+  /** Executed batches as profile rows (format of data/verify-profile-h200.csv, model "live"). */
+  profileRows: string[];
+  /** Judged draft tokens: features and verdict, one per element. */
+  acceptanceSamples: (DraftTokenFeatures & { accepted: boolean })[];
+}
+
+export const PROFILE_HEADER = 'model,kind,B,n_max,L_max,sum_n,sum_L,sum_nL,ms_median,ms_min,ms_max,per_request_n,per_request_L';
+
+/** One executed batch as a profile row: prefill when every member starts from an empty cache. */
+export function profileRow(r: BatchReport): string {
+  const ns = r.shapes.map((x) => x.n);
+  const ls = r.shapes.map((x) => x.L);
+  const kind = ls.every((l) => l === 0) ? 'prefill' : 'mixed';
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+  const ms = r.actualMs.toFixed(3);
+  return ['live', kind, ns.length, Math.max(...ns), Math.max(...ls), sum(ns), sum(ls), sum(ns.map((n, i) => n * ls[i])), ms, ms, ms, ns.join('/'), ls.join('/')].join(',');
+}
+
+export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & { artifacts: LiveArtifacts }> {
   const started = Date.now();
+  const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [] };
   const policies: BenchResults['policies'] = {};
   const steps = o.policies.length * o.devices.length;
   let base = 0;
   for (const policy of o.policies) {
-    policies[policy] = policyResult(await benchPolicy(policy, o, base, steps));
+    policies[policy] = policyResult(await benchPolicy(policy, o, base, steps, artifacts));
     base += o.devices.length;
   }
   const ratios: BenchResults['ratios'] = {};
@@ -183,5 +208,6 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults> {
     workers: o.workers,
     seed: o.seed,
     wallS: (Date.now() - started) / 1_000,
+    artifacts,
   };
 }

@@ -42,6 +42,9 @@ export class SimConfigError extends Error {
   readonly code = 'bad_sim_config';
 }
 
+/** Soonest a scheduler wake-up fires after it is asked for, ms. */
+const MIN_WAKE_MS = 0.001;
+
 /** The token id every simulated token carries (only counts matter; there is no EOS). */
 const TOKEN = 1;
 
@@ -273,8 +276,11 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         if (c.server.hopMs > 0) q.push(now + c.server.hopMs, { k: 'dispatch', w, batch: e.batch });
         else dispatch(w, e.batch);
       } else if (e.kind === 'wake') {
+        // Never at `now` itself: a policy asking to be woken at a time it does not yet call due
+        // (floating-point: arrival + W − arrival < W) would otherwise spin at one instant. Live
+        // timers cannot fire sooner than 1 ms either.
         const gen = ++wakeGen;
-        q.push(Math.max(now, e.atMs), { k: 'wake', gen });
+        q.push(Math.max(now + MIN_WAKE_MS, e.atMs), { k: 'wake', gen });
       } else if (e.kind === 'refuse') {
         refused++;
         const dev = byId.get(e.params.replyTo);

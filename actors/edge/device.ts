@@ -21,6 +21,7 @@ import type { DeviceProfile } from '../../config/schema.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
+import type { DraftTokenFeatures } from '../../policies/types.ts';
 import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../../policies/controller.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
@@ -52,6 +53,8 @@ export interface EdgeDeviceOptions {
   random?: () => number;
   /** Called after every served prompt (benchmarks collect their records here). */
   onServed?: (served: ServedPrompt) => void;
+  /** Called for every drafted token the target judged: its draft features and the verdict. */
+  onTokenJudged?: (sample: DraftTokenFeatures & { accepted: boolean }) => void;
   /** Prometheus series of the edge role (telemetry/metrics.ts); none when absent. */
   metrics?: EdgeMetrics;
   /** Policy name, for the session span. */
@@ -255,6 +258,11 @@ export class EdgeDevice {
         roundVerified: (_, p) => {
           o.metrics?.roundVerified({ drafted: p.draft.tokens.length, verified: p.result.verified, accepted: p.result.accepted });
           this.#controller = learnFromRound(this.#controller, p.draft.features, p.result.accepted, p.result.verified);
+          if (o.onTokenJudged) {
+            // Labels as the controller learns them: accepted up to the first rejection, then that one.
+            const judged = Math.min(p.result.verified, p.draft.tokens.length, p.result.accepted + 1);
+            for (let i = 0; i < judged; i++) o.onTokenJudged({ ...p.draft.features[i], accepted: i < p.result.accepted });
+          }
           this.#expectedQueueMs = 0.8 * this.#expectedQueueMs + 0.2 * p.result.queueMs;
         },
       },

@@ -19,7 +19,7 @@ import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
 import { wallClock, type Clock } from '../clock.ts';
 import { checkDraftTokenizer, draftModelName, resolveDraftDir } from './draft-models.ts';
-import { EdgeDevice, type ServedPrompt } from './device.ts';
+import { EdgeDevice, type EdgeDeviceOptions, type ServedPrompt } from './device.ts';
 
 export interface EdgeFleetOptions {
   fleetId: string;
@@ -44,6 +44,8 @@ export interface EdgeFleetOptions {
   seed?: number;
   /** Called after every served prompt (benchmarks). */
   onServed?: (served: ServedPrompt) => void;
+  /** Called for every drafted token the target judged (benchmarks record acceptance samples). */
+  onTokenJudged?: EdgeDeviceOptions['onTokenJudged'];
   /** Prometheus series of the edge role; none when absent. */
   metrics?: EdgeMetrics;
 }
@@ -97,6 +99,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
         return () => rng.nextDouble();
       })(),
       ...(opts.onServed ? { onServed: opts.onServed } : {}),
+      ...(opts.onTokenJudged ? { onTokenJudged: opts.onTokenJudged } : {}),
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
       policy: opts.policy,
     });

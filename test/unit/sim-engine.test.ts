@@ -119,6 +119,14 @@ describe('sim: runs', () => {
     expect(r.batches.some((b) => b.kind === 'step')).to.equal(true);
   });
 
+  it('SLED waiting for its batch: wake-ups always move simulated time forward', function () {
+    this.timeout(20_000); // a livelock at the due instant would hang here
+    const c = tiny('sled', 6, { scheduler: { ...tiny('sled', 6).scheduler, waitMs: 50, bMax: 8 } });
+    const r = runSimulation(c);
+    expect(r.records.filter((x) => x.finished).length).to.be.greaterThan(6);
+    expect(r.events).to.be.lessThan(100_000);
+  });
+
   it('spreads sessions over several workers with the scheduler\'s placement', () => {
     const r = runSimulation(tiny('wisp', 6, { workers: 3 }));
     expect(new Set(r.batches.map((b) => b.workerId))).to.deep.equal(new Set(['w0', 'w1', 'w2']));
