@@ -68,6 +68,11 @@ export class WispClient {
         if (!p || !id) return;
         if (m.type === 'error') return this.#settle(id, p, null, { code: m.code, message: m.message });
         p.sessionId = m.sessionId;
+        if (m.offset !== undefined && m.offset !== p.tokens.length) {
+          // Behind: a copy of a chunk already here (the device resent it). Ahead: a chunk was lost.
+          if (m.offset < p.tokens.length) return;
+          return this.#settle(id, p, null, { code: 'internal', message: `tokens ${p.tokens.length}..${m.offset - 1} of request ${id} never arrived` });
+        }
         p.tokens.push(...m.tokens);
         p.text += m.text;
         if (m.done) this.#settle(id, p, m.stats ?? null, null);

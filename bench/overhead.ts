@@ -1,31 +1,38 @@
 /**
  * Protocol overhead of a verification round (a benchmark, not a test): the time a round spends
  * outside model compute, device → scheduler → worker → device, queueing excluded, with 1 and
- * with 32 emulated devices. Everything runs in this process against the real RabbitMQ and
- * Redis with the forged tiny models and no emulated device or network time (timeScale 0).
+ * with 32 emulated devices, against the real RabbitMQ and Redis with the forged tiny models and
+ * no emulated device or network time (timeScale 0). The scheduler and one verifier worker run
+ * in this process; the devices run in a child process (as on real, separate devices), so their
+ * drafting does not stall the server roles' event loop. `--in-process` puts them all in one.
  *
- * Per verification round (round ≥ 1), all times on this process's clock:
- *   rtt       the device publishes its VerifyRequest → the device's consumer gets the result
- *   waiting   the request waited in the scheduler for a batch slot (batch dispatchedAtMs −
- *             the request's arrivedAtMs), i.e. queueing behind other batches or policy waits
+ * Per verification round (round ≥ 1):
+ *   rtt       the device publishes its VerifyRequest → the device's consumer has the result
+ *             (both stamps taken in the device process)
+ *   waiting   the request waited in the scheduler for a batch slot (batch dispatchedAtMs − the
+ *             request's arrivedAtMs): queueing behind other batches, policy waits
  *   model     the forward passes of the request's batch (the worker's actualMs)
- *   overhead  rtt − waiting − model: broker hops, JSON + validation, state machines, the
- *             Redis ledger write, event-loop time
- * It also prints the simpler `rtt − queueMs − verifyMs` from the VerifyResult itself (queueMs
- * there also holds the scheduler → worker hop, verifyMs the batch's planning and sampling).
+ *   overhead  rtt − waiting − model: three broker hops, JSON + validation, the state machines,
+ *             the Redis ledger write, event-loop time
+ * Also printed: `rtt − queueMs − verifyMs` from the VerifyResult alone (its queueMs includes
+ * the scheduler → worker hop, its verifyMs the batch's planning and sampling), the same-moment
+ * cost of one bare broker hop (publish → consume of a result-sized message: three of them are
+ * the floor of any broker-routed round), and the p50 of each segment of the path.
  *
- *   npm run bench:overhead [-- --devices 1,32 --tokens 32 --sessions 4 --policy wisp]
+ *   npm run bench:overhead [-- --devices 1,32 --tokens 32 --sessions 4 --policy wisp --in-process]
  */
+import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
+import { z } from 'zod';
 import { WispClient } from '../actors/client.ts';
 import { wallClock } from '../actors/clock.ts';
-import { runUp } from '../actors/launch.ts';
+import { runEdge, runScheduler, runVerifier, type Running } from '../actors/launch.ts';
 import { connectBroker, type BrokerClient } from '../broker/connection.ts';
 import type { VerifyBatch, VerifyRequest, VerifyResult } from '../broker/contracts.ts';
-import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../broker/topology.ts';
+import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../broker/topology.ts';
 import { loadConfig } from '../config/load.ts';
-import { POLICIES, type PolicyName } from '../config/schema.ts';
+import { POLICIES, type PolicyName, type WispConfig } from '../config/schema.ts';
 import { summarize, type Summary } from './metrics.ts';
 
 const { values } = parseArgs({
@@ -33,17 +40,14 @@ const { values } = parseArgs({
     devices: { type: 'string', default: '1,32' },
     /** New tokens per session. */
     tokens: { type: 'string', default: '32' },
-    /** Sessions per device (the first round of each device's first session is warm-up). */
+    /** Sessions per device, after one warm-up session each. */
     sessions: { type: 'string', default: '4' },
     policy: { type: 'string', default: 'wisp' },
+    'in-process': { type: 'boolean', default: false },
+    /** Internal: this process is the device fleet of a parent bench. */
+    'devices-child': { type: 'string' },
   },
 });
-const deviceCounts = values.devices.split(',').map(Number);
-const maxNewTokens = Number(values.tokens);
-const sessionsPerDevice = Number(values.sessions);
-const policy = values.policy as PolicyName;
-if (!POLICIES.includes(policy) || policy === 'centralized') throw new Error(`--policy must be wisp or sled (rounds are what is measured), got ${values.policy}`);
-if (deviceCounts.some((d) => !Number.isInteger(d) || d < 1)) throw new Error(`--devices must list positive integers, got ${values.devices}`);
 
 const PROMPTS = [
   'the quick brown fox',
@@ -56,29 +60,36 @@ const PROMPTS = [
   'numbers and letters',
 ];
 
-interface RoundTimes {
-  sentMs?: number;
-  /** Breakdown stamps: scheduler got it, batch published, worker got the batch, result published. */
-  atSchedulerMs?: number;
-  batchSentMs?: number;
-  atWorkerMs?: number;
-  resultSentMs?: number;
-  receivedMs?: number;
-  result?: VerifyResult;
-  arrivedAtMs?: number;
-  dispatchedAtMs?: number;
-  batchId?: string;
+/** What the device side knows of a round. */
+interface DeviceRound {
+  key: string;
+  sentMs: number;
+  receivedMs: number;
+  result: VerifyResult;
 }
 
+/** What the server side knows of a round. */
+interface ServerRound {
+  atSchedulerMs?: number;
+  arrivedAtMs?: number;
+  dispatchedAtMs?: number;
+  batchSentMs?: number;
+  batchId?: string;
+  atWorkerMs?: number;
+  resultSentMs?: number;
+}
+
+const now = () => wallClock.now();
+
 /** Forwards every call to `broker`, letting `onPublish` / `onDeliver` see the messages. */
-function tap(broker: BrokerClient, onPublish: (queue: string, m: unknown) => void, onDeliver: (queue: string, m: unknown) => void): BrokerClient {
+function tap(broker: BrokerClient, onPublish: (m: unknown) => void, onDeliver: (m: unknown) => void): BrokerClient {
   const publish: BrokerClient['publish'] = (queue, message, options) => {
-    onPublish(queue, message);
+    onPublish(message);
     return broker.publish(queue, message, options);
   };
   const consume: BrokerClient['consume'] = (queue, schema, handler, options) =>
     broker.consume(queue, schema, (m, meta) => {
-      onDeliver(queue, m);
+      onDeliver(m);
       return handler(m, meta);
     }, options);
   return new Proxy(broker, {
@@ -91,23 +102,37 @@ function tap(broker: BrokerClient, onPublish: (queue: string, m: unknown) => voi
   });
 }
 
-interface Figures {
-  devices: number;
-  rounds: number;
-  batchSize: Summary;
-  rtt: Summary;
-  waiting: Summary;
-  model: Summary;
-  overhead: Summary;
-  overheadFromResult: Summary;
-  /** Where the overhead goes, by segment of the path. */
-  parts: Record<string, Summary>;
-  wallS: number;
+/** Starts an edge fleet whose rounds are reported to `report` (device-side stamps). */
+async function startDevices(config: WispConfig, devices: number, report: (r: DeviceRound) => void): Promise<Running> {
+  const sent = new Map<string, number>();
+  const done = new Set<string>();
+  const edge = await runEdge(config, {
+    devices,
+    hooks: {
+      wrapBroker: (_role, broker) =>
+        tap(
+          broker,
+          (m) => {
+            const v = m as VerifyRequest;
+            const key = `${v.sessionId}:${v.round}`;
+            if (v.type === 'verify' && !sent.has(key)) sent.set(key, now());
+          },
+          (m) => {
+            const r = m as VerifyResult;
+            const key = `${r.sessionId}:${r.round}`;
+            const sentMs = sent.get(key);
+            if (r.type !== 'result' || r.round < 1 || sentMs === undefined || done.has(key)) return;
+            done.add(key);
+            report({ key, sentMs, receivedMs: now(), result: r });
+          },
+        ),
+    },
+  });
+  return edge;
 }
 
-async function measure(devices: number): Promise<Figures> {
-  const run = randomUUID().slice(0, 8);
-  const config = loadConfig({
+function benchConfig(run: string, policy: PolicyName): WispConfig {
+  return loadConfig({
     env: process.env,
     overrides: {
       redisKeyPrefix: `wisp-bench-${run}:`,
@@ -120,100 +145,152 @@ async function measure(devices: number): Promise<Figures> {
       worker: { id: `bench-${run}` },
     },
   });
-  const rounds = new Map<string, RoundTimes>();
+}
+
+/** p50/p99 of a bare broker hop (publish → consume), measured now, on a private queue. */
+async function hopFloor(config: WispConfig, n = 200): Promise<Summary> {
+  const a = await connectBroker(config.amqpUrl, { connectionName: 'bench-hop-a' });
+  const b = await connectBroker(config.amqpUrl, { connectionName: 'bench-hop-b' });
+  const q = deviceQueue(`benchhop-${randomUUID().slice(0, 8)}`);
+  const body = { v: 1, type: 'result', sessionId: 'e0a1b2c-0.1.abcdef', round: 3, accepted: 2, token: 55, verified: 3, committedLength: 40, queueMs: 0.1, verifyMs: 1.2, batchSize: 1, workerId: 'bench-worker' };
+  try {
+    await a.declareQueue(q);
+    let arrived: (() => void) | null = null;
+    const consumer = await b.consume(q, z.unknown(), () => arrived?.(), { prefetch: 16 });
+    const ms: number[] = [];
+    for (let i = 0; i < n + 20; i++) {
+      const got = new Promise<void>((resolve) => (arrived = resolve));
+      const t0 = now();
+      const confirmed = a.publish(q, body);
+      await got;
+      if (i >= 20) ms.push(now() - t0);
+      await confirmed;
+    }
+    await consumer.cancel();
+    return summarize(ms);
+  } finally {
+    await a.deleteQueue(q).catch(() => {});
+    await a.close();
+    await b.close();
+  }
+}
+
+interface Figures {
+  devices: number;
+  rounds: number;
+  batchSize: Summary;
+  rtt: Summary;
+  waiting: Summary;
+  model: Summary;
+  overhead: Summary;
+  overheadFromResult: Summary;
+  hop: Summary;
+  /** Where the overhead goes, by segment of the path (p50s). */
+  parts: Record<string, Summary>;
+}
+
+async function measure(devices: number, policy: PolicyName, maxNewTokens: number, sessionsPerDevice: number, inProcess: boolean): Promise<Figures> {
+  const run = randomUUID().slice(0, 8);
+  const config = benchConfig(run, policy);
+  const server = new Map<string, ServerRound>();
   const modelMs = new Map<string, number>();
+  const deviceRounds: DeviceRound[] = [];
   const entry = (key: string) => {
-    let r = rounds.get(key);
-    if (!r) rounds.set(key, (r = {}));
+    let r = server.get(key);
+    if (!r) server.set(key, (r = {}));
     return r;
   };
-  const now = () => wallClock.now();
 
   const client = await connectBroker(config.amqpUrl, { connectionName: `bench-overhead-${run}` });
   await client.purgeQueue(PROMPTS_QUEUE);
   await client.purgeQueue(SCHEDULER_QUEUE);
-  const up = await runUp(config, {
-    devices,
-    workers: 1,
-    hooks: {
-      onBatch: (report) => modelMs.set(report.batchId, report.actualMs),
-      wrapBroker: (role, broker) => {
-        if (role === 'edge') {
-          return tap(
+  const started: Running[] = [];
+  let child: ChildProcess | null = null;
+  try {
+    started.push(
+      await runScheduler(config, undefined, {
+        wrapBroker: (_role, broker) =>
+          tap(
             broker,
-            (_q, m) => {
-              const v = m as VerifyRequest;
-              if (v.type === 'verify') entry(`${v.sessionId}:${v.round}`).sentMs ??= now();
-            },
-            (_q, m) => {
-              const r = m as VerifyResult;
-              if (r.type !== 'result' || r.round < 1) return;
-              const e = entry(`${r.sessionId}:${r.round}`);
-              if (e.receivedMs === undefined) {
-                e.receivedMs = now();
-                e.result = r;
-              }
-            },
-          );
-        }
-        if (role === 'scheduler') {
-          return tap(
-            broker,
-            (_q, m) => {
+            (m) => {
               const b = m as VerifyBatch;
               if (b.type !== 'batch') return;
+              const t = now();
               for (const item of b.items) {
                 if (item.request.type !== 'verify') continue;
                 const e = entry(`${item.request.sessionId}:${item.request.round}`);
                 e.arrivedAtMs = item.arrivedAtMs;
                 e.dispatchedAtMs = b.dispatchedAtMs;
                 e.batchId = b.batchId;
-                e.batchSentMs = now();
+                e.batchSentMs ??= t;
               }
             },
-            (_q, m) => {
+            (m) => {
               const v = m as VerifyRequest;
               if (v.type === 'verify') entry(`${v.sessionId}:${v.round}`).atSchedulerMs ??= now();
             },
-          );
-        }
-        if (role === 'verifier') {
-          return tap(
-            broker,
-            (_q, m) => {
-              const r = m as VerifyResult;
-              if (r.type === 'result' && r.round >= 1) entry(`${r.sessionId}:${r.round}`).resultSentMs ??= now();
-            },
-            (_q, m) => {
-              const b = m as VerifyBatch;
-              if (b.type !== 'batch') return;
-              const t = now();
-              for (const item of b.items) if (item.request.type === 'verify') entry(`${item.request.sessionId}:${item.request.round}`).atWorkerMs ??= t;
-            },
-          );
-        }
-        return broker;
-      },
-    },
-  });
-  const wispClient = new WispClient(client, `bench-${run}`);
-  await wispClient.start();
-  const started = now();
-  try {
-    // Warm-up: one short session per device (model caches, JIT, connections).
-    await Promise.all(Array.from({ length: devices }, (_, i) => wispClient.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens: 8 })));
-    rounds.clear();
-    const results = await Promise.all(
-      Array.from({ length: devices * sessionsPerDevice }, (_, i) => wispClient.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens }, 300_000)),
+          ),
+      }),
     );
-    const failed = results.filter((r) => r.error);
-    if (failed.length) throw new Error(`${failed.length} sessions failed, first: ${JSON.stringify(failed[0].error)}`);
+    started.push(
+      await runVerifier(config, {
+        workerId: `bench-${run}`,
+        hooks: {
+          onBatch: (report) => modelMs.set(report.batchId, report.actualMs),
+          wrapBroker: (_role, broker) =>
+            tap(
+              broker,
+              (m) => {
+                const r = m as VerifyResult;
+                if (r.type === 'result' && r.round >= 1) entry(`${r.sessionId}:${r.round}`).resultSentMs ??= now();
+              },
+              (m) => {
+                const b = m as VerifyBatch;
+                if (b.type !== 'batch') return;
+                const t = now();
+                for (const item of b.items) if (item.request.type === 'verify') entry(`${item.request.sessionId}:${item.request.round}`).atWorkerMs ??= t;
+              },
+            ),
+        },
+      }),
+    );
+    if (inProcess) {
+      started.push(await startDevices(config, devices, (r) => deviceRounds.push(r)));
+    } else {
+      child = fork(process.argv[1], ['--devices-child', JSON.stringify({ run, policy, devices })], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      await new Promise<void>((resolve, reject) => {
+        child!.on('message', (m: { type: string; round?: DeviceRound }) => {
+          if (m.type === 'ready') resolve();
+          else if (m.type === 'round' && m.round) deviceRounds.push(m.round);
+        });
+        child!.once('exit', (code) => reject(new Error(`device process exited with ${code}`)));
+      });
+    }
+    const wispClient = new WispClient(client, `bench-${run}`);
+    await wispClient.start();
+    try {
+      // Warm-up: one short session per device (model caches, JIT, connections).
+      await Promise.all(Array.from({ length: devices }, (_, i) => wispClient.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens: 8 }, 120_000)));
+      await new Promise((r) => setTimeout(r, 200)); // late round reports of the warm-up
+      deviceRounds.length = 0;
+      const results = await Promise.all(
+        Array.from({ length: devices * sessionsPerDevice }, (_, i) => wispClient.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens }, 300_000)),
+      );
+      const failed = results.filter((r) => r.error);
+      if (failed.length) throw new Error(`${failed.length} sessions failed, first: ${JSON.stringify(failed[0].error)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      await wispClient.close();
+    }
   } finally {
-    await wispClient.close();
-    await up.stop();
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child!.once('exit', r));
+      child.send({ type: 'stop' });
+      await exited;
+    }
+    for (const r of started.reverse()) await r.stop().catch(() => {});
     await client.close();
   }
-  const wallS = (now() - started) / 1_000;
 
   const rtt: number[] = [];
   const waiting: number[] = [];
@@ -222,27 +299,29 @@ async function measure(devices: number): Promise<Figures> {
   const fromResult: number[] = [];
   const batchSize: number[] = [];
   const parts: Record<string, number[]> = { up: [], scheduler: [], toWorker: [], workerStart: [], execNonModel: [], ledgerAndReply: [], down: [] };
-  for (const e of rounds.values()) {
-    if (e.sentMs === undefined || e.receivedMs === undefined || !e.result || e.dispatchedAtMs === undefined || e.arrivedAtMs === undefined) continue;
-    const m = e.batchId !== undefined ? modelMs.get(e.batchId) : undefined;
+  for (const d of deviceRounds) {
+    const s = server.get(d.key);
+    if (!s || s.dispatchedAtMs === undefined || s.arrivedAtMs === undefined || s.batchId === undefined) continue;
+    const m = modelMs.get(s.batchId);
     if (m === undefined) continue;
-    const r = e.receivedMs - e.sentMs;
-    const w = e.dispatchedAtMs - e.arrivedAtMs;
+    const r = d.receivedMs - d.sentMs;
+    const w = s.dispatchedAtMs - s.arrivedAtMs;
     rtt.push(r);
     waiting.push(w);
     model.push(m);
     overhead.push(r - w - m);
-    fromResult.push(r - e.result.queueMs - e.result.verifyMs);
-    batchSize.push(e.result.batchSize);
-    if (e.atSchedulerMs !== undefined && e.batchSentMs !== undefined && e.atWorkerMs !== undefined && e.resultSentMs !== undefined) {
-      const startedMs = e.arrivedAtMs + e.result.queueMs;
-      parts.up.push(e.atSchedulerMs - e.sentMs);
-      parts.scheduler.push(e.batchSentMs - e.atSchedulerMs - w);
-      parts.toWorker.push(e.atWorkerMs - e.batchSentMs);
-      parts.workerStart.push(startedMs - e.atWorkerMs);
-      parts.execNonModel.push(e.result.verifyMs - m);
-      parts.ledgerAndReply.push(e.resultSentMs - startedMs - e.result.verifyMs);
-      parts.down.push(e.receivedMs - e.resultSentMs);
+    fromResult.push(r - d.result.queueMs - d.result.verifyMs);
+    batchSize.push(d.result.batchSize);
+    if (s.atSchedulerMs !== undefined && s.batchSentMs !== undefined && s.atWorkerMs !== undefined && s.resultSentMs !== undefined) {
+      // Across the two processes: both clocks are the host's wall clock (performance.timeOrigin).
+      const startedMs = s.arrivedAtMs + d.result.queueMs;
+      parts.up.push(s.atSchedulerMs - d.sentMs);
+      parts.scheduler.push(s.batchSentMs - s.atSchedulerMs - w);
+      parts.toWorker.push(s.atWorkerMs - s.batchSentMs);
+      parts.workerStart.push(startedMs - s.atWorkerMs);
+      parts.execNonModel.push(d.result.verifyMs - m);
+      parts.ledgerAndReply.push(s.resultSentMs - startedMs - d.result.verifyMs);
+      parts.down.push(d.receivedMs - s.resultSentMs);
     }
   }
   return {
@@ -254,28 +333,44 @@ async function measure(devices: number): Promise<Figures> {
     model: summarize(model),
     overhead: summarize(overhead),
     overheadFromResult: summarize(fromResult),
+    hop: await hopFloor(config),
     parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, summarize(v)])),
-    wallS,
   };
+}
+
+/** Child mode: the device fleet, reporting each round's device-side stamps to the parent. */
+async function deviceChild(arg: string): Promise<void> {
+  const { run, policy, devices } = JSON.parse(arg) as { run: string; policy: PolicyName; devices: number };
+  const edge = await startDevices(benchConfig(run, policy), devices, (round) => process.send!({ type: 'round', round }));
+  process.on('message', (m: { type: string }) => {
+    if (m.type === 'stop') void edge.stop().finally(() => process.exit(0));
+  });
+  process.send!({ type: 'ready' });
 }
 
 const fmt = (s: Summary) => `${s.p50.toFixed(2).padStart(7)} ${s.p99.toFixed(2).padStart(7)}`;
 
 async function main(): Promise<void> {
+  const deviceCounts = values.devices.split(',').map(Number);
+  const maxNewTokens = Number(values.tokens);
+  const sessionsPerDevice = Number(values.sessions);
+  const policy = values.policy as PolicyName;
+  if (!POLICIES.includes(policy) || policy === 'centralized') throw new Error(`--policy must be wisp or sled (rounds are what is measured), got ${values.policy}`);
+  if (deviceCounts.some((d) => !Number.isInteger(d) || d < 1)) throw new Error(`--devices must list positive integers, got ${values.devices}`);
   const all: Figures[] = [];
-  for (const d of deviceCounts) all.push(await measure(d));
-  console.log(`verification round overhead, policy ${policy}, ${maxNewTokens} tokens × ${sessionsPerDevice} sessions per device, timeScale 0, ms (p50 p99)`);
-  console.log('devices rounds batch(p50)      rtt p50/p99   waiting p50/p99  model p50/p99  OVERHEAD p50/p99  rtt−queueMs−verifyMs');
+  for (const d of deviceCounts) all.push(await measure(d, policy, maxNewTokens, sessionsPerDevice, values['in-process']));
+  console.log(
+    `verification round overhead, policy ${policy}, ${maxNewTokens} tokens × ${sessionsPerDevice} sessions per device, timeScale 0, devices ${values['in-process'] ? 'in this process' : 'in a child process'}; ms, p50 p99`,
+  );
+  console.log('devices rounds batch(p50)      rtt p50/p99   waiting p50/p99    model p50/p99  OVERHEAD p50/p99  rtt−queueMs−verifyMs  1 broker hop');
   for (const f of all) {
     console.log(
-      `${String(f.devices).padStart(7)} ${String(f.rounds).padStart(6)} ${f.batchSize.p50.toFixed(0).padStart(10)}  ${fmt(f.rtt)}  ${fmt(f.waiting)}  ${fmt(f.model)}  ${fmt(f.overhead)}  ${fmt(f.overheadFromResult)}`,
+      `${String(f.devices).padStart(7)} ${String(f.rounds).padStart(6)} ${f.batchSize.p50.toFixed(0).padStart(10)}  ${fmt(f.rtt)}  ${fmt(f.waiting)}  ${fmt(f.model)}  ${fmt(f.overhead)}  ${fmt(f.overheadFromResult)}       ${fmt(f.hop)}`,
     );
   }
-  for (const f of all) {
-    console.log(`  ${f.devices} device(s), p50 by segment: ${Object.entries(f.parts).map(([k, v]) => `${k} ${v.p50.toFixed(2)}`).join(', ')}`);
-  }
-  const goal = all.every((f) => f.overhead.p50 <= 1.5);
-  console.log(`goal p50 overhead ≤ 1.5 ms: ${goal ? 'met' : 'missed'}`);
+  for (const f of all) console.log(`  ${f.devices} device(s), p50 by segment: ${Object.entries(f.parts).map(([k, v]) => `${k} ${v.p50.toFixed(2)}`).join(', ')}`);
+  console.log(`goal p50 overhead ≤ 1.5 ms: ${all.every((f) => f.overhead.p50 <= 1.5) ? 'met' : 'missed'}`);
 }
 
-await main();
+if (values['devices-child'] !== undefined) await deviceChild(values['devices-child']);
+else await main();

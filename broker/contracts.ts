@@ -166,6 +166,8 @@ export const TokenChunkSchema = z.object({
   sessionId: id,
   tokens: z.array(tokenId),
   text: z.string(),
+  /** Tokens sent before this chunk: a client drops a chunk it already has (a resend after a broker restart). */
+  offset: z.number().int().min(0).optional(),
   done: z.boolean(),
   stats: SessionStatsSchema.optional(),
 });

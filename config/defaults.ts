@@ -69,7 +69,7 @@ export const DEFAULT_CONFIG: WispConfig = {
     truncation: true,
     pipelinedDrafting: false,
   },
-  controller: { kMax: 8, threshold: 0.4 },
+  controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
   worker: { idleEvictMs: 60_000, heartbeatMs: 1_000, heartbeatTtlMs: 5_000 },
   edge: { verifyTimeoutMs: 5_000, maxRetries: 3 },
   sessionTtlMs: 600_000,

@@ -116,8 +116,10 @@ export const WispConfigSchema = z
     controller: z.strictObject({
       /** Most draft tokens per round. */
       kMax: posInt(),
-      /** Stop drafting when the predicted acceptance of the next token falls below this. */
+      /** SLED: stop drafting when a token's top-1 probability is below this (confidence threshold). */
       threshold: unit(),
+      /** WISP: drop a drafted token whose predicted acceptance is below this (the rest is decided by rate). */
+      minAcceptance: unit(),
     }),
     worker: z.strictObject({
       /** Stable id of this verifier worker (names its queue); unset: the role makes one. */

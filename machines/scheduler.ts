@@ -92,6 +92,8 @@ export type SchedulerEvent =
   | { type: 'WORKER_STATUS'; message: WorkerStatus; atMs: number }
   | { type: 'WORKER_LOST'; workerId: string; atMs: number }
   | { type: 'WAKE'; atMs: number }
+  /** A batch could not be handed to the broker: its worker is free again and its requests wait again. */
+  | { type: 'DISPATCH_FAILED'; batch: VerifyBatch; atMs: number }
   /** Forget sessions with no request for longer than `idleMs` (their device vanished; the worker evicts them too). */
   | { type: 'EXPIRE_IDLE'; atMs: number; idleMs: number }
   | { type: 'RESTORE_ESTIMATOR'; workerId: string; estimator: EstimatorState };
@@ -102,6 +104,8 @@ export interface RefusalParams {
   message: string;
   sessionId: string;
   round?: number;
+  /** The refused request itself, for the dead-letter queue (DESIGN §3). */
+  request?: SessionOpen | VerifyRequest;
 }
 
 const notProvided = (name: string) => () => {
@@ -169,7 +173,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     const served = [...new Set(workers.map((x) => x.model))].join(', ');
     effects.push({
       kind: 'refuse',
-      params: { replyTo: m.replyTo, code: 'unknown_model', message: `no worker serves model "${m.targetModel}" (served: ${served})`, sessionId: m.sessionId, round: 0 },
+      params: { replyTo: m.replyTo, code: 'unknown_model', message: `no worker serves model "${m.targetModel}" (served: ${served})`, sessionId: m.sessionId, round: 0, request: m },
     });
     return;
   }
@@ -182,6 +186,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
         message: `prompt of ${m.promptTokens.length} tokens does not fit the ${w.maxPositions}-token context of model "${w.model}"`,
         sessionId: m.sessionId,
         round: 0,
+        request: m,
       },
     });
     return;
@@ -209,7 +214,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
 function refuseNotOwner(m: SessionOpen | VerifyRequest, effects: Effect[]): void {
   effects.push({
     kind: 'refuse',
-    params: { replyTo: m.replyTo, code: 'not_owner', message: `session ${m.sessionId} belongs to another device`, sessionId: m.sessionId, round: m.type === 'open' ? 0 : m.round },
+    params: { replyTo: m.replyTo, code: 'not_owner', message: `session ${m.sessionId} belongs to another device`, sessionId: m.sessionId, round: m.type === 'open' ? 0 : m.round, request: m },
   });
 }
 
@@ -535,6 +540,16 @@ function transition(ctx: SchedulerContext, event: SchedulerEvent, owned: boolean
     case 'EXPIRE_IDLE':
       expireIdle(ctx, event.atMs, event.idleMs);
       break;
+    case 'DISPATCH_FAILED': {
+      const w = ctx.workers[event.batch.workerId];
+      if (w?.inflight?.batchId === event.batch.batchId) ctx.workers[w.workerId] = { ...w, ready: true, inflight: null };
+      // A copy the broker redelivers later replaces these (same request ids), so nothing runs twice here.
+      for (const item of event.batch.items) {
+        if (item.request.type === 'open') acceptOpen(ctx, item.request, item.arrivedAtMs, effects);
+        else acceptVerify(ctx, item.request, item.arrivedAtMs, effects);
+      }
+      break;
+    }
     case 'RESTORE_ESTIMATOR': {
       const w = ctx.workers[event.workerId];
       if (w) ctx.workers[event.workerId] = { ...w, estimator: event.estimator };

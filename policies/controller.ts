@@ -1,18 +1,16 @@
 /**
  * Speculation controller (device side, DESIGN §5): decides after each drafted token whether to
- * keep drafting. Tokens drafted past the first one the target rejects are wasted device time,
- * so drafting should stop just before the likely first rejection.
+ * keep it and whether to draft another. Tokens drafted past the first one the target rejects
+ * are wasted device time, so drafting should stop just before the likely first rejection —
+ * and earlier on a slow device, where each token costs more of the round.
  *
  * Two controllers behind one interface:
  * - `wisp` (learned): a logistic regression on the draft's own statistics of the token
  *   (top-1 probability, top-1 − top-2 margin, entropy, logit spread, position) estimates
  *   P(accepted | the earlier drafts were accepted). It starts from hand-set weights that rise
  *   with confidence and learns online (SGD on log-loss, fixed rate) from every verify result.
- *   Stop when the estimate for the next token falls below a threshold, or at K_max. The
- *   threshold falls as the expected queueing delay grows:
- *       threshold(q) = max(minThreshold, threshold · queueRefMs / (queueRefMs + q))
- *   — while the server is busy the request would wait anyway, so a longer draft costs little
- *   latency and a lower bar buys expected tokens.
+ *   Whether to draft on is a rate decision (`decideDraftStep`): another token must add more
+ *   expected committed tokens per ms of device time than the round delivers on average.
  * - `sled` (baseline): stop when the token's top-1 probability is below a confidence threshold,
  *   or at K_max. No learning; its acceptance estimate is the top-1 probability itself.
  *
@@ -34,12 +32,8 @@ export interface WispControllerState {
   learningRate: number;
   /** L2 pull toward zero per update (not on the bias). */
   l2: number;
-  /** Stop below this predicted acceptance when the server is idle. */
-  threshold: number;
-  /** The queue-adjusted threshold never goes below this. */
+  /** A drafted token predicted below this is dropped (it would only lengthen verification). */
   minThreshold: number;
-  /** Expected queueing delay at which the threshold halves, ms. */
-  queueRefMs: number;
   /** Most drafts per round. */
   kMax: number;
   /** Labelled tokens learnt from so far. */
@@ -59,18 +53,9 @@ export type ControllerOptions =
   | ({ kind: 'wisp' } & Partial<Omit<WispControllerState, 'kind' | 'updates'>>)
   | ({ kind: 'sled' } & Partial<Omit<SledControllerState, 'kind'>>);
 
-export interface StopQuery {
-  /** Predicted acceptance of the token just drafted (predictAcceptance of its features). */
-  nextPrediction: number;
-  /** Its 0-based position in the round = drafts already kept. */
-  position: number;
-  /** Expected wait of the request in the server's queue, ms (0 when unknown). */
-  expectedQueueMs?: number;
-}
-
 /**
  * A fresh controller. WISP defaults: weights DEFAULT_CONTROLLER_WEIGHTS, learningRate 0.05,
- * l2 0, threshold 0.5, minThreshold 0.2, queueRefMs 100, kMax 8. SLED defaults:
+ * l2 0, minThreshold 0.2, kMax 8. SLED defaults:
  * confidenceThreshold 0.5, kMax 8.
  * @throws PolicyConfigError on out-of-range options
  */
@@ -91,17 +76,13 @@ export function createControllerState(opts: ControllerOptions = { kind: 'wisp' }
     weights,
     learningRate: opts.learningRate ?? 0.05,
     l2: opts.l2 ?? 0,
-    threshold: opts.threshold ?? 0.5,
     minThreshold: opts.minThreshold ?? 0.2,
-    queueRefMs: opts.queueRefMs ?? 100,
     kMax,
     updates: 0,
   };
-  checkProbability('threshold', state.threshold);
   checkProbability('minThreshold', state.minThreshold);
   if (!(state.learningRate >= 0)) throw new PolicyConfigError(`learningRate must be ≥ 0, got ${state.learningRate}`);
   if (!(state.l2 >= 0)) throw new PolicyConfigError(`l2 must be ≥ 0, got ${state.l2}`);
-  if (!(state.queueRefMs > 0)) throw new PolicyConfigError(`queueRefMs must be > 0, got ${state.queueRefMs}`);
   return state;
 }
 
@@ -140,23 +121,6 @@ export function learnFromRound(state: ControllerState, features: readonly DraftT
   return { ...state, weights: w, updates };
 }
 
-/** The stop bar for the WISP (learned) controller at an expected queueing delay (see file comment). */
-export function effectiveThreshold(state: WispControllerState, expectedQueueMs = 0): number {
-  const q = Math.max(0, Number.isFinite(expectedQueueMs) ? expectedQueueMs : 0);
-  return Math.max(state.minThreshold, (state.threshold * state.queueRefMs) / (state.queueRefMs + q));
-}
-
-/**
- * Whether to stop drafting instead of keeping the token at `position`: true at K_max
- * (`position ≥ kMax`) or when `nextPrediction` is below the bar — the queue-adjusted
- * threshold (WISP) or the confidence threshold on top-1 probability (SLED).
- */
-export function shouldStopDrafting(state: ControllerState, q: StopQuery): boolean {
-  if (q.position >= state.kMax) return true;
-  const bar = state.kind === 'sled' ? state.confidenceThreshold : effectiveThreshold(state, q.expectedQueueMs ?? 0);
-  return !(q.nextPrediction >= bar);
-}
-
 function checkProbability(name: string, v: number): void {
   if (!(v >= 0 && v <= 1)) throw new PolicyConfigError(`${name} must be in [0, 1], got ${v}`);
 }
@@ -169,4 +133,60 @@ function dot(a: readonly number[], b: readonly number[]): number {
 
 function sigmoid(z: number): number {
   return z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z));
+}
+
+/** What the drafter knows when it must decide about the token it just drafted. */
+export interface DraftStepQuery {
+  /** Predicted acceptance of the token just drafted (given the earlier ones were accepted). */
+  prediction: number;
+  /** Its 0-based position in the round. */
+  position: number;
+  /** Predictions of the tokens already kept this round, in order. */
+  keptPredictions: readonly number[];
+  /** The device's time per drafted token, ms. */
+  draftMsPerToken: number;
+  /** Expected time from sending the round to its result (network, queueing, verification), ms. */
+  roundOverheadMs: number;
+}
+
+/** keep: keep the token and draft on; keepAndStop: keep it and send; dropAndStop: drop it and send. */
+export type DraftStep = 'keep' | 'keepAndStop' | 'dropAndStop';
+
+/**
+ * The drafting decision after each drafted token (pure).
+ *
+ * - The first token of a round is always kept: the round happens anyway, and its verdict is
+ *   the label that keeps the controller learning.
+ * - SLED: keep and go on while the token's top-1 probability reaches the confidence threshold;
+ *   otherwise drop it and send.
+ * - WISP: drop a token predicted below `minThreshold` (it would only make verification longer).
+ *   Otherwise keep it, and draft another only if that pays: with P_i the probability that the
+ *   first i drafts are all accepted, a round of k drafts commits E_k = 1 + Σ_{i≤k} P_i tokens in
+ *   T_k = k·d + O ms (d per drafted token, O the round's overhead). Drafting one more adds about
+ *   P_k·a_k (the next token predicted like this one) for d more ms, so go on while
+ *   P_k·a_k / d ≥ E_k / T_k. A slow device stops earlier, a busy server (large O) makes longer
+ *   drafts worth it, and a confident run of tokens drafts on — this replaces a fixed threshold.
+ * - K_max is the caller's bound (it never drafts past it).
+ */
+export function decideDraftStep(state: ControllerState, q: DraftStepQuery): DraftStep {
+  const atLimit = q.position + 1 >= state.kMax;
+  if (state.kind === 'sled') {
+    if (q.position > 0 && !(q.prediction >= state.confidenceThreshold)) return 'dropAndStop';
+    return atLimit || !(q.prediction >= state.confidenceThreshold) ? 'keepAndStop' : 'keep';
+  }
+  if (q.position > 0 && !(q.prediction >= state.minThreshold)) return 'dropAndStop';
+  if (atLimit) return 'keepAndStop';
+  let p = 1;
+  let expected = 1;
+  for (const a of [...q.keptPredictions, q.prediction]) {
+    p *= clamp01(a);
+    expected += p;
+  }
+  const d = Math.max(1e-6, q.draftMsPerToken);
+  const roundMs = (q.keptPredictions.length + 1) * d + Math.max(0, q.roundOverheadMs);
+  return p * clamp01(q.prediction) * roundMs >= expected * d ? 'keep' : 'keepAndStop';
+}
+
+function clamp01(x: number): number {
+  return Number.isFinite(x) ? Math.min(1, Math.max(0, x)) : 0;
 }

@@ -31,7 +31,7 @@ import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import { deviceEnergyJ, sessionStats } from '../actors/edge/device.ts';
 import { commitTokens, countRound, type DraftOutput, type EdgeSessionContext } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
-import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../policies/controller.ts';
+import { createControllerState, decideDraftStep, learnFromRound, predictAcceptance, type ControllerState } from '../policies/controller.ts';
 import type { BatchShape } from '../policies/types.ts';
 import type { DraftedTokenDraw } from './acceptance.ts';
 import { EventQueue } from './event-queue.ts';
@@ -61,16 +61,18 @@ interface SimSession {
 }
 
 interface SimDevice {
-  index: number;
   id: string;
   cls: DeviceClassSpec;
   controller: ControllerState | null;
-  /** EWMA of reported queueing delay, ms (as actors/edge/device.ts keeps it). */
-  expectedQueueMs: number;
+  /** EWMA of a round's overhead (send → result), ms, as actors/edge/device.ts keeps it. */
+  roundOverheadMs: number;
+  /** When the current round's verification was sent. */
+  verifySentAtMs: number;
   workload: Rng;
   tokens: Rng;
   network: Rng;
   session: SimSession | null;
+  /** Sessions started so far (numbers the session ids). */
   sessions: number;
   /** Latest arrival on each direction of the device's link (messages stay in order). */
   upLastMs: number;
@@ -110,11 +112,12 @@ type SimEvent =
  * Keeps drafted token `d` at the next position of `out` unless the controller stops first (its
  * time is then discarded) — SessionDrafter's #keep. Returns whether drafting may go on.
  */
-function keepDraft(out: DraftOutput, outcomes: boolean[], ctl: ControllerState, expectedQueueMs: number, d: DraftedTokenDraw, ms: number): boolean {
+function keepDraft(out: DraftOutput, outcomes: boolean[], ctl: ControllerState, roundOverheadMs: number, d: DraftedTokenDraw, ms: number): boolean {
   const f = d.features;
   f.position = out.tokens.length;
   const prediction = predictAcceptance(ctl, f);
-  if (shouldStopDrafting(ctl, { nextPrediction: prediction, position: f.position, expectedQueueMs })) {
+  const step = decideDraftStep(ctl, { prediction, position: f.position, keptPredictions: out.predictedAcceptance, draftMsPerToken: ms, roundOverheadMs });
+  if (step === 'dropAndStop') {
     out.discardedDraftMs = (out.discardedDraftMs ?? 0) + ms;
     return false;
   }
@@ -123,7 +126,7 @@ function keepDraft(out: DraftOutput, outcomes: boolean[], ctl: ControllerState, 
   out.predictedAcceptance.push(prediction);
   out.draftMsPerToken.push(ms);
   outcomes.push(d.accepted);
-  return true;
+  return step === 'keep';
 }
 
 /** @throws SimConfigError on a configuration that cannot run */
@@ -219,15 +222,16 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   for (let i = 0; i < c.devices; i++) {
     const cls = c.classes[classIndex[i]];
     const dev: SimDevice = {
-      index: i,
       id: `d${i}`,
       cls,
       controller: !speculative
         ? null
         : c.policy === 'sled'
           ? createControllerState({ kind: 'sled', kMax: c.controller.kMax, confidenceThreshold: c.controller.threshold })
-          : createControllerState({ kind: 'wisp', kMax: c.controller.kMax, threshold: c.controller.threshold }),
-      expectedQueueMs: 0,
+          : createControllerState({ kind: 'wisp', kMax: c.controller.kMax, minThreshold: c.controller.minAcceptance }),
+      // The live device's starting guess: round trip plus 50 ms of server time (times are real-world here).
+      roundOverheadMs: cls.profile.rttMs + 50,
+      verifySentAtMs: 0,
       workload: new Rng(deriveSeed(c.seed, STREAMS.workload, i)),
       tokens: new Rng(deriveSeed(c.seed, STREAMS.tokens, i)),
       network: new Rng(deriveSeed(c.seed, STREAMS.network, i)),
@@ -527,7 +531,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         const reusable = Math.min(drafted - 1, maxDraft);
         for (let i = 0; i < reusable && carryOn; i++) {
           const before = out.tokens.length;
-          carryOn = keepDraft(out, outcomes, ctl, dev.expectedQueueMs, acc.draw(dev.tokens, s.offset, i), msPerToken);
+          carryOn = keepDraft(out, outcomes, ctl, dev.roundOverheadMs, acc.draw(dev.tokens, s.offset, i), msPerToken);
           if (out.tokens.length > before) usedMs += msPerToken;
         }
         if (out.tokens.length < reusable) carryOn = false;
@@ -538,7 +542,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     while (carryOn && out.tokens.length < maxDraft) {
       const d = acc.draw(dev.tokens, s.offset, out.tokens.length);
       t += msPerToken;
-      carryOn = keepDraft(out, outcomes, ctl, dev.expectedQueueMs, d, msPerToken);
+      carryOn = keepDraft(out, outcomes, ctl, dev.roundOverheadMs, d, msPerToken);
     }
     ctx.draft = out;
     s.outcomes = outcomes;
@@ -555,6 +559,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       replyTo: dev.id,
       sentAtMs: t,
     };
+    dev.verifySentAtMs = t;
     const arrive = upArrival(dev, t);
     q.push(arrive, { k: 'sched', ev: { type: 'VERIFY', message: request, atMs: arrive } });
     if (pipelining && out.tokens.length > 0) {
@@ -583,7 +588,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const draft = ctx.draft;
       // roundVerified: the controller learns; the expected queueing delay follows the reports.
       dev.controller = learnFromRound(dev.controller!, draft.features, r.accepted, r.verified);
-      dev.expectedQueueMs = 0.8 * dev.expectedQueueMs + 0.2 * r.queueMs;
+      dev.roundOverheadMs = 0.8 * dev.roundOverheadMs + 0.2 * (now - dev.verifySentAtMs);
       const accepted = Math.min(r.accepted, r.verified, draft.tokens.length);
       s.allAccepted = accepted === draft.tokens.length;
       // The simulator owns this context, so it appends in place (the machine copies).

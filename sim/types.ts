@@ -66,7 +66,7 @@ export interface SimRunConfig {
   scheduler: SchedulerKnobs;
   /** Device drafts the next round while the current one is verified (an extra of ours; WISP only). */
   pipelinedDrafting: boolean;
-  controller: { kMax: number; threshold: number };
+  controller: { kMax: number; threshold: number; minAcceptance: number };
   classes: DeviceClassSpec[];
   workload: WorkloadSpec;
   server: ServerSpec;

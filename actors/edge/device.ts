@@ -22,7 +22,7 @@ import type { DecoderRunner } from '../../inference/types.ts';
 import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
-import { createControllerState, learnFromRound, predictAcceptance, shouldStopDrafting, type ControllerState } from '../../policies/controller.ts';
+import { createControllerState, decideDraftStep, learnFromRound, predictAcceptance, type ControllerState } from '../../policies/controller.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startDraftSpan, startRoundSpan, startSessionSpan, type SpanHandle } from '../../telemetry/spans.ts';
@@ -84,8 +84,12 @@ export class EdgeDevice {
   readonly id: string;
   #opts: EdgeDeviceOptions;
   #controller: ControllerState;
-  /** EWMA of the queueing delay results report, ms: the controller drafts more when it is high. */
-  #expectedQueueMs = 0;
+  /**
+   * EWMA of a round's overhead, ms: from sending a verification to its result (network,
+   * queueing, verification). The controller weighs drafting one more token against it.
+   * Starts at a guess: the profile's round trip plus 50 real-world ms of server time.
+   */
+  #roundOverheadMs: number;
   #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; lastDeliveryAtMs: number }>();
   #consumer: ConsumerHandle | null = null;
   #busy: Promise<unknown> = Promise.resolve();
@@ -99,6 +103,7 @@ export class EdgeDevice {
     this.#opts = opts;
     this.#controller = opts.controller;
     this.#random = opts.random ?? Math.random;
+    this.#roundOverheadMs = (opts.profile.rttMs + 50) * opts.timeScale;
   }
 
   async start(): Promise<void> {
@@ -153,7 +158,10 @@ export class EdgeDevice {
     const log = o.logger.child({ sessionId, requestId: prompt.requestId });
     const sampling: Sampling = prompt.sampling ?? { temperature: 0, topP: 1, seed: 0 };
     const slo = prompt.slo ?? o.defaultSlo;
-    const reply = (m: ClientInbox) => o.broker.publish(prompt.replyTo, m).catch((err: Error) => log.warn({ err: err.message }, 'client reply failed'));
+    // Everything for the client goes out in order, each message resent until the broker confirms
+    // it, so a broker restart loses no token; chunks carry `offset` so a copy is dropped.
+    let replies: Promise<void> = Promise.resolve();
+    const reply = (m: ClientInbox): Promise<void> => (replies = replies.then(() => publishUntilConfirmed(o.broker, prompt.replyTo, m, log)));
 
     let promptTokens: number[];
     try {
@@ -193,12 +201,15 @@ export class EdgeDevice {
 
     const stopRule: DraftStopRule = {
       predict: (f) => predictAcceptance(this.#controller, f),
-      shouldStop: (prediction, f) => shouldStopDrafting(this.#controller, { nextPrediction: prediction, position: f.position, expectedQueueMs: this.#expectedQueueMs }),
+      decide: (prediction, f, keptPredictions) =>
+        decideDraftStep(this.#controller, { prediction, position: f.position, keptPredictions, draftMsPerToken: paceMsPerToken, roundOverheadMs: this.#roundOverheadMs }),
     };
     const paceMsPerToken = o.profile.draftMsPerToken * o.timeScale;
     const drafter = new SessionDrafter({ runner: o.draft, sampling, stopRule, paceMsPerToken, sleep: (ms) => clock.sleep(ms), now: () => clock.now(), eosTokenId: o.draft.info.eosTokenId });
     /** Context of the round being drafted/verified (prompt + generated). */
     let roundContext: number[] = promptTokens;
+    /** When the current round was first sent (its overhead is measured to the result). */
+    let verifySentAtMs: number | null = null;
     let text = '';
     const emitted: number[] = [];
 
@@ -223,6 +234,7 @@ export class EdgeDevice {
             rttMs: o.profile.rttMs * o.timeScale,
           })),
         sendVerify: (_, p) => {
+          verifySentAtMs = p.attempt === 0 ? clock.now() : null;
           const span = roundSpan(p.round);
           span.set({ [ATTR.drafted]: p.draft.tokens.length, [ATTR.attempt]: p.attempt });
           span.run(() => this.#sendUp({
@@ -253,7 +265,7 @@ export class EdgeDevice {
           const full = o.tokenizer.decode(emitted);
           const delta = full.slice(text.length);
           text = full;
-          void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, done: false });
+          void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, offset: emitted.length - p.tokens.length, done: false });
         },
         roundVerified: (_, p) => {
           o.metrics?.roundVerified({ drafted: p.draft.tokens.length, verified: p.result.verified, accepted: p.result.accepted });
@@ -263,7 +275,7 @@ export class EdgeDevice {
             const judged = Math.min(p.result.verified, p.draft.tokens.length, p.result.accepted + 1);
             for (let i = 0; i < judged; i++) o.onTokenJudged({ ...p.draft.features[i], accepted: i < p.result.accepted });
           }
-          this.#expectedQueueMs = 0.8 * this.#expectedQueueMs + 0.2 * p.result.queueMs;
+          if (verifySentAtMs !== null) this.#roundOverheadMs = 0.8 * this.#roundOverheadMs + 0.2 * (clock.now() - verifySentAtMs);
         },
       },
       actors: {
@@ -362,11 +374,33 @@ export class EdgeDevice {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: ctx.error.code, message: ctx.error.message, requestId: prompt.requestId, sessionId });
     } else {
-      await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', done: true, stats });
+      await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', offset: emitted.length, done: true, stats });
     }
     const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs };
     o.onServed?.(served);
     return served;
+  }
+}
+
+/**
+ * Publishes until the broker confirms (waiting out a broker restart), in at most `giveUpMs`.
+ * Gives up at once where resending cannot help: the queue is gone or may not be reached.
+ */
+async function publishUntilConfirmed(broker: BrokerClient, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<void> {
+  const deadline = Date.now() + giveUpMs;
+  for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2_000)) {
+    try {
+      await broker.publish(queue, message);
+      return;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      const final = code === 'unroutable' || code === 'forbidden_route' || code === 'too_large' || code === 'broker_closed';
+      if (final || Date.now() + delayMs > deadline) {
+        log.warn({ err: (err as Error).message, queue }, 'client reply failed');
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
   }
 }
 

@@ -14,13 +14,14 @@ import { rngFor } from '../../inference/rng.ts';
 import { DEFAULT_DRAFT_TOP_K, sampleDraftToken } from '../../inference/sampling.ts';
 import type { DraftInput, DraftOutput } from '../../machines/edge-session.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
+import type { DraftStep } from '../../policies/controller.ts';
 
 /** The controller as the drafter sees it (WISP's learned predictor or SLED's threshold). */
 export interface DraftStopRule {
   /** Predicted probability that this token is accepted (given the earlier ones were). */
   predict(features: DraftTokenFeatures): number;
-  /** True when drafting should stop instead of keeping this token (its prediction is too low, or K_max). */
-  shouldStop(prediction: number, features: DraftTokenFeatures): boolean;
+  /** What to do with the token just drafted, given the predictions of those kept before it. */
+  decide(prediction: number, features: DraftTokenFeatures, keptPredictions: readonly number[]): DraftStep;
 }
 
 export interface DrafterDeps {
@@ -97,15 +98,14 @@ export class SessionDrafter {
   }
 
   /**
-   * Adds `t` at `position` of the round to `out` unless the controller stops first.
-   * Returns false when drafting should end (stopped, K reached by the caller, or EOS).
+   * Adds `t` at `position` of the round to `out` unless the controller drops it.
+   * Returns false when drafting should end (the controller stops, or EOS).
    */
   #keep(out: DraftOutput, dists: SparseDist[], t: DraftedToken, position: number): boolean {
     const features: DraftTokenFeatures = { ...t.features, position };
     const prediction = this.#deps.stopRule.predict(features);
-    // The first token of a round is always sent: it costs the server almost nothing (the round
-    // happens anyway) and its verdict is the label that lets the controller keep learning.
-    if (position > 0 && this.#deps.stopRule.shouldStop(prediction, features)) {
+    const step = this.#deps.stopRule.decide(prediction, features, out.predictedAcceptance);
+    if (step === 'dropAndStop') {
       // The controller expects a rejection: drop the token; its time is wasted.
       out.discardedDraftMs = (out.discardedDraftMs ?? 0) + t.ms;
       return false;
@@ -115,7 +115,7 @@ export class SessionDrafter {
     out.predictedAcceptance.push(prediction);
     out.draftMsPerToken.push(t.ms);
     dists.push(t.dist);
-    return !(this.#deps.eosTokenId !== null && t.token === this.#deps.eosTokenId);
+    return step === 'keep' && !(this.#deps.eosTokenId !== null && t.token === this.#deps.eosTokenId);
   }
 
   /** Drafts up to `input.maxDraft` tokens on top of `input.context`, reusing a matching look-ahead. */

@@ -32,7 +32,7 @@ export interface EdgeFleetOptions {
   timeScale: number;
   policy: 'wisp' | 'sled' | 'centralized';
   pipelinedDrafting: boolean;
-  controller: { kMax: number; threshold: number };
+  controller: { kMax: number; threshold: number; minAcceptance: number };
   defaultSlo: Slo;
   verifyTimeoutMs: number;
   maxRetries: number;
@@ -84,7 +84,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       controller:
         opts.policy === 'sled'
           ? createControllerState({ kind: 'sled', kMax: opts.controller.kMax, confidenceThreshold: opts.controller.threshold })
-          : createControllerState({ kind: 'wisp', kMax: opts.controller.kMax, threshold: opts.controller.threshold }),
+          : createControllerState({ kind: 'wisp', kMax: opts.controller.kMax, minThreshold: opts.controller.minAcceptance }),
       draft: drafts.get(profile.draftModel)!,
       draftModelName: draftModelName(profile.draftModel),
       tokenizer,

@@ -10,6 +10,7 @@ import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemet
 import { createActor } from 'xstate';
 import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../broker/contracts.ts';
 import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
+import { UnroutableError } from '../../broker/errors.ts';
 import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
 import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
 import type { EstimatorState } from '../../policies/estimator.ts';
@@ -142,9 +143,14 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
             }
           },
           (err: Error) => {
-            // Not acked: the broker will redeliver these requests to a scheduler.
+            // Not acked: the requests stay held (the broker redelivers them if this connection
+            // dropped) and wait again here; the worker is free again. A worker whose queue is gone
+            // is lost: its sessions move.
             for (const k of keys) publishing.delete(k);
             log.error({ err: err.message, batchId: batch.batchId }, 'batch not published');
+            if (err instanceof UnroutableError) send({ type: 'WORKER_LOST', workerId: batch.workerId, atMs: clock.now() });
+            send({ type: 'DISPATCH_FAILED', batch, atMs: clock.now() });
+            releaseDropped();
           },
         );
       },
@@ -154,6 +160,8 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         void opts.broker
           .publish(p.replyTo, { v: PROTOCOL_VERSION, type: 'error', code: p.code, message: p.message, sessionId: p.sessionId, ...(p.round !== undefined ? { round: p.round } : {}) })
           .catch(() => {});
+        // Refused requests are kept with their reason, like malformed ones (DESIGN §3).
+        if (p.request) void opts.broker.deadLetter(SCHEDULER_QUEUE, p.request, `${p.code}: ${p.message}`).catch((err: Error) => log.warn({ err: err.message }, 'refused request not dead-lettered'));
         release(`${p.sessionId}:${p.round ?? 0}`);
       },
       persistEstimator: (_, p) => {

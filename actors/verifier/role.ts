@@ -75,8 +75,11 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
   const publishStatus = (s: WorkerStatus) =>
     opts.broker.publish(SCHEDULER_QUEUE, s).catch((err: Error) => log.warn({ err: err.message }, 'status not sent'));
 
+  /** The last batch this worker finished: heartbeats repeat it, so a lost status cannot leave the scheduler waiting. */
+  let lastDoneBatchId: string | undefined;
   const finish = (batchId: string | undefined) => {
     if (!batchId) return;
+    lastDoneBatchId = batchId;
     waiting.get(batchId)?.();
     waiting.delete(batchId);
   };
@@ -163,7 +166,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
     const snap = actor.getSnapshot();
     // A worker between or inside decode steps (centralized) takes a batch at once: 'ready'.
     // Reporting 'busy' there made the scheduler hold every new session until decoding ended.
-    const s = status(snap.matches('ready') || snap.matches('stepping') ? 'ready' : 'busy', null);
+    const s = status(snap.matches('ready') || snap.matches('stepping') ? 'ready' : 'busy', null, lastDoneBatchId);
     void publishStatus(s);
     void opts.heartbeat?.(s).catch((err: Error) => log.warn({ err: err.message }, 'heartbeat not stored'));
     actor.send({ type: 'TICK', nowMs: clock.now() });

@@ -30,6 +30,7 @@ interface SimFlags {
   agreement?: number;
   bMax?: number;
   waitMs?: number;
+  timeScale?: number;
   json?: boolean;
   out?: string;
 }
@@ -85,7 +86,7 @@ export function registerSim(program: Command): void {
     .description('discrete-event simulator: capacity and goodput of wisp, sled and centralized on simulated time (same scheduler and policies as the live system)')
     .option('--scenario <name>', 'built-in scenario: paper | tiny', 'paper')
     .option('--server-profile <csv>', 'server latency profile (format of data/verify-profile-h200.csv; default: that file, measured on an H200)')
-    .option('--model <name>', 'model rows of the profile to use (qwen3-32b | qwen3-8b)')
+    .option('--model <name>', 'model rows of the profile to use (qwen3-32b | qwen3-8b; "live" for a profile written by wisp bench)')
     .option('--workers <n>', 'verifier workers (servers)', positiveInt)
     .option('--devices <list>', 'concurrent devices per load, e.g. 4,8,16,32', deviceList)
     .option('--duration-s <s>', 'simulated seconds per load', positive)
@@ -103,6 +104,7 @@ export function registerSim(program: Command): void {
     .option('--agreement <p>', 'mean per-token acceptance of every class\'s draft (parametric model)', unitOpen)
     .option('--b-max <n>', 'most requests per batch', positiveInt)
     .option('--wait-ms <ms>', 'SLED: dispatch when the oldest request waited this long', nonNeg)
+    .option('--time-scale <x>', 'multiplies device times (draft, network) and the SLO, as wisp bench does (to replay a live run\'s profile)', positive)
     .option('--acceptance-samples <jsonl>', 'observed drafted tokens of a live pair ({position,top1Prob,entropy,margin,logitSpread,accepted} per line): resampled instead of the parametric model')
     .option('--json', 'print the results as JSON on the last line')
     .option('--out <dir>', 'report folder (default reports/sim-<timestamp>)')
@@ -141,6 +143,11 @@ export function registerSim(program: Command): void {
           if (!profile) throw new Error(`--device-mix: unknown device profile "${name}" (known: ${Object.keys(DEVICE_PROFILES).join(', ')})`);
           return { ...template, name, profile, weight };
         });
+      }
+      if (flags.timeScale !== undefined) {
+        const k = flags.timeScale;
+        s.slo = { ttftMs: s.slo.ttftMs * k, tpotMs: s.slo.tpotMs * k };
+        s.classes = s.classes.map((c) => ({ ...c, profile: { ...c.profile, draftMsPerToken: c.profile.draftMsPerToken * k, rttMs: c.profile.rttMs * k, jitterMs: c.profile.jitterMs * k } }));
       }
       if (flags.agreement !== undefined) s.classes = s.classes.map((k) => ({ ...k, acceptance: { ...k.acceptance, agreement: flags.agreement! } }));
       s.pipelinedDrafting = s.pipelinedDrafting && flags.pipelining;

@@ -84,8 +84,8 @@ export function faultConfig(overrides: DeepPartial<WispConfig> = {}): WispConfig
     amqpUrl: amqpUrl(FAULTS_VHOST),
     redisUrl: faultsRedisUrl(),
     redisKeyPrefix: `wisp-faults-${run}:`,
-    worker: { id: `fw${run}` },
     ...overrides,
+    worker: { id: `fw${run}`, ...(overrides.worker ?? {}) },
   });
 }
 

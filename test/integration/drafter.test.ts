@@ -9,7 +9,7 @@ import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 
-const keepAll: DraftStopRule = { predict: () => 1, shouldStop: () => false };
+const keepAll: DraftStopRule = { predict: () => 1, decide: () => 'keep' };
 
 describe('SessionDrafter (pipelined drafting) on the tiny draft model', () => {
   let runner: DecoderRunner;
@@ -55,7 +55,7 @@ describe('SessionDrafter (pipelined drafting) on the tiny draft model', () => {
 
   it('look-ahead after a round whose last token the controller dropped still continues correctly', async () => {
     // Keep two tokens, then stop (the third is drafted, found unlikely, and dropped).
-    const stopAt2: DraftStopRule = { predict: () => 0.5, shouldStop: (_p, f) => f.position >= 2 };
+    const stopAt2: DraftStopRule = { predict: () => 0.5, decide: (_p, f) => (f.position >= 2 ? 'dropAndStop' : 'keep') };
     const d = make(stopAt2);
     const r1 = await d.draftRound({ sessionId: 's', context: ctx, maxDraft: 6, round: 1 });
     expect(r1.tokens).to.have.length(2);

@@ -111,6 +111,7 @@ describe('config', () => {
       WISP_DEVICE_PROFILE: 'raspberry-pi-5',
       WISP_POLICY: 'centralized',
       WISP_THRESHOLD: '0.25',
+      WISP_MIN_ACCEPTANCE: '0.15',
       WISP_HEARTBEAT_TTL_MS: '9000',
     };
     for (const v of ENV_VARS) {

@@ -1,10 +1,9 @@
 import { expect } from 'chai';
 import {
   createControllerState,
-  effectiveThreshold,
   learnFromRound,
   predictAcceptance,
-  shouldStopDrafting,
+  decideDraftStep,
   type WispControllerState,
 } from '../../policies/controller.ts';
 import { PolicyConfigError } from '../../policies/errors.ts';
@@ -66,25 +65,48 @@ describe('policies/controller (WISP, learned)', () => {
     expect(s1).to.not.deep.equal(s0);
   });
 
-  it('stops below the threshold and at K_max', () => {
-    const s = createControllerState({ kind: 'wisp', threshold: 0.5, kMax: 4 });
-    expect(shouldStopDrafting(s, { nextPrediction: 0.49, position: 0 })).to.equal(true);
-    expect(shouldStopDrafting(s, { nextPrediction: 0.51, position: 0 })).to.equal(false);
-    expect(shouldStopDrafting(s, { nextPrediction: 0.99, position: 4 })).to.equal(true);
-    expect(shouldStopDrafting(s, { nextPrediction: Number.NaN, position: 1 })).to.equal(true);
+  const step = (s: ReturnType<typeof createControllerState>, prediction: number, keptPredictions: number[], draftMsPerToken: number, roundOverheadMs: number) =>
+    decideDraftStep(s, { prediction, position: keptPredictions.length, keptPredictions, draftMsPerToken, roundOverheadMs });
+
+  it('always keeps the first token of a round (its verdict is the learning label)', () => {
+    const s = createControllerState({ kind: 'wisp', minThreshold: 0.5 });
+    expect(step(s, 0.01, [], 20, 100)).to.not.equal('dropAndStop');
   });
 
-  it('lowers the threshold when the expected queueing delay is high, down to minThreshold', () => {
-    const s = createControllerState({ kind: 'wisp', threshold: 0.5, minThreshold: 0.2, queueRefMs: 100 }) as WispControllerState;
-    expect(effectiveThreshold(s, 0)).to.equal(0.5);
-    expect(effectiveThreshold(s, 100)).to.equal(0.25);
-    expect(effectiveThreshold(s, 10_000)).to.equal(0.2);
-    expect(shouldStopDrafting(s, { nextPrediction: 0.4, position: 1, expectedQueueMs: 0 })).to.equal(true);
-    expect(shouldStopDrafting(s, { nextPrediction: 0.4, position: 1, expectedQueueMs: 100 })).to.equal(false);
+  it('drops a later token predicted below minThreshold, and stops', () => {
+    const s = createControllerState({ kind: 'wisp', minThreshold: 0.3 });
+    expect(step(s, 0.29, [0.9], 20, 100)).to.equal('dropAndStop');
+    expect(step(s, Number.NaN, [0.9], 20, 100)).to.equal('dropAndStop');
+  });
+
+  it('drafts on while one more token adds more expected tokens per ms than the round delivers', () => {
+    const s = createControllerState({ kind: 'wisp', minThreshold: 0.1 });
+    // After one kept token with a = 0.9: P1 = 0.9, E1 = 1.9, T1 = 20 + 100 = 120 ms.
+    // Next: 0.9 · 0.9 · 120 = 97.2 ≥ 1.9 · 20 = 38 → keep drafting.
+    expect(step(s, 0.9, [], 20, 100)).to.equal('keep');
+    // a = 0.3: 0.3 · 0.3 · 120 = 10.8 < 1.3 · 20 = 26 → keep this one, then send.
+    expect(step(s, 0.3, [], 20, 100)).to.equal('keepAndStop');
+  });
+
+  it('a slow device stops earlier, a busy server makes longer drafts worth it', () => {
+    const s = createControllerState({ kind: 'wisp', minThreshold: 0.1 });
+    const kept = [0.8, 0.8];
+    // P3 = 0.512, E3 = 1 + 0.8 + 0.64 + 0.512 = 2.952.
+    // Fast device (10 ms/token), round overhead 60 ms: T = 90; 0.512·0.8·90 = 36.9 ≥ 29.5 → on.
+    expect(step(s, 0.8, kept, 10, 60)).to.equal('keep');
+    // Slow device (50 ms/token): T = 210; 0.512·0.8·210 = 86 < 147.6 → stop.
+    expect(step(s, 0.8, kept, 50, 60)).to.equal('keepAndStop');
+    // The same slow device with a busy server (overhead 600 ms): T = 750; 307 ≥ 147.6 → on.
+    expect(step(s, 0.8, kept, 50, 600)).to.equal('keep');
+  });
+
+  it('stops at K_max', () => {
+    const s = createControllerState({ kind: 'wisp', kMax: 3, minThreshold: 0.1 });
+    expect(step(s, 0.99, [0.99, 0.99], 1, 1_000)).to.equal('keepAndStop');
   });
 
   it('rejects out-of-range options with a typed error', () => {
-    expect(() => createControllerState({ kind: 'wisp', threshold: 1.5 })).to.throw(PolicyConfigError, /threshold must be in \[0, 1\], got 1.5/);
+    expect(() => createControllerState({ kind: 'wisp', minThreshold: 1.5 })).to.throw(PolicyConfigError, /minThreshold must be in \[0, 1\], got 1.5/);
     expect(() => createControllerState({ kind: 'wisp', weights: [1, 2] })).to.throw(PolicyConfigError, /weights must be 6 finite numbers/);
     expect(() => createControllerState({ kind: 'sled', kMax: -1 })).to.throw(PolicyConfigError, /kMax/);
   });
@@ -94,12 +116,16 @@ describe('policies/controller (SLED)', () => {
   it('stops when top-1 probability is below the confidence threshold or at K_max', () => {
     const s = createControllerState({ kind: 'sled', confidenceThreshold: 0.6, kMax: 5 });
     const p = (top1: number) => predictAcceptance(s, tok(top1));
+    const at = (prediction: number, position: number) =>
+      decideDraftStep(s, { prediction, position, keptPredictions: new Array(position).fill(0.9), draftMsPerToken: 20, roundOverheadMs: 100 });
     expect(p(0.73)).to.equal(0.73);
-    expect(shouldStopDrafting(s, { nextPrediction: p(0.59), position: 0 })).to.equal(true);
-    expect(shouldStopDrafting(s, { nextPrediction: p(0.61), position: 0 })).to.equal(false);
-    expect(shouldStopDrafting(s, { nextPrediction: p(0.99), position: 5 })).to.equal(true);
-    // The queue does not move SLED's bar.
-    expect(shouldStopDrafting(s, { nextPrediction: p(0.59), position: 0, expectedQueueMs: 1e6 })).to.equal(true);
+    expect(at(p(0.59), 1)).to.equal('dropAndStop');
+    expect(at(p(0.61), 1)).to.equal('keep');
+    // The first token is always sent, and K_max ends the round.
+    expect(at(p(0.59), 0)).to.equal('keepAndStop');
+    expect(at(p(0.99), 4)).to.equal('keepAndStop');
+    // Device speed and server load do not move SLED's bar.
+    expect(decideDraftStep(s, { prediction: p(0.59), position: 1, keptPredictions: [0.9], draftMsPerToken: 1, roundOverheadMs: 1e6 })).to.equal('dropAndStop');
   });
 
   it('does not learn', () => {

@@ -84,7 +84,7 @@ describe('sim: runs', () => {
 
   it('greedy verification accepts the longest accepted prefix of the draft', () => {
     // Positions 0 and 1 accepted, 2 and later rejected; SLED drafts to K_max (threshold 0).
-    const c = withAcceptance({ ...tiny('sled', 2), controller: { kMax: 4, threshold: 0 } }, scripted((p) => p < 2 || p === 3));
+    const c = withAcceptance({ ...tiny('sled', 2), controller: { kMax: 4, threshold: 0, minAcceptance: 0.2 } }, scripted((p) => p < 2 || p === 3));
     const r = runSimulation(c);
     const done = r.records.filter((x) => x.finished);
     expect(done.length).to.be.greaterThan(0);

@@ -1,0 +1,91 @@
+/**
+ * Fault 1, a verifier worker is killed: two `wisp verifier` processes serve 16 live sessions; one
+ * is SIGKILLed the moment the scheduler has handed it a batch. Checked: the scheduler notices
+ * (heartbeat timeout) and moves its sessions to the other worker, which re-prefills them from
+ * the committed history in Redis (and replays a round the dead worker had committed but not
+ * answered); every session completes with exactly the target-only tokens (`wisp generate
+ * --mode target`), none lost or duplicated.
+ */
+import { expect } from 'chai';
+import { connect } from 'amqplib';
+import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
+import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
+import { ensureFaultsVhost, faultConfig, spawnWorker, startFaultSystem, waitFor, type FaultSystem, type WorkerProcess } from './helpers.ts';
+
+describe('faults 1: a verifier worker is SIGKILLed in the middle of a batch', function () {
+  this.timeout(240_000);
+  let sys: FaultSystem;
+  let workers: WorkerProcess[] = [];
+  const config = faultConfig({ worker: { heartbeatMs: 200, heartbeatTtlMs: 1_500 }, edge: { verifyTimeoutMs: 3_000, maxRetries: 4 } });
+  const ids = [`${config.worker.id}-a`, `${config.worker.id}-b`];
+  const onDispatch: ((workerId: string) => void)[] = [];
+  let verifies = 0;
+
+  before(async () => {
+    await ensureFaultsVhost();
+    sys = await startFaultSystem(config, {
+      workers: 0,
+      devices: 16,
+      hooks: {
+        wrapBroker: (role, b) =>
+          tapBroker(b, {
+            publish: (queue, m) => {
+              if (role === 'edge' && queue === SCHEDULER_QUEUE && (m as { type?: string }).type === 'verify') verifies++;
+              if (role === 'scheduler') for (const id of ids) if (queue === workerQueue(id)) for (const f of onDispatch) f(id);
+            },
+          }),
+      },
+    });
+    workers = ids.map((id) => spawnWorker(config, id));
+    await waitFor(() => ids.every((id) => sys.scheduler.role.snapshot().context.workers[id]?.model !== undefined), 'both worker processes ready', 90_000, 100).catch((err: Error) => {
+      throw new Error(`${err.message}\n${workers.map((w) => `${w.workerId}: ${w.output()}`).join('\n')}`);
+    });
+  });
+
+  after(async () => {
+    for (const w of workers) await w.stop().catch(() => {});
+    await sys?.stop();
+    const c = await connect(config.amqpUrl).catch(() => null);
+    if (c) {
+      const ch = await c.createChannel();
+      for (const id of ids) await ch.deleteQueue(workerQueue(id)).catch(() => {});
+      await c.close().catch(() => {});
+    }
+  });
+
+  it('moves its sessions to the other worker and completes all 16 exactly', async () => {
+    const maxNewTokens = 40;
+    const prompts = Array.from({ length: 16 }, (_, i) => TEST_PROMPTS[i % TEST_PROMPTS.length]);
+    const expected = await targetTokens(TEST_PROMPTS, maxNewTokens);
+    const running = Promise.all(prompts.map((prompt) => sys.client.submit({ prompt, maxNewTokens }, 120_000)));
+
+    await waitFor(() => verifies >= 32, 'sessions under way', 60_000, 5);
+    const [victim, survivor] = workers;
+    const victimSessions = () => Object.values(sys.scheduler.role.snapshot().context.sessions).filter((s) => s.workerId === victim.workerId).length;
+    // Kill it the moment it is handed a batch: the batch is in its queue or being executed.
+    const killed = new Promise<{ sessions: number; atMs: number }>((resolve) => {
+      onDispatch.push((id) => {
+        if (id !== victim.workerId || victim.child.signalCode !== null) return;
+        const sessions = victimSessions();
+        victim.child.kill('SIGKILL');
+        resolve({ sessions, atMs: Date.now() });
+      });
+    });
+    const kill = await killed;
+    await waitFor(() => sys.scheduler.role.snapshot().context.workers[victim.workerId] === undefined, 'the scheduler to give the dead worker up', 30_000, 50);
+    const movedMs = Date.now() - kill.atMs;
+
+    const results = await running;
+    results.forEach((r, i) => {
+      expect(r.error, JSON.stringify(r.error)).to.equal(null);
+      expect(r.tokens, `session ${i}`).to.deep.equal(expected[i % TEST_PROMPTS.length]);
+    });
+    expect(victim.child.signalCode).to.equal('SIGKILL');
+    expect(survivor.child.exitCode, survivor.output()).to.equal(null);
+    expect(kill.sessions, 'sessions the killed worker held').to.be.greaterThan(0);
+    console.log(
+      `      [faults 1] SIGKILL of ${victim.workerId} with ${kill.sessions} of 16 sessions on it, right after a batch was dispatched to it; ` +
+        `sessions moved ${movedMs} ms later (heartbeat TTL ${config.worker.heartbeatTtlMs} ms); 16/16 sessions exact (${results.reduce((a, r) => a + r.tokens.length, 0)} tokens)`,
+    );
+  });
+});
