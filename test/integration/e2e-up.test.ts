@@ -6,38 +6,8 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import { ensureModelPair } from '../../inference/forge/index.ts';
-import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
-import { generateTarget } from '../../inference/speculative.ts';
-import { startTestSystem, type TestSystem } from '../helpers/system.ts';
-
-export const PROMPTS = [
-  'the quick brown fox',
-  'once upon a time',
-  'in the beginning there was',
-  'hello',
-  'a river runs through the',
-  'she said that the',
-  'the old house on the hill',
-  'numbers and letters',
-];
-
-/** Target-only greedy tokens for each prompt (the reference every mode must reproduce). */
-export async function referenceTokens(prompts: string[], maxNewTokens: number, temperature = 0, seed = 0): Promise<number[][]> {
-  const pair = await ensureModelPair('tiny');
-  const target = await loadDecoder(pair.targetDir, { threads: 1 });
-  const tok = await loadTokenizer(pair.targetDir);
-  try {
-    const out: number[][] = [];
-    for (const p of prompts) {
-      const r = await generateTarget(target, tok.encode(p), { maxNewTokens, sampling: { temperature, topP: 1, seed }, eosTokenId: target.info.eosTokenId });
-      out.push(r.tokens);
-    }
-    return out;
-  } finally {
-    await target.dispose();
-  }
-}
+import { TEST_PROMPTS as PROMPTS, startTestSystem, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
 
 describe('end to end: wisp up (scheduler + 2 workers + edge fleet)', function () {
   this.timeout(120_000);
