@@ -15,9 +15,10 @@
  *   overhead  rtt − waiting − model: three broker hops, JSON + validation, the state machines,
  *             the Redis ledger write, event-loop time
  * Also printed: `rtt − queueMs − verifyMs` from the VerifyResult alone (its queueMs includes
- * the scheduler → worker hop, its verifyMs the batch's planning and sampling), the same-moment
- * cost of one bare broker hop (publish → consume of a result-sized message: three of them are
- * the floor of any broker-routed round), and the p50 of each segment of the path.
+ * the scheduler → worker hop, its verifyMs the batch's planning and sampling); the floor of any
+ * broker-routed round measured right after the run (two bare hops device ⇄ server process plus
+ * one inside the server process, result-sized messages: on a loaded host this floor moves a
+ * lot, so read the overhead against it); and the p50 of each segment of the path.
  *
  *   npm run bench:overhead [-- --devices 1,32 --tokens 32 --sessions 4 --policy wisp --in-process]
  */
@@ -46,6 +47,8 @@ const { values } = parseArgs({
     'in-process': { type: 'boolean', default: false },
     /** Internal: this process is the device fleet of a parent bench. */
     'devices-child': { type: 'string' },
+    /** Internal: this process echoes messages for the hop floor measurement. */
+    'echo-child': { type: 'string' },
   },
 });
 
@@ -147,32 +150,56 @@ function benchConfig(run: string, policy: PolicyName): WispConfig {
   });
 }
 
-/** p50/p99 of a bare broker hop (publish → consume), measured now, on a private queue. */
-async function hopFloor(config: WispConfig, n = 200): Promise<Summary> {
+const HOP_BODY = { v: 1, type: 'result', sessionId: 'e0a1b2c-0.1.abcdef', round: 3, accepted: 2, token: 55, verified: 3, committedLength: 40, queueMs: 0.1, verifyMs: 1.2, batchSize: 1, workerId: 'bench-worker' };
+
+/**
+ * The floor of a round made of bare broker hops, measured now: a round is two hops between the
+ * device process and the server process plus one inside the server process (scheduler →
+ * worker). Measured as a ping-pong with an echoing child process (2 hops) plus a hop within
+ * this process. p50s add up; the p99 given is the ping-pong's plus the hop's.
+ */
+async function hopFloor(config: WispConfig, n = 200): Promise<{ crossPair: Summary; local: Summary; floorP50: number }> {
   const a = await connectBroker(config.amqpUrl, { connectionName: 'bench-hop-a' });
   const b = await connectBroker(config.amqpUrl, { connectionName: 'bench-hop-b' });
-  const q = deviceQueue(`benchhop-${randomUUID().slice(0, 8)}`);
-  const body = { v: 1, type: 'result', sessionId: 'e0a1b2c-0.1.abcdef', round: 3, accepted: 2, token: 55, verified: 3, committedLength: 40, queueMs: 0.1, verifyMs: 1.2, batchSize: 1, workerId: 'bench-worker' };
+  const id = randomUUID().slice(0, 8);
+  const [ping, pong, local] = ['ping', 'pong', 'local'].map((k) => deviceQueue(`benchhop-${k}-${id}`));
+  const child = fork(process.argv[1], ['--echo-child', JSON.stringify({ url: config.amqpUrl, from: ping, to: pong })], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   try {
-    await a.declareQueue(q);
+    for (const q of [ping, pong, local]) await a.declareQueue(q);
+    await new Promise((resolve) => child.once('message', resolve));
     let arrived: (() => void) | null = null;
-    const consumer = await b.consume(q, z.unknown(), () => arrived?.(), { prefetch: 16 });
-    const ms: number[] = [];
-    for (let i = 0; i < n + 20; i++) {
-      const got = new Promise<void>((resolve) => (arrived = resolve));
-      const t0 = now();
-      const confirmed = a.publish(q, body);
-      await got;
-      if (i >= 20) ms.push(now() - t0);
-      await confirmed;
-    }
-    await consumer.cancel();
-    return summarize(ms);
+    const c1 = await b.consume(local, z.unknown(), () => arrived?.(), { prefetch: 16 });
+    const c2 = await a.consume(pong, z.unknown(), () => arrived?.(), { prefetch: 16 });
+    const time = async (queue: string) => {
+      const ms: number[] = [];
+      for (let i = 0; i < n + 20; i++) {
+        const got = new Promise<void>((resolve) => (arrived = resolve));
+        const t0 = now();
+        void a.publish(queue, HOP_BODY);
+        await got;
+        if (i >= 20) ms.push(now() - t0);
+      }
+      return summarize(ms);
+    };
+    const localHop = await time(local);
+    const crossPair = await time(ping);
+    await c1.cancel();
+    await c2.cancel();
+    return { crossPair, local: localHop, floorP50: crossPair.p50 + localHop.p50 };
   } finally {
-    await a.deleteQueue(q).catch(() => {});
+    child.kill();
+    for (const q of [ping, pong, local]) await a.deleteQueue(q).catch(() => {});
     await a.close();
     await b.close();
   }
+}
+
+/** Child mode for hopFloor: echoes every message from one queue to another. */
+async function echoChild(arg: string): Promise<void> {
+  const { url, from, to } = JSON.parse(arg) as { url: string; from: string; to: string };
+  const b = await connectBroker(url, { connectionName: 'bench-hop-echo' });
+  await b.consume(from, z.unknown(), (m) => void b.publish(to, m), { prefetch: 16 });
+  process.send!('ready');
 }
 
 interface Figures {
@@ -184,7 +211,8 @@ interface Figures {
   model: Summary;
   overhead: Summary;
   overheadFromResult: Summary;
-  hop: Summary;
+  /** Bare hops measured right after the run (see hopFloor). */
+  hops: Awaited<ReturnType<typeof hopFloor>>;
   /** Where the overhead goes, by segment of the path (p50s). */
   parts: Record<string, Summary>;
 }
@@ -333,7 +361,7 @@ async function measure(devices: number, policy: PolicyName, maxNewTokens: number
     model: summarize(model),
     overhead: summarize(overhead),
     overheadFromResult: summarize(fromResult),
-    hop: await hopFloor(config),
+    hops: await hopFloor(config),
     parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, summarize(v)])),
   };
 }
@@ -362,15 +390,19 @@ async function main(): Promise<void> {
   console.log(
     `verification round overhead, policy ${policy}, ${maxNewTokens} tokens × ${sessionsPerDevice} sessions per device, timeScale 0, devices ${values['in-process'] ? 'in this process' : 'in a child process'}; ms, p50 p99`,
   );
-  console.log('devices rounds batch(p50)      rtt p50/p99   waiting p50/p99    model p50/p99  OVERHEAD p50/p99  rtt−queueMs−verifyMs  1 broker hop');
+  console.log('devices rounds batch(p50)      rtt p50/p99   waiting p50/p99    model p50/p99  OVERHEAD p50/p99  rtt−queueMs−verifyMs  bare-hop floor p50');
   for (const f of all) {
     console.log(
-      `${String(f.devices).padStart(7)} ${String(f.rounds).padStart(6)} ${f.batchSize.p50.toFixed(0).padStart(10)}  ${fmt(f.rtt)}  ${fmt(f.waiting)}  ${fmt(f.model)}  ${fmt(f.overhead)}  ${fmt(f.overheadFromResult)}       ${fmt(f.hop)}`,
+      `${String(f.devices).padStart(7)} ${String(f.rounds).padStart(6)} ${f.batchSize.p50.toFixed(0).padStart(10)}  ${fmt(f.rtt)}  ${fmt(f.waiting)}  ${fmt(f.model)}  ${fmt(f.overhead)}  ${fmt(f.overheadFromResult)}       ${f.hops.floorP50.toFixed(2).padStart(7)}`,
     );
+  }
+  for (const f of all) {
+    console.log(`  ${f.devices} device(s), bare hops now: device⇄server ping-pong p50 ${f.hops.crossPair.p50.toFixed(2)} p99 ${f.hops.crossPair.p99.toFixed(2)}, in-process hop p50 ${f.hops.local.p50.toFixed(2)} p99 ${f.hops.local.p99.toFixed(2)}`);
   }
   for (const f of all) console.log(`  ${f.devices} device(s), p50 by segment: ${Object.entries(f.parts).map(([k, v]) => `${k} ${v.p50.toFixed(2)}`).join(', ')}`);
   console.log(`goal p50 overhead ≤ 1.5 ms: ${all.every((f) => f.overhead.p50 <= 1.5) ? 'met' : 'missed'}`);
 }
 
 if (values['devices-child'] !== undefined) await deviceChild(values['devices-child']);
+else if (values['echo-child'] !== undefined) await echoChild(values['echo-child']);
 else await main();

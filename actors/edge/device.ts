@@ -177,6 +177,16 @@ export class EdgeDevice {
       return served;
     }
 
+    // Generation ends at the model's context as target-only decoding does: never draft past it.
+    const maxNewTokens = Math.min(prompt.maxNewTokens, o.draft.info.maxPositions - promptTokens.length);
+    if (maxNewTokens < 1) {
+      const message = `prompt of ${promptTokens.length} tokens leaves no room in the ${o.draft.info.maxPositions}-token context`;
+      await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'prompt_too_long', message, requestId: prompt.requestId });
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0 };
+      o.onServed?.(served);
+      return served;
+    }
+
     // Tracing: a root span per session, a span per round (0 = the open); no-ops when tracing is off.
     const sessionSpan = startSessionSpan({
       sessionId,
@@ -186,7 +196,7 @@ export class EdgeDevice {
       draftModel: o.draftModelName,
       policy: o.policy,
       promptTokens: promptTokens.length,
-      maxNewTokens: prompt.maxNewTokens,
+      maxNewTokens: maxNewTokens,
     });
     const roundSpans = new Map<number, SpanHandle>();
     const roundSpan = (round: number): SpanHandle => {
@@ -226,7 +236,7 @@ export class EdgeDevice {
             ...(prompt.model ?? o.targetModel ? { targetModel: prompt.model ?? o.targetModel } : {}),
             mode: o.mode,
             promptTokens,
-            maxNewTokens: prompt.maxNewTokens,
+            maxNewTokens: maxNewTokens,
             slo,
             sampling,
             replyTo: deviceQueue(this.id),
@@ -254,7 +264,7 @@ export class EdgeDevice {
           const endsInEos = eos !== null && p.draft.tokens[p.draft.tokens.length - 1] === eos;
           if (o.pipelinedDrafting && p.attempt === 0 && p.draft.tokens.length > 0 && !endsInEos) {
             // Room left after this round commits everything plus the bonus token.
-            const room = prompt.maxNewTokens - (roundContext.length - promptTokens.length) - p.draft.tokens.length - 1;
+            const room = maxNewTokens - (roundContext.length - promptTokens.length) - p.draft.tokens.length - 1;
             drafter.startLookahead([...roundContext, ...p.draft.tokens], Math.min(this.#controller.kMax + 1, room));
           }
         },
@@ -302,7 +312,7 @@ export class EdgeDevice {
         requestId: prompt.requestId,
         mode: o.mode,
         promptTokens,
-        maxNewTokens: prompt.maxNewTokens,
+        maxNewTokens: maxNewTokens,
         eosTokenId: o.draft.info.eosTokenId,
         verifyTimeoutMs: o.verifyTimeoutMs,
         maxRetries: o.maxRetries,

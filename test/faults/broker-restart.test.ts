@@ -12,7 +12,7 @@ import { expect } from 'chai';
 import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
 import type { BrokerClient } from '../../broker/connection.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { ensureFaultsVhost, faultConfig, rabbitmqctl, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+import { assertBrokerCanRestart, ensureFaultsVhost, faultConfig, rabbitmqctl, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
 
 async function restoreBroker(): Promise<void> {
   await rabbitmqctl(['start_app']).catch(() => {});
@@ -59,6 +59,7 @@ describe('faults 2: the broker restarts mid-run', function () {
     const expected = await targetTokens(TEST_PROMPTS, maxNewTokens);
     const running = Promise.all(prompts.map((prompt) => sys.client.submit({ prompt, maxNewTokens }, 180_000)));
 
+    const safety = await assertBrokerCanRestart();
     await waitFor(() => verifies >= 32, 'sessions under way', 60_000, 5);
     const all = [...brokers.values(), sys.broker];
     const t0 = Date.now();
@@ -79,7 +80,7 @@ describe('faults 2: the broker restarts mid-run', function () {
     });
     const resent = [...sent.values()].filter((n) => n > 1).length;
     console.log(
-      `      [faults 2] stop_app/start_app with 16 sessions running: broker away ${outageMs} ms, all ${all.length} connections back after ${reconnectMs} ms; ` +
+      `      [faults 2] stop_app/start_app (${safety.queues} queues on the node) with 16 sessions running: broker away ${outageMs} ms, all ${all.length} connections back after ${reconnectMs} ms; ` +
         `${resent} rounds resent by the devices; 16/16 sessions exact`,
     );
   });

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { connectBroker, type BrokerClient, type BrokerLogger } from '../../broker/connection.ts';
-import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../../broker/topology.ts';
+import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue, devicePromptQueue, workerQueue } from '../../broker/topology.ts';
 import { WispClient } from '../../actors/client.ts';
 import { runEdge, runScheduler, runVerifier, type LaunchHooks, type Running } from '../../actors/launch.ts';
 import type { EdgeFleet } from '../../actors/edge/fleet.ts';
@@ -103,6 +103,25 @@ export function captureLogger(role: string): { logger: Logger; lines: string[] }
 
 export const quietBrokerLogger: BrokerLogger = { info: () => {}, warn: () => {} };
 
+/** Deletes queues (best effort, in parallel batches). */
+export async function deleteQueues(broker: BrokerClient, queues: readonly string[]): Promise<void> {
+  for (let i = 0; i < queues.length; i += 100) await Promise.all(queues.slice(i, i + 100).map((q) => broker.deleteQueue(q).catch(() => {})));
+}
+
+/**
+ * Throws unless the broker can restart safely: a node recovers every durable queue at boot and
+ * needs file handles for them; with too many queues for its limit, its boot stalls (seen here:
+ * 4,435 queues, 1,024 handles). The broker is shared, so the restart test refuses to risk it.
+ */
+export async function assertBrokerCanRestart(): Promise<{ queues: number; fileHandles: number }> {
+  const queues = Number((await rabbitmqctl(['eval', 'length(rabbit_amqqueue:list()).'])).trim());
+  const fileHandles = Number((await rabbitmqctl(['eval', 'file_handle_cache:get_limit().'])).trim());
+  if (!Number.isFinite(queues) || !Number.isFinite(fileHandles) || queues > fileHandles / 2) {
+    throw new Error(`the broker holds ${queues} queues for ${fileHandles} file handles: restarting it could stall its boot; not restarting a shared broker`);
+  }
+  return { queues, fileHandles };
+}
+
 /** Polls `check` until it returns true, or throws naming `what` after `timeoutMs`. */
 export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000, everyMs = 50): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -191,6 +210,9 @@ export async function startFaultSystem(config: WispConfig, opts: FaultSystemOpti
         await edge.stop().catch(() => {});
         for (const w of workers) await w.stop().catch(() => {});
         await sys.scheduler.stop().catch(() => {});
+        // Per-id queues would otherwise linger (durable, expiring in minutes) and slow a broker restart.
+        const ids = [...workers.map((w) => workerQueue(w.role.workerId)), ...edge.fleet.devices.flatMap((d) => [deviceQueue(d.id), devicePromptQueue(d.id)])];
+        await deleteQueues(broker, ids);
         await broker.close().catch(() => {});
       },
     };

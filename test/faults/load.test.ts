@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { connectBroker, type BrokerClient } from '../../broker/connection.ts';
-import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../../broker/topology.ts';
+import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue, devicePromptQueue, workerQueue } from '../../broker/topology.ts';
 import { WispClient } from '../../actors/client.ts';
 import { runEdge, runScheduler, runVerifier, type LaunchHooks, type Running } from '../../actors/launch.ts';
 import { CostModelRunner } from '../../inference/cost-model-runner.ts';
@@ -19,7 +19,7 @@ import { readModelDir } from '../../inference/model-dir.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { TEST_PROMPTS, tapBroker } from '../helpers/system.ts';
-import { ensureFaultsVhost, faultConfig, quietBrokerLogger } from './helpers.ts';
+import { deleteQueues, ensureFaultsVhost, faultConfig, quietBrokerLogger } from './helpers.ts';
 
 const SESSIONS = Number(process.env.WISP_LOAD_SESSIONS ?? 1_000);
 const FLEETS = 2;
@@ -86,6 +86,11 @@ describe('faults 8: load — 1,000 concurrent sessions against a cost-model veri
   after(async () => {
     await client?.close().catch(() => {});
     for (const r of started.reverse()) await r.stop().catch(() => {});
+    // 2,000 durable device queues would linger for minutes (and slow any broker restart).
+    if (broker) {
+      const ids = Array.from({ length: FLEETS }, (_, f) => Array.from({ length: Math.ceil(SESSIONS / FLEETS) }, (_, i) => `ld${run}${f}-${i}`)).flat();
+      await deleteQueues(broker, [workerQueue(`${config.worker.id}-0`), ...ids.flatMap((id) => [deviceQueue(id), devicePromptQueue(id)])]);
+    }
     await broker?.close().catch(() => {});
   });
 

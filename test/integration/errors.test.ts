@@ -40,11 +40,7 @@ describe('errors back to the client', function () {
     expect(r.error?.code, JSON.stringify(r.error)).to.equal('prompt_too_long');
   });
 
-  // Skipped: a bug outside this file's reach. The edge session drafts past the context (maxDraft
-  // ignores maxPositions), so the draft model overflows ("context overflow: 513 tokens exceed
-  // the 512-token context") and the session fails with `internal` instead of stopping at the
-  // context as generateTarget does. Fix belongs in machines/edge-session.ts / actors/edge/.
-  it.skip('a prompt that fills the context up to its last slot ends with the target-only tokens', async () => {
+  it('a prompt that fills the context up to its last slot ends with the target-only tokens', async () => {
     // Room for exactly 2 tokens: generation stops at the context as generateTarget does.
     const promptTokens = Array.from({ length: maxPositions - 2 }, (_, i) => 10 + ((i * 7) % 500));
     const pair = await ensureModelPair('tiny');

@@ -162,7 +162,7 @@ describe('model forge', function () {
     it('forges on first use, then reuses the folder; concurrent calls share one forge', async () => {
       const root = join(dir, 'models');
       const [a, b] = await Promise.all([ensureModelPair('tiny', { root }), ensureModelPair('tiny', { root })]);
-      expect(a).to.deep.equal({ root: join(root, 'tiny'), targetDir: join(root, 'tiny', 'target'), draftDirs: [join(root, 'tiny', 'draft-1')] });
+      expect(a).to.deep.equal({ root: join(root, 'tiny'), targetDir: join(root, 'tiny', 'target'), draftDirs: [join(root, 'tiny', 'draft-1'), join(root, 'tiny', 'draft-2')] });
       expect(b).to.deep.equal(a);
       const before = (await stat(join(root, 'tiny', 'target', 'model.onnx'))).mtimeMs;
       await ensureModelPair('tiny', { root });

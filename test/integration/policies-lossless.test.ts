@@ -194,7 +194,7 @@ describe('policies stay lossless (truncation on)', function () {
         { devices: 2, workers: 1 },
         { worker: { id: `pl-${randomUUID().slice(0, 6)}`, heartbeatMs: 50 }, scheduler: { policy: 'centralized', truncation: true } },
       );
-      const long = 400;
+      const long = 250;
       const [longRef] = [(await generateTarget(m.target, promptTokens[0], { maxNewTokens: long, sampling: GREEDY, eosTokenId: m.eos })).tokens];
       const order: string[] = [];
       const a = sys.client.submit({ prompt: prompts[0], maxNewTokens: long }, 40_000).then((x) => (order.push('long'), x));
