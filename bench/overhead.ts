@@ -25,6 +25,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
+import { performance as nodePerformance } from 'node:perf_hooks';
 import { z } from 'zod';
 import { WispClient } from '../actors/client.ts';
 import { wallClock } from '../actors/clock.ts';
@@ -213,6 +214,12 @@ interface Figures {
   overheadFromResult: Summary;
   /** Bare hops measured right after the run (see hopFloor). */
   hops: Awaited<ReturnType<typeof hopFloor>>;
+  /** CPU time of the server process (scheduler + worker, all threads) per round, ms. */
+  serverCpuMsPerRound: number;
+  /** Mean model time per round (a batch shared by k rounds counts k times), ms. */
+  modelMsPerRound: number;
+  /** Event-loop utilization of the server process during the run (0–1). */
+  serverElu: number;
   /** Where the overhead goes, by segment of the path (p50s). */
   parts: Record<string, Summary>;
 }
@@ -234,6 +241,10 @@ async function measure(devices: number, policy: PolicyName, maxNewTokens: number
   await client.purgeQueue(SCHEDULER_QUEUE);
   const started: Running[] = [];
   let child: ChildProcess | null = null;
+  let elu0 = nodePerformance.eventLoopUtilization();
+  let cpu0 = process.cpuUsage();
+  let serverCpuMs = 0;
+  let serverElu = 0;
   try {
     started.push(
       await runScheduler(config, undefined, {
@@ -282,34 +293,38 @@ async function measure(devices: number, policy: PolicyName, maxNewTokens: number
         },
       }),
     );
+    const load: LoadSpec = { devices, sessionsPerDevice, maxNewTokens, clientId: `bench-${run}` };
+    const markStart = () => {
+      deviceRounds.length = 0;
+      elu0 = nodePerformance.eventLoopUtilization();
+      cpu0 = process.cpuUsage();
+    };
+    const markEnd = () => {
+      const cpu = process.cpuUsage(cpu0);
+      serverCpuMs = (cpu.user + cpu.system) / 1_000;
+      serverElu = nodePerformance.eventLoopUtilization(elu0).utilization;
+    };
     if (inProcess) {
       started.push(await startDevices(config, devices, (r) => deviceRounds.push(r)));
+      await drive(client, load, markStart);
+      markEnd();
     } else {
-      child = fork(process.argv[1], ['--devices-child', JSON.stringify({ run, policy, devices })], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      // The devices and the client run in the child: this process holds the server roles only.
+      child = fork(process.argv[1], ['--devices-child', JSON.stringify({ run, policy, load })], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       await new Promise<void>((resolve, reject) => {
-        child!.on('message', (m: { type: string; round?: DeviceRound }) => {
-          if (m.type === 'ready') resolve();
-          else if (m.type === 'round' && m.round) deviceRounds.push(m.round);
+        child!.on('message', (m: { type: string; round?: DeviceRound; error?: string }) => {
+          if (m.type === 'round' && m.round) deviceRounds.push(m.round);
+          else if (m.type === 'warm') markStart();
+          else if (m.type === 'done') {
+            markEnd();
+            if (m.error) reject(new Error(m.error));
+            else resolve();
+          }
         });
         child!.once('exit', (code) => reject(new Error(`device process exited with ${code}`)));
       });
     }
-    const wispClient = new WispClient(client, `bench-${run}`);
-    await wispClient.start();
-    try {
-      // Warm-up: one short session per device (model caches, JIT, connections).
-      await Promise.all(Array.from({ length: devices }, (_, i) => wispClient.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens: 8 }, 120_000)));
-      await new Promise((r) => setTimeout(r, 200)); // late round reports of the warm-up
-      deviceRounds.length = 0;
-      const results = await Promise.all(
-        Array.from({ length: devices * sessionsPerDevice }, (_, i) => wispClient.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens }, 300_000)),
-      );
-      const failed = results.filter((r) => r.error);
-      if (failed.length) throw new Error(`${failed.length} sessions failed, first: ${JSON.stringify(failed[0].error)}`);
-      await new Promise((r) => setTimeout(r, 200));
-    } finally {
-      await wispClient.close();
-    }
+    await new Promise((r) => setTimeout(r, 200)); // the last rounds' reports
   } finally {
     if (child && child.exitCode === null) {
       const exited = new Promise((r) => child!.once('exit', r));
@@ -362,18 +377,55 @@ async function measure(devices: number, policy: PolicyName, maxNewTokens: number
     overhead: summarize(overhead),
     overheadFromResult: summarize(fromResult),
     hops: await hopFloor(config),
+    serverCpuMsPerRound: serverCpuMs / Math.max(1, rtt.length),
+    modelMsPerRound: model.reduce((x, y) => x + y, 0) / Math.max(1, model.length),
+    serverElu,
     parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, summarize(v)])),
   };
 }
 
-/** Child mode: the device fleet, reporting each round's device-side stamps to the parent. */
+/** The measured load: sessions of every device, all at once, after one warm-up session each. */
+interface LoadSpec {
+  devices: number;
+  sessionsPerDevice: number;
+  maxNewTokens: number;
+  clientId: string;
+}
+
+/** Runs the load through a client on `broker`; `onWarm` runs between warm-up and measurement. */
+async function drive(broker: BrokerClient, load: LoadSpec, onWarm: () => void): Promise<void> {
+  const client = new WispClient(broker, load.clientId);
+  await client.start();
+  try {
+    // Warm-up: one short session per device (model caches, JIT, connections).
+    await Promise.all(Array.from({ length: load.devices }, (_, i) => client.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens: 8 }, 120_000)));
+    await new Promise((r) => setTimeout(r, 200)); // late round reports of the warm-up
+    onWarm();
+    const results = await Promise.all(
+      Array.from({ length: load.devices * load.sessionsPerDevice }, (_, i) => client.submit({ prompt: PROMPTS[i % PROMPTS.length], maxNewTokens: load.maxNewTokens }, 300_000)),
+    );
+    const failed = results.filter((r) => r.error);
+    if (failed.length) throw new Error(`${failed.length} sessions failed, first: ${JSON.stringify(failed[0].error)}`);
+  } finally {
+    await client.close();
+  }
+}
+
+/** Child mode: the device fleet and the client, reporting each round's device-side stamps. */
 async function deviceChild(arg: string): Promise<void> {
-  const { run, policy, devices } = JSON.parse(arg) as { run: string; policy: PolicyName; devices: number };
-  const edge = await startDevices(benchConfig(run, policy), devices, (round) => process.send!({ type: 'round', round }));
+  const { run, policy, load } = JSON.parse(arg) as { run: string; policy: PolicyName; load: LoadSpec };
+  const config = benchConfig(run, policy);
+  const edge = await startDevices(config, load.devices, (round) => process.send!({ type: 'round', round }));
+  const broker = await connectBroker(config.amqpUrl, { connectionName: `bench-client-${run}` });
   process.on('message', (m: { type: string }) => {
-    if (m.type === 'stop') void edge.stop().finally(() => process.exit(0));
+    if (m.type === 'stop') void Promise.all([edge.stop(), broker.close()]).finally(() => process.exit(0));
   });
-  process.send!({ type: 'ready' });
+  try {
+    await drive(broker, load, () => process.send!({ type: 'warm' }));
+    process.send!({ type: 'done' });
+  } catch (err) {
+    process.send!({ type: 'done', error: (err as Error).message });
+  }
 }
 
 const fmt = (s: Summary) => `${s.p50.toFixed(2).padStart(7)} ${s.p99.toFixed(2).padStart(7)}`;
@@ -398,6 +450,9 @@ async function main(): Promise<void> {
   }
   for (const f of all) {
     console.log(`  ${f.devices} device(s), bare hops now: device⇄server ping-pong p50 ${f.hops.crossPair.p50.toFixed(2)} p99 ${f.hops.crossPair.p99.toFixed(2)}, in-process hop p50 ${f.hops.local.p50.toFixed(2)} p99 ${f.hops.local.p99.toFixed(2)}`);
+  }
+  for (const f of all) {
+    console.log(`  ${f.devices} device(s), server process: ${f.serverCpuMsPerRound.toFixed(2)} ms CPU per round (model ≤ ${f.modelMsPerRound.toFixed(2)} ms of it), event loop ${(f.serverElu * 100).toFixed(0)}% busy`);
   }
   for (const f of all) console.log(`  ${f.devices} device(s), p50 by segment: ${Object.entries(f.parts).map(([k, v]) => `${k} ${v.p50.toFixed(2)}`).join(', ')}`);
   console.log(`goal p50 overhead ≤ 1.5 ms: ${all.every((f) => f.overhead.p50 <= 1.5) ? 'met' : 'missed'}`);
