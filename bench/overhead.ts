@@ -1,10 +1,12 @@
 /**
  * Protocol overhead of a verification round (a benchmark, not a test): the time a round spends
  * outside model compute, device → scheduler → worker → device, queueing excluded, with 1 and
- * with 32 emulated devices, against the real RabbitMQ and Redis with the forged tiny models and
- * no emulated device or network time (timeScale 0). The scheduler and one verifier worker run
- * in this process; the devices run in a child process (as on real, separate devices), so their
- * drafting does not stall the server roles' event loop. `--in-process` puts them all in one.
+ * with 32 emulated devices, against the real RabbitMQ (in a private vhost, made with
+ * rabbitmqctl as the tests do; WISP_AMQP_URL overrides) and Redis with the forged tiny models
+ * and no emulated device or network time (timeScale 0). The scheduler and one verifier worker
+ * run in this process; the devices and the client run in a child process (as on real, separate
+ * devices), so neither their drafting nor the token stream loads the server roles' event loop.
+ * `--in-process` puts them all in one.
  *
  * Per verification round (round ≥ 1):
  *   rtt       the device publishes its VerifyRequest → the device's consumer has the result
@@ -35,6 +37,7 @@ import type { VerifyBatch, VerifyRequest, VerifyResult } from '../broker/contrac
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../broker/topology.ts';
 import { loadConfig } from '../config/load.ts';
 import { POLICIES, type PolicyName, type WispConfig } from '../config/schema.ts';
+import { testAmqpUrl } from '../test/helpers/vhost.ts';
 import { summarize, type Summary } from './metrics.ts';
 
 const { values } = parseArgs({
@@ -135,10 +138,11 @@ async function startDevices(config: WispConfig, devices: number, report: (r: Dev
   return edge;
 }
 
-function benchConfig(run: string, policy: PolicyName): WispConfig {
+function benchConfig(run: string, policy: PolicyName, amqpUrl: string): WispConfig {
   return loadConfig({
     env: process.env,
     overrides: {
+      amqpUrl,
       redisKeyPrefix: `wisp-bench-${run}:`,
       logLevel: 'silent',
       timeScale: 0,
@@ -226,7 +230,9 @@ interface Figures {
 
 async function measure(devices: number, policy: PolicyName, maxNewTokens: number, sessionsPerDevice: number, inProcess: boolean): Promise<Figures> {
   const run = randomUUID().slice(0, 8);
-  const config = benchConfig(run, policy);
+  // A private vhost: nothing else on this broker (a `wisp up`, tests) can take our messages.
+  const amqpUrl = process.env.WISP_AMQP_URL ?? testAmqpUrl();
+  const config = benchConfig(run, policy, amqpUrl);
   const server = new Map<string, ServerRound>();
   const modelMs = new Map<string, number>();
   const deviceRounds: DeviceRound[] = [];
@@ -310,7 +316,7 @@ async function measure(devices: number, policy: PolicyName, maxNewTokens: number
       markEnd();
     } else {
       // The devices and the client run in the child: this process holds the server roles only.
-      child = fork(process.argv[1], ['--devices-child', JSON.stringify({ run, policy, load })], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      child = fork(process.argv[1], ['--devices-child', JSON.stringify({ run, policy, load, amqpUrl })], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       await new Promise<void>((resolve, reject) => {
         child!.on('message', (m: { type: string; round?: DeviceRound; error?: string }) => {
           if (m.type === 'round' && m.round) deviceRounds.push(m.round);
@@ -413,8 +419,8 @@ async function drive(broker: BrokerClient, load: LoadSpec, onWarm: () => void): 
 
 /** Child mode: the device fleet and the client, reporting each round's device-side stamps. */
 async function deviceChild(arg: string): Promise<void> {
-  const { run, policy, load } = JSON.parse(arg) as { run: string; policy: PolicyName; load: LoadSpec };
-  const config = benchConfig(run, policy);
+  const { run, policy, load, amqpUrl } = JSON.parse(arg) as { run: string; policy: PolicyName; load: LoadSpec; amqpUrl: string };
+  const config = benchConfig(run, policy, amqpUrl);
   const edge = await startDevices(config, load.devices, (round) => process.send!({ type: 'round', round }));
   const broker = await connectBroker(config.amqpUrl, { connectionName: `bench-client-${run}` });
   process.on('message', (m: { type: string }) => {

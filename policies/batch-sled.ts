@@ -22,9 +22,11 @@ export function selectBatchSled(state: BatchPolicyState, nowMs: number): BatchDe
   let wakeAtMs = Infinity;
   for (const g of groups.values()) {
     const oldest = g[0];
-    const isDue = g.length >= state.bMax || nowMs - oldest.arrivalMs >= state.waitMs;
+    // Compared as a time, the same expression the wake-up is set to, so a wake at that time is due.
+    const dueAtMs = oldest.arrivalMs + state.waitMs;
+    const isDue = g.length >= state.bMax || nowMs >= dueAtMs;
     if (isDue && (due === null || byArrival(oldest, due[0]) < 0)) due = g;
-    if (!isDue) wakeAtMs = Math.min(wakeAtMs, oldest.arrivalMs + state.waitMs);
+    if (!isDue) wakeAtMs = Math.min(wakeAtMs, dueAtMs);
   }
   if (due === null) return idleDecision(wakeAtMs);
   const batch = new BatchDraft(state, due[0].kind);

@@ -177,7 +177,8 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         if (wake) clearTimeout(wake);
         wake = setTimeout(() => {
           wake = null;
-          send({ type: 'WAKE', atMs: clock.now() });
+          // A timer may fire a hair early on our clock: it still means "the time asked for".
+          send({ type: 'WAKE', atMs: Math.max(clock.now(), atMs) });
         }, Math.max(0, atMs - clock.now()));
       },
     },
