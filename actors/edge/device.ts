@@ -90,7 +90,7 @@ export class EdgeDevice {
    * Starts at a guess: the profile's round trip plus 50 real-world ms of server time.
    */
   #roundOverheadMs: number;
-  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; lastDeliveryAtMs: number }>();
+  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; link: Promise<void> }>();
   #consumer: ConsumerHandle | null = null;
   #busy: Promise<unknown> = Promise.resolve();
   #random: () => number;
@@ -128,12 +128,15 @@ export class EdgeDevice {
   #onReply(m: DeviceInbox): void {
     const target = m.sessionId ? this.#sessions.get(m.sessionId) : undefined;
     if (!target) return; // a late answer for a session that ended: nothing to do
-    const delay = this.#oneWayMs();
-    if (delay <= 0 && target.lastDeliveryAtMs <= this.#opts.clock.now()) return target.deliver(m);
-    // A network link delivers in order: jitter never lets a message overtake an earlier one.
-    const at = Math.max(this.#opts.clock.now() + delay, target.lastDeliveryAtMs);
-    target.lastDeliveryAtMs = at;
-    setTimeout(() => target.deliver(m), at - this.#opts.clock.now());
+    const clock = this.#opts.clock;
+    const at = clock.now() + this.#oneWayMs();
+    // A network link delivers in order: each message waits for the one before it, so jitter
+    // (or timer rounding) never lets a stream chunk overtake an earlier one.
+    target.link = target.link.then(async () => {
+      const wait = at - clock.now();
+      if (wait > 0) await clock.sleep(wait);
+      target.deliver(m);
+    }).catch((err: Error) => this.#opts.logger.warn({ err: err.message }, 'reply not delivered to its session'));
   }
 
   #sendUp(message: unknown): void {
@@ -328,7 +331,7 @@ export class EdgeDevice {
       span.end({ [ATTR.accepted]: r.accepted, [ATTR.verified]: r.verified, [ATTR.queueMs]: r.queueMs, [ATTR.verifyMs]: r.verifyMs, [ATTR.batchSize]: r.batchSize, [ATTR.workerId]: r.workerId });
     };
     this.#sessions.set(sessionId, {
-      lastDeliveryAtMs: 0,
+      link: Promise.resolve(),
       deliver: (m) => {
         const atMs = clock.now();
         if (m.type === 'result') endRound(m);

@@ -87,7 +87,8 @@ export function registerEnqueue(program: Command): void {
       const timeoutMs = num('timeout-ms', flags.timeoutMs, (n) => n > 0, 'a positive number');
       const { connectBroker } = await import('../../broker/connection.ts');
       const { WispClient } = await import('../../actors/client.ts');
-      const broker = await connectBroker(config.amqpUrl, { connectionName: 'client' });
+      // uplink: a client credential may publish prompts only through the uplink exchange (ops/rabbitmq).
+      const broker = await connectBroker(config.amqpUrl, { connectionName: 'client', uplink: true });
       const client = new WispClient(broker);
       await client.start();
       let failed = 0;

@@ -12,12 +12,14 @@ import { expect } from 'chai';
 import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
 import type { BrokerClient } from '../../broker/connection.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { assertBrokerCanRestart, ensureFaultsVhost, faultConfig, rabbitmqctl, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+import { assertBrokerCanRestart, ensureVhost, faultConfig, rabbitmqctl, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
 
 async function restoreBroker(): Promise<void> {
   await rabbitmqctl(['start_app']).catch(() => {});
   await rabbitmqctl(['await_startup']).catch(() => {});
 }
+
+const VHOST = 'wisp-faults-broker';
 
 describe('faults 2: the broker restarts mid-run', function () {
   this.timeout(240_000);
@@ -27,8 +29,8 @@ describe('faults 2: the broker restarts mid-run', function () {
   let verifies = 0;
 
   before(async () => {
-    await ensureFaultsVhost();
-    sys = await startFaultSystem(faultConfig({ edge: { verifyTimeoutMs: 4_000, maxRetries: 8 }, worker: { heartbeatMs: 200, heartbeatTtlMs: 3_000 } }), {
+    await ensureVhost(VHOST);
+    sys = await startFaultSystem(faultConfig(VHOST, { edge: { verifyTimeoutMs: 4_000, maxRetries: 8 }, worker: { heartbeatMs: 200, heartbeatTtlMs: 3_000 } }), {
       workers: 2,
       devices: 16,
       hooks: {

@@ -24,8 +24,10 @@ import { AMQP_URL, REDIS_URL, testConfig } from '../helpers/system.ts';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-/** The fault suite's own vhost and Redis database. */
-export const FAULTS_VHOST = 'wisp-faults';
+/**
+ * The fault suite's Redis database; each test file has its own RabbitMQ vhost (`wisp-faults-*`),
+ * so a role left over from one file can never take another file's messages from the shared queues.
+ */
 export const FAULTS_REDIS_DB = 9;
 
 /** `AMQP_URL` with another vhost and, optionally, other credentials. */
@@ -64,24 +66,19 @@ export function runScript(path: string, args: string[], env: NodeJS.ProcessEnv, 
   });
 }
 
-let vhostReady: Promise<void> | null = null;
-
-/** Creates the suite's vhost (once per process) with guest allowed everywhere in it. */
-export function ensureFaultsVhost(): Promise<void> {
-  vhostReady ??= (async () => {
-    await rabbitmqctl(['add_vhost', FAULTS_VHOST]).catch((err: Error) => {
-      if (!/already exists|vhost_already_exists/.test(err.message)) throw err;
-    });
-    await rabbitmqctl(['set_permissions', '-p', FAULTS_VHOST, 'guest', '.*', '.*', '.*']);
-  })();
-  return vhostReady;
+/** Creates a test file's vhost with guest allowed everywhere in it (kept for later runs). */
+export async function ensureVhost(vhost: string): Promise<void> {
+  await rabbitmqctl(['add_vhost', vhost]).catch((err: Error) => {
+    if (!/already exists|vhost_already_exists/.test(err.message)) throw err;
+  });
+  await rabbitmqctl(['set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*']);
 }
 
-/** Config for a fault test: the suite's vhost and Redis database, a private prefix and worker id. */
-export function faultConfig(overrides: DeepPartial<WispConfig> = {}): WispConfig {
+/** Config for a fault test: its vhost, the suite's Redis database, a private prefix and worker id. */
+export function faultConfig(vhost: string, overrides: DeepPartial<WispConfig> = {}): WispConfig {
   const run = randomUUID().slice(0, 6);
   return testConfig({
-    amqpUrl: amqpUrl(FAULTS_VHOST),
+    amqpUrl: amqpUrl(vhost),
     redisUrl: faultsRedisUrl(),
     redisKeyPrefix: `wisp-faults-${run}:`,
     ...overrides,

@@ -59,7 +59,7 @@ describe('faults 7: least privilege (per-role RabbitMQ users, ownership, no secr
   let worker: VerifierRole;
   let clientBroker: BrokerClient;
   let client: WispClient;
-  const base = faultConfig();
+  const base = faultConfig(VHOST);
   const workerId = `lpw${run}`;
   let restartScheduler: () => Promise<void>;
 

@@ -19,7 +19,7 @@ import { readModelDir } from '../../inference/model-dir.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { TEST_PROMPTS, tapBroker } from '../helpers/system.ts';
-import { deleteQueues, ensureFaultsVhost, faultConfig, quietBrokerLogger } from './helpers.ts';
+import { deleteQueues, ensureVhost, faultConfig, quietBrokerLogger } from './helpers.ts';
 
 const SESSIONS = Number(process.env.WISP_LOAD_SESSIONS ?? 1_000);
 const FLEETS = 2;
@@ -28,6 +28,8 @@ function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
+
+const VHOST = 'wisp-faults-load';
 
 describe('faults 8: load — 1,000 concurrent sessions against a cost-model verifier', function () {
   this.timeout(600_000);
@@ -43,7 +45,7 @@ describe('faults 8: load — 1,000 concurrent sessions against a cost-model veri
   const openAt = new Map<string, number>();
   const closeAt = new Map<string, number>();
   const maxNewTokens = 8;
-  const config = faultConfig({
+  const config = faultConfig(VHOST, {
     models: { costModel: { enabled: true, timeScale: 0.1 } },
     scheduler: { bMax: 64, maxBatchTokens: 1_024 },
     worker: { id: `load${run}`, heartbeatMs: 500, heartbeatTtlMs: 60_000, idleEvictMs: 300_000 },
@@ -52,7 +54,7 @@ describe('faults 8: load — 1,000 concurrent sessions against a cost-model veri
   });
 
   before(async () => {
-    await ensureFaultsVhost();
+    await ensureVhost(VHOST);
     broker = await connectBroker(config.amqpUrl, { connectionName: `load-${run}`, logger: quietBrokerLogger });
     await broker.purgeQueue(PROMPTS_QUEUE);
     await broker.purgeQueue(SCHEDULER_QUEUE);

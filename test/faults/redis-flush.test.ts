@@ -13,7 +13,9 @@ import { openRedisStore } from '../../store/redis-store.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { countKeys, ensureFaultsVhost, faultConfig, faultsRedis, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+import { countKeys, ensureVhost, faultConfig, faultsRedis, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+
+const VHOST = 'wisp-faults-flush';
 
 describe('faults 3: Redis is emptied mid-run', function () {
   this.timeout(180_000);
@@ -22,8 +24,8 @@ describe('faults 3: Redis is emptied mid-run', function () {
   let verifies = 0;
 
   before(async () => {
-    await ensureFaultsVhost();
-    sys = await startFaultSystem(faultConfig({ edge: { verifyTimeoutMs: 10_000, maxRetries: 3 } }), {
+    await ensureVhost(VHOST);
+    sys = await startFaultSystem(faultConfig(VHOST, { edge: { verifyTimeoutMs: 10_000, maxRetries: 3 } }), {
       workers: 2,
       devices: 16,
       hooks: {

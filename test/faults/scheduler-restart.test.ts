@@ -8,7 +8,9 @@
 import { expect } from 'chai';
 import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { ensureFaultsVhost, faultConfig, sleep, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+import { ensureVhost, faultConfig, sleep, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+
+const VHOST = 'wisp-faults-scheduler';
 
 describe('faults 4: the scheduler restarts mid-run', function () {
   this.timeout(180_000);
@@ -18,8 +20,8 @@ describe('faults 4: the scheduler restarts mid-run', function () {
   let verifies = 0;
 
   before(async () => {
-    await ensureFaultsVhost();
-    sys = await startFaultSystem(faultConfig({ edge: { verifyTimeoutMs: 20_000, maxRetries: 3 }, worker: { heartbeatMs: 200, heartbeatTtlMs: 5_000 } }), {
+    await ensureVhost(VHOST);
+    sys = await startFaultSystem(faultConfig(VHOST, { edge: { verifyTimeoutMs: 20_000, maxRetries: 3 }, worker: { heartbeatMs: 200, heartbeatTtlMs: 5_000 } }), {
       workers: 2,
       devices: 16,
       hooks: {

@@ -13,10 +13,12 @@ import { DeviceInboxSchema, PROTOCOL_VERSION, type SessionOpen, type VerifyReque
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { ConsumerHandle } from '../../broker/connection.ts';
 import { TEST_PROMPTS, targetTokens } from '../helpers/system.ts';
-import { countKeys, ensureFaultsVhost, faultConfig, faultsRedis, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
+import { countKeys, ensureVhost, faultConfig, faultsRedis, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
 
 const SESSIONS = Number(process.env.WISP_VANISH_SESSIONS ?? 1_000);
 const DEVICES = 20;
+
+const VHOST = 'wisp-faults-vanish';
 
 describe('faults 5: devices vanish without closing their sessions', function () {
   this.timeout(240_000);
@@ -27,8 +29,8 @@ describe('faults 5: devices vanish without closing their sessions', function () 
   const sessionTtlMs = 4_000;
 
   before(async () => {
-    await ensureFaultsVhost();
-    sys = await startFaultSystem(faultConfig({ worker: { idleEvictMs, heartbeatMs: 200, heartbeatTtlMs: 5_000 }, sessionTtlMs }), { workers: 1, devices: 1 });
+    await ensureVhost(VHOST);
+    sys = await startFaultSystem(faultConfig(VHOST, { worker: { idleEvictMs, heartbeatMs: 200, heartbeatTtlMs: 5_000 }, sessionTtlMs }), { workers: 1, devices: 1 });
     redis = faultsRedis();
   });
   after(async () => {

@@ -10,19 +10,21 @@ import { expect } from 'chai';
 import { connect } from 'amqplib';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { ensureFaultsVhost, faultConfig, spawnWorker, startFaultSystem, waitFor, type FaultSystem, type WorkerProcess } from './helpers.ts';
+import { ensureVhost, faultConfig, spawnWorker, startFaultSystem, waitFor, type FaultSystem, type WorkerProcess } from './helpers.ts';
+
+const VHOST = 'wisp-faults-kill';
 
 describe('faults 1: a verifier worker is SIGKILLed in the middle of a batch', function () {
   this.timeout(240_000);
   let sys: FaultSystem;
   let workers: WorkerProcess[] = [];
-  const config = faultConfig({ worker: { heartbeatMs: 200, heartbeatTtlMs: 1_500 }, edge: { verifyTimeoutMs: 3_000, maxRetries: 4 } });
+  const config = faultConfig(VHOST, { worker: { heartbeatMs: 200, heartbeatTtlMs: 1_500 }, edge: { verifyTimeoutMs: 3_000, maxRetries: 4 } });
   const ids = [`${config.worker.id}-a`, `${config.worker.id}-b`];
   const onDispatch: ((workerId: string) => void)[] = [];
   let verifies = 0;
 
   before(async () => {
-    await ensureFaultsVhost();
+    await ensureVhost(VHOST);
     sys = await startFaultSystem(config, {
       workers: 0,
       devices: 16,

@@ -9,8 +9,25 @@ import { randomUUID } from 'node:crypto';
 
 let created: string | null = null;
 
-function ctl(args: string[]): void {
-  execFileSync('rabbitmqctl', args, { stdio: 'ignore', timeout: 60_000 });
+function ctl(args: string[]): string {
+  return execFileSync('rabbitmqctl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 60_000 });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Deletes vhosts left by test processes that died before their exit hook ran. */
+function removeOrphans(): void {
+  for (const name of ctl(['list_vhosts', '--quiet']).split('\n').map((l) => l.trim())) {
+    const m = /^wisp-test-(\d+)-[0-9a-f]+$/.exec(name);
+    if (m && !alive(Number(m[1]))) ctl(['delete_vhost', name]);
+  }
 }
 
 /** The vhost this test process uses (created on first call). */
@@ -19,6 +36,7 @@ export function testVhost(): string {
   if (created) return created;
   const name = `wisp-test-${process.pid}-${randomUUID().slice(0, 6)}`;
   try {
+    removeOrphans();
     ctl(['add_vhost', name]);
     ctl(['set_permissions', '-p', name, 'guest', '.*', '.*', '.*']);
   } catch {
