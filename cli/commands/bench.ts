@@ -46,7 +46,7 @@ export function registerBench(program: Command): void {
     .option('--devices <list>', 'concurrent devices per load (default: 2,4,8,16,32,64; quick: 2,4,8,16)')
     .option('--warmup-s <s>', 'warm-up per load, seconds (default 4; quick 2)')
     .option('--window-s <s>', 'measured window per load, seconds (default 20; quick 6)')
-    .option('--time-scale <x>', 'multiplies device times (draft, network) and the SLO', '0.1')
+    .option('--time-scale <x>', 'multiplies device times (draft, network) and the SLO', '0.5')
     .option('--preset <name>', 'built-in model pair', 'small')
     .option('--profiles <list>', 'device profiles, round-robin', 'jetson-orin-nano,raspberry-pi-5')
     .option('--max-tokens <n>', 'new tokens per prompt', '32')

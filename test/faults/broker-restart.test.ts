@@ -11,6 +11,7 @@
 import { expect } from 'chai';
 import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
 import type { BrokerClient } from '../../broker/connection.ts';
+import type { LaunchHooks } from '../../actors/launch.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
 import { assertBrokerCanRestart, ensureVhost, faultConfig, rabbitmqctl, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
 
@@ -27,32 +28,67 @@ describe('faults 2: the broker restarts mid-run', function () {
   const brokers = new Map<string, BrokerClient>();
   const sent = new Map<string, number>();
   let verifies = 0;
+  /** Every role's broker (to see them reconnect) and the devices' requests (to count resends). */
+  const edgeHooks: LaunchHooks = {
+    wrapBroker: (role, b) => {
+      if (role === 'edge') for (const [k, v] of brokers) if (k.startsWith('edge-') && !v.connected) brokers.delete(k); // a replaced fleet
+      brokers.set(`${role}-${brokers.size}`, b);
+      if (role !== 'edge') return b;
+      return tapBroker(b, {
+        publish: (queue, m) => {
+          const msg = m as { type?: string; sessionId?: string; round?: number };
+          if (queue !== SCHEDULER_QUEUE || (msg.type !== 'open' && msg.type !== 'verify')) return;
+          if (msg.type === 'verify') verifies++;
+          const key = `${msg.sessionId}:${msg.type === 'open' ? 0 : msg.round}`;
+          sent.set(key, (sent.get(key) ?? 0) + 1);
+        },
+      });
+    },
+  };
 
   before(async () => {
     await ensureVhost(VHOST);
     sys = await startFaultSystem(faultConfig(VHOST, { edge: { verifyTimeoutMs: 4_000, maxRetries: 8 }, worker: { heartbeatMs: 200, heartbeatTtlMs: 3_000 } }), {
       workers: 2,
       devices: 16,
-      hooks: {
-        wrapBroker: (role, b) => {
-          brokers.set(`${role}-${brokers.size}`, b);
-          if (role !== 'edge') return b;
-          return tapBroker(b, {
-            publish: (queue, m) => {
-              const msg = m as { type?: string; sessionId?: string; round?: number };
-              if (queue !== SCHEDULER_QUEUE || (msg.type !== 'open' && msg.type !== 'verify')) return;
-              if (msg.type === 'verify') verifies++;
-              const key = `${msg.sessionId}:${msg.type === 'open' ? 0 : msg.round}`;
-              sent.set(key, (sent.get(key) ?? 0) + 1);
-            },
-          });
-        },
-      },
+      hooks: edgeHooks,
     });
   });
   after(async () => {
     await restoreBroker();
     await sys?.stop();
+  });
+
+  it('has the client drop a chunk resent after a broker hiccup, and report one that never came', async () => {
+    const { WispClient } = await import('../../actors/client.ts');
+    const { connectBroker } = await import('../../broker/connection.ts');
+    const { PROMPTS_QUEUE } = await import('../../broker/topology.ts');
+    const own = await connectBroker(sys.config.amqpUrl, { connectionName: 'chunk-offsets' });
+    const client = new WispClient(own);
+    await client.start();
+    // Nobody serves these prompts: the test plays the device's side of the stream.
+    await sys.edge.stop();
+    try {
+      const chunk = (requestId: string, offset: number, tokens: number[], done = false) => ({ v: 1, type: 'chunk', requestId, sessionId: 's', tokens, text: '', offset, done });
+      const a = await client.send({ prompt: 'x', maxNewTokens: 4 }, 20_000);
+      for (const c of [chunk(a.requestId, 0, [1, 2]), chunk(a.requestId, 0, [1, 2]), chunk(a.requestId, 2, [3]), chunk(a.requestId, 3, [], true)]) await own.publish(client.replyQueue, c);
+      const ra = await a.result;
+      expect(ra.error).to.equal(null);
+      expect(ra.tokens, 'the resent chunk counted once').to.deep.equal([1, 2, 3]);
+      const b = await client.send({ prompt: 'x', maxNewTokens: 4 }, 20_000);
+      for (const c of [chunk(b.requestId, 0, [1]), chunk(b.requestId, 2, [3])]) await own.publish(client.replyQueue, c);
+      const rb = await b.result;
+      expect(rb.error?.code, 'a gap is an error, never a silent hole').to.equal('internal');
+      expect(rb.error?.message).to.include('tokens 1..1');
+    } finally {
+      await client.close();
+      await own.purgeQueue(PROMPTS_QUEUE).catch(() => {});
+      await own.close();
+      // Back to a full system for the next test.
+      const { runEdge } = await import('../../actors/launch.ts');
+      const { pino } = await import('pino');
+      sys.edge = await runEdge(sys.config, { devices: 16, hooks: edgeHooks }, pino({ level: 'silent' }));
+    }
   });
 
   it('reconnects every role and completes every session exactly', async () => {
