@@ -204,11 +204,11 @@ export async function startFaultSystem(config: WispConfig, opts: FaultSystemOpti
       },
       async stop() {
         await client.close().catch(() => {});
-        await edge.stop().catch(() => {});
+        await sys.edge.stop().catch(() => {});
         for (const w of workers) await w.stop().catch(() => {});
         await sys.scheduler.stop().catch(() => {});
         // Per-id queues would otherwise linger (durable, expiring in minutes) and slow a broker restart.
-        const ids = [...workers.map((w) => workerQueue(w.role.workerId)), ...edge.fleet.devices.flatMap((d) => [deviceQueue(d.id), devicePromptQueue(d.id)])];
+        const ids = [...workers.map((w) => workerQueue(w.role.workerId)), ...sys.edge.fleet.devices.flatMap((d) => [deviceQueue(d.id), devicePromptQueue(d.id)])];
         await deleteQueues(broker, ids);
         await broker.close().catch(() => {});
       },
