@@ -66,8 +66,13 @@ export function runScript(path: string, args: string[], env: NodeJS.ProcessEnv, 
   });
 }
 
-/** Creates a test file's vhost with guest allowed everywhere in it (kept for later runs). */
+/**
+ * Creates a test file's vhost afresh, with guest allowed everywhere in it. An earlier run's
+ * vhost is deleted first: its leftover durable queues would pile up run after run, and a broker
+ * holding many queues restarts slowly (the broker-restart test refuses to run then).
+ */
 export async function ensureVhost(vhost: string): Promise<void> {
+  await rabbitmqctl(['delete_vhost', vhost]).catch(() => {});
   await rabbitmqctl(['add_vhost', vhost]).catch((err: Error) => {
     if (!/already exists|vhost_already_exists/.test(err.message)) throw err;
   });
