@@ -133,15 +133,7 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
     logger,
     metrics: telemetry.metrics.scheduler(),
   });
-  const running = {
-    role,
-    async stop() {
-      await role.stop();
-      await broker.close();
-      await store.close();
-      await telemetry.close();
-    },
-  };
+  const running = { role, stop: inOrder(() => role.stop(), () => broker.close(), () => store.close(), () => telemetry.close()) };
   await serveOrStop(telemetry, running);
   logger.info({ policy: config.scheduler.policy }, 'scheduler started');
   return running;
@@ -151,6 +143,13 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
 async function costModelRunner(config: WispConfig, targetDir: string): Promise<DecoderRunner> {
   const { info } = await readModelDir(targetDir);
   return new CostModelRunner({ info, timeScale: config.models.costModel.timeScale });
+}
+
+/** A stop() that runs each step in order (roles first, then their connections). */
+function inOrder(...steps: (() => Promise<unknown>)[]): () => Promise<void> {
+  return async () => {
+    for (const step of steps) await step();
+  };
 }
 
 export interface VerifierLaunchOptions {
@@ -180,15 +179,7 @@ export async function runVerifier(config: WispConfig, opts: VerifierLaunchOption
     ...(opts.hooks?.onBatch ? { onBatch: opts.hooks.onBatch } : {}),
     metrics: telemetry.metrics.verifier(),
   });
-  const running = {
-    role,
-    async stop() {
-      await role.stop();
-      await broker.close();
-      await store.close();
-      await telemetry.close();
-    },
-  };
+  const running = { role, stop: inOrder(() => role.stop(), () => broker.close(), () => store.close(), () => telemetry.close()) };
   await serveOrStop(telemetry, running);
   logger.info({ workerId }, 'verifier started');
   return running;
