@@ -44,6 +44,18 @@ export interface LiveBenchOptions {
   onProgress?: (p: { policy: PolicyName; devices: number; step: number; steps: number }) => void;
 }
 
+/** Short prompts of the end-to-end tests and the overhead benchmark. */
+export const SHORT_PROMPTS = [
+  'the quick brown fox',
+  'once upon a time',
+  'in the beginning there was',
+  'hello',
+  'a river runs through the',
+  'she said that the',
+  'the old house on the hill',
+  'numbers and letters',
+];
+
 /** Prompts the devices cycle through (the same for every policy). */
 export const BENCH_PROMPTS = [
   'the old house on the hill',

@@ -39,6 +39,7 @@ import { loadConfig } from '../config/load.ts';
 import { POLICIES, type PolicyName, type WispConfig } from '../config/schema.ts';
 import { testAmqpUrl } from '../test/helpers/vhost.ts';
 import { summarize, type Summary } from './metrics.ts';
+import { SHORT_PROMPTS } from './live.ts';
 
 const { values } = parseArgs({
   options: {
@@ -56,16 +57,7 @@ const { values } = parseArgs({
   },
 });
 
-const PROMPTS = [
-  'the quick brown fox',
-  'once upon a time',
-  'in the beginning there was',
-  'hello',
-  'a river runs through the',
-  'she said that the',
-  'the old house on the hill',
-  'numbers and letters',
-];
+const PROMPTS = SHORT_PROMPTS;
 
 /** What the device side knows of a round. */
 interface DeviceRound {

@@ -115,6 +115,23 @@ function emptyCounters(): SessionCounters {
   };
 }
 
+/** A session's context before anything happened (the machine's, and the simulator's device model). */
+export function initialEdgeSessionContext(input: EdgeSessionInput): EdgeSessionContext {
+  return {
+    ...input,
+    generated: [],
+    round: 0,
+    attempt: 0,
+    draft: null,
+    firstTokenAtMs: null,
+    lastTokenAtMs: null,
+    streamSeq: 0,
+    emitted: 0,
+    counters: emptyCounters(),
+    error: null,
+  };
+}
+
 /** Appends tokens, stopping after EOS or at the token budget; returns what was kept. */
 export function commitTokens(ctx: Pick<EdgeSessionContext, 'generated' | 'maxNewTokens' | 'eosTokenId'>, tokens: number[]): number[] {
   const kept: number[] = [];
@@ -218,19 +235,7 @@ export const edgeSessionMachine = setup({
   },
 }).createMachine({
   id: 'edgeSession',
-  context: ({ input }) => ({
-    ...input,
-    generated: [],
-    round: 0,
-    attempt: 0,
-    draft: null,
-    firstTokenAtMs: null,
-    lastTokenAtMs: null,
-    streamSeq: 0,
-    emitted: 0,
-    counters: emptyCounters(),
-    error: null,
-  }),
+  context: ({ input }) => initialEdgeSessionContext(input),
   initial: 'opening',
   on: {
     CANCEL: { target: '.cancelled' },

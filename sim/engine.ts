@@ -29,7 +29,7 @@ import {
 } from '../broker/contracts.ts';
 import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import { deviceEnergyJ, sessionStats } from '../actors/edge/device.ts';
-import { commitTokens, countRound, type DraftOutput, type EdgeSessionContext } from '../machines/edge-session.ts';
+import { commitTokens, countRound, initialEdgeSessionContext, type DraftOutput, type EdgeSessionContext } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
 import { createControllerState, decideDraftStep, learnFromRound, predictAcceptance, type ControllerState } from '../policies/controller.ts';
 import type { BatchShape } from '../policies/types.ts';
@@ -426,7 +426,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     sessionsStarted++;
     if (inWindow(now)) judgedOpen++;
     const promptTokens = promptOf(promptLength);
-    const ctx: EdgeSessionContext = {
+    const ctx: EdgeSessionContext = initialEdgeSessionContext({
       sessionId,
       deviceId: dev.id,
       requestId: sessionId,
@@ -438,17 +438,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       maxRetries: 0,
       kMax: c.controller.kMax,
       startedAtMs: now,
-      generated: [],
-      round: 0,
-      attempt: 0,
-      draft: null,
-      firstTokenAtMs: null,
-      lastTokenAtMs: null,
-      streamSeq: 0,
-      emitted: 0,
-      counters: { rounds: 0, drafted: 0, accepted: 0, wastedDraftTokens: 0, wastedDraftMs: 0, draftMs: 0, queueMs: 0, verifyMs: 0, draftedByPosition: [], acceptedByPosition: [] },
-      error: null,
-    };
+    });
     dev.session = { ctx, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null };
     const open: SessionOpen = {
       v: PROTOCOL_VERSION,

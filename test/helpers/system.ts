@@ -16,6 +16,7 @@ import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 
 import { testAmqpUrl } from './vhost.ts';
+import { SHORT_PROMPTS } from '../../bench/live.ts';
 
 /** The broker in this test process's private vhost (see vhost.ts). */
 export const AMQP_URL = process.env.WISP_AMQP_URL ?? testAmqpUrl();
@@ -115,17 +116,8 @@ export function tapBroker(broker: BrokerClient, tap: BrokerTap): BrokerClient {
   });
 }
 
-/** Short prompts for end-to-end tests (the same as e2e-up's). */
-export const TEST_PROMPTS = [
-  'the quick brown fox',
-  'once upon a time',
-  'in the beginning there was',
-  'hello',
-  'a river runs through the',
-  'she said that the',
-  'the old house on the hill',
-  'numbers and letters',
-];
+/** Short prompts for end-to-end tests (shared with the overhead benchmark). */
+export const TEST_PROMPTS = SHORT_PROMPTS;
 
 /**
  * Target-only tokens for each prompt with the tiny preset (generateTarget, the function behind

@@ -12,6 +12,7 @@ import { createRng, rngFor, uniformFor } from '../../inference/rng.ts';
 import { verifySampled } from '../../inference/verify.ts';
 import { InferenceError } from '../../inference/errors.ts';
 import type { DecoderRunner, KvCacheHandle, SamplingParams, SparseDist } from '../../inference/types.ts';
+import { chiSquare, chiSquareCritical001 } from '../helpers/chi-square.ts';
 
 const PROMPTS = [
   'The town sat at the mouth of a slow river',
@@ -29,39 +30,6 @@ const PROMPTS = [
 ];
 
 const greedy: SamplingParams = { temperature: 0, topP: 1, seed: 0 };
-
-/** Pearson chi-square with cells of expected count < 5 pooled into one. */
-function chiSquare(counts: ArrayLike<number>, probs: ArrayLike<number>, N: number): { stat: number; df: number } {
-  let stat = 0;
-  let cells = 0;
-  let pooledObs = 0;
-  let pooledExp = 0;
-  for (let i = 0; i < probs.length; i++) {
-    const e = probs[i] * N;
-    if (e < 5) {
-      pooledObs += counts[i];
-      pooledExp += e;
-      continue;
-    }
-    stat += (counts[i] - e) ** 2 / e;
-    cells++;
-  }
-  if (pooledExp >= 1e-9) {
-    stat += (pooledObs - pooledExp) ** 2 / pooledExp;
-    cells++;
-  } else if (pooledObs > 0) {
-    stat = Infinity;
-  }
-  return { stat, df: cells - 1 };
-}
-
-/** Critical value at α = 0.001: exact for df ≤ 10, Wilson–Hilferty beyond (within ~1%). */
-function chiSquareCritical001(df: number): number {
-  const table = [0, 10.828, 13.816, 16.266, 18.467, 20.515, 22.458, 24.322, 26.124, 27.877, 29.588];
-  if (df <= 10) return table[df];
-  const a = 2 / (9 * df);
-  return df * (1 - a + 3.090232 * Math.sqrt(a)) ** 3;
-}
 
 async function lastRowAfter(runner: DecoderRunner, cache: KvCacheHandle, tokens: number[]): Promise<Float32Array> {
   const [logits] = await runner.forward([{ cache, tokens }]);

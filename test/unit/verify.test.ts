@@ -3,6 +3,7 @@ import { verifyDraft, verifyGreedy, verifySampled, VerifyInputError } from '../.
 import { draftTopK, logitsToProbs, sampleDraftToken, sampleIndex } from '../../inference/sampling.ts';
 import { rngFor, uniformFor } from '../../inference/rng.ts';
 import type { SamplingParams, SparseDist, VerifyOutcome } from '../../inference/types.ts';
+import { chiSquare, chiSquareCritical001 } from '../helpers/chi-square.ts';
 
 /** Row-major logits from rows of per-token logits. */
 function matrix(rows: number[][]): Float32Array {
@@ -12,43 +13,6 @@ function matrix(rows: number[][]): Float32Array {
 /** A one-hot-ish logits row preferring `id` over a vocabulary of V. */
 function prefer(id: number, V: number): number[] {
   return Array.from({ length: V }, (_, j) => (j === id ? 5 : 0));
-}
-
-/**
- * Pearson chi-square of observed counts against probabilities; cells with expected count < 5
- * are pooled into one. Returns the statistic and its degrees of freedom.
- */
-function chiSquare(counts: ArrayLike<number>, probs: ArrayLike<number>, N: number): { stat: number; df: number } {
-  let stat = 0;
-  let cells = 0;
-  let pooledObs = 0;
-  let pooledExp = 0;
-  for (let i = 0; i < probs.length; i++) {
-    const e = probs[i] * N;
-    if (e < 5) {
-      pooledObs += counts[i];
-      pooledExp += e;
-      continue;
-    }
-    stat += (counts[i] - e) ** 2 / e;
-    cells++;
-  }
-  if (pooledExp > 0) {
-    stat += (pooledObs - pooledExp) ** 2 / pooledExp;
-    cells++;
-  } else if (pooledObs > 0) {
-    stat = Infinity; // a count where the expected mass is exactly 0
-  }
-  return { stat, df: cells - 1 };
-}
-
-/** Critical value at α = 0.001: exact for df ≤ 10, Wilson–Hilferty beyond (within ~1%). */
-function chiSquareCritical001(df: number): number {
-  const table = [0, 10.828, 13.816, 16.266, 18.467, 20.515, 22.458, 24.322, 26.124, 27.877, 29.588];
-  if (df <= 10) return table[df];
-  const z = 3.090232;
-  const a = 2 / (9 * df);
-  return df * (1 - a + z * Math.sqrt(a)) ** 3;
 }
 
 const V = 6;
