@@ -19,7 +19,7 @@ import { openMetricsEndpoint, processMetrics, type WispMetrics } from '../teleme
 import { flushTraces } from '../telemetry/spans.ts';
 import { ensureTracing } from '../telemetry/tracing-switch.ts';
 import { resolveDraftDir } from './edge/draft-models.ts';
-import type { ServedPrompt } from './edge/device.ts';
+import type { JudgedToken, RoundTiming, ServedPrompt } from './edge/device.ts';
 import { startEdgeFleet, type EdgeFleet } from './edge/fleet.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
 import type { DraftTokenFeatures } from '../policies/types.ts';
@@ -90,7 +90,9 @@ export interface LaunchHooks {
   /** Every batch or decode step a verifier worker executed (benchmarks collect batch records). */
   onBatch?: (report: BatchReport) => void;
   /** Every drafted token the target judged, with its draft features (acceptance samples). */
-  onTokenJudged?: (sample: DraftTokenFeatures & { accepted: boolean }) => void;
+  onTokenJudged?: (sample: JudgedToken) => void;
+  /** Every verified round's timing as its device saw it (the simulator's replay is fed these). */
+  onRoundTimed?: (timing: RoundTiming) => void;
   /** Time the scheduler took per event (reduction and batch decision), ms (load tests). */
   onSchedulerDecision?: (event: string, ms: number) => void;
 }
@@ -228,6 +230,7 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
       ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
       ...(opts.hooks?.onServed ? { onServed: opts.hooks.onServed } : {}),
       ...(opts.hooks?.onTokenJudged ? { onTokenJudged: opts.hooks.onTokenJudged } : {}),
+      ...(opts.hooks?.onRoundTimed ? { onRoundTimed: opts.hooks.onRoundTimed } : {}),
       metrics: telemetry.metrics.edge(),
     });
   } catch (err) {

@@ -12,7 +12,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { WispClient } from '../actors/client.ts';
-import type { ServedPrompt } from '../actors/edge/device.ts';
+import type { JudgedToken, RoundTiming, ServedPrompt } from '../actors/edge/device.ts';
 import { runUp } from '../actors/launch.ts';
 import { connectBroker } from '../broker/connection.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../broker/topology.ts';
@@ -20,7 +20,10 @@ import type { Slo } from '../broker/contracts.ts';
 import { loadConfig, type DeepPartial } from '../config/load.ts';
 import type { WispConfig } from '../config/schema.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
-import type { DraftTokenFeatures, PolicyName } from '../policies/types.ts';
+import type { PolicyName } from '../policies/types.ts';
+import { calibrate, type LiveCalibration } from './calibration.ts';
+import { writeReportFiles } from './report.ts';
+import { writeRunReport } from './write.ts';
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord } from './metrics.ts';
 
 export interface LiveBenchOptions {
@@ -97,10 +100,22 @@ function toBatchRecord(r: BatchReport, workerIdOf: string, atMs: number): BatchR
   };
 }
 
+/** The configuration the bench starts from: the config file and overrides given. */
+function baseConfig(o: LiveBenchOptions): WispConfig {
+  return loadConfig({ ...(o.configFile ? { file: o.configFile } : {}), ...(o.overrides ? { overrides: o.overrides } : {}) });
+}
+
+/** The settings of a run that `wisp sim --replay` needs (the policy itself varies per run). */
+export function liveSettings(config: WispConfig, profiles: readonly string[]) {
+  const { policy: _policy, ...scheduler } = config.scheduler;
+  const devices = Object.fromEntries(profiles.filter((p) => config.devices[p]).map((p) => [p, config.devices[p]]));
+  return { scheduler, controller: config.controller, devices };
+}
+
 /** One policy: start the system once, sweep the loads, stop it. */
 async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: number, steps: number, artifacts: LiveArtifacts): Promise<LoadPoint[]> {
   const slo = { ttftMs: o.slo.ttftMs * o.timeScale, tpotMs: o.slo.tpotMs * o.timeScale };
-  const base = loadConfig({ ...(o.configFile ? { file: o.configFile } : {}), ...(o.overrides ? { overrides: o.overrides } : {}) });
+  const base = baseConfig(o);
   const config = loadConfig({
     env: {},
     overrides: {
@@ -117,6 +132,9 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
   });
   const maxDevices = Math.max(...o.devices);
   const served: ServedPrompt[] = [];
+  /** This load's rounds and batch reports (per-load calibration). */
+  const loadRounds: RoundTiming[] = [];
+  const loadReports: BatchReport[] = [];
   const batches: BatchRecord[] = [];
   const broker = await connectBroker(config.amqpUrl, { connectionName: `bench-${policy}` });
   await broker.purgeQueue(PROMPTS_QUEUE);
@@ -128,12 +146,21 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
     seed: o.seed,
     fleetId: `bench-${policy}-${randomUUID().slice(0, 4)}`,
     hooks: {
-      onServed: (s) => served.push(s),
+      onServed: (s) => {
+        served.push(s);
+        artifacts.served.push(s);
+      },
       onBatch: (r) => {
         batches.push(toBatchRecord(r, 'worker', performance.timeOrigin + performance.now()));
+        artifacts.batchReports.push(r);
+        loadReports.push(r);
         if (r.actualMs > 0) artifacts.profileRows.push(profileRow(r));
       },
       onTokenJudged: (t) => artifacts.acceptanceSamples.push(t),
+      onRoundTimed: (t) => {
+        artifacts.rounds.push(t);
+        loadRounds.push(t);
+      },
     },
   });
   const client = new WispClient(broker);
@@ -150,6 +177,8 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
       const windowEnd = windowStart + o.windowMs;
       served.length = 0;
       batches.length = 0;
+      loadRounds.length = 0;
+      loadReports.length = 0;
       let promptIndex = 0;
       await Promise.all(
         active.map(async (device) => {
@@ -162,6 +191,11 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
       const judged = served.filter((s) => s.startedAtMs >= windowStart && s.startedAtMs < windowEnd).map(toSessionRecord);
       const inWindow = batches.filter((b) => b.startedAtMs >= windowStart && b.startedAtMs < windowEnd);
       points.push(loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow }));
+      try {
+        artifacts.calibrationByLoad.push({ policy, devices: k, calibration: calibrate(served, loadRounds, loadReports) });
+      } catch {
+        // A load that finished no session has nothing to calibrate from; the pooled figures stand in.
+      }
     }
   } finally {
     await client.close();
@@ -175,8 +209,14 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
 export interface LiveArtifacts {
   /** Executed batches as profile rows (format of data/verify-profile-h200.csv, model "live"). */
   profileRows: string[];
-  /** Judged draft tokens: features and verdict, one per element. */
-  acceptanceSamples: (DraftTokenFeatures & { accepted: boolean })[];
+  /** Judged draft tokens: features, verdict and device profile, one per element. */
+  acceptanceSamples: JudgedToken[];
+  /** Every served prompt, verified round and executed batch of the run (calibration inputs). */
+  served: ServedPrompt[];
+  rounds: RoundTiming[];
+  batchReports: BatchReport[];
+  /** The calibration of each load of each policy on its own (the machinery slows under load). */
+  calibrationByLoad: { policy: PolicyName; devices: number; calibration: LiveCalibration }[];
 }
 
 export const PROFILE_HEADER = 'model,kind,B,n_max,L_max,sum_n,sum_L,sum_nL,ms_median,ms_min,ms_max,per_request_n,per_request_L';
@@ -188,12 +228,15 @@ export function profileRow(r: BatchReport): string {
   const kind = ls.every((l) => l === 0) ? 'prefill' : 'mixed';
   const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
   const ms = r.actualMs.toFixed(3);
-  return ['live', kind, ns.length, Math.max(...ns), Math.max(...ls), sum(ns), sum(ls), sum(ns.map((n, i) => n * ls[i])), ms, ms, ms, ns.join('/'), ls.join('/')].join(',');
+  // A prefill row counts its prompts padded to the longest (the profile format's convention).
+  const sumN = kind === 'prefill' ? ns.length * Math.max(...ns) : sum(ns);
+  return ['live', kind, ns.length, Math.max(...ns), Math.max(...ls), sumN, sum(ls), sum(ns.map((n, i) => n * ls[i])), ms, ms, ms, ns.join('/'), ls.join('/')].join(',');
 }
 
 export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & { artifacts: LiveArtifacts }> {
   const started = Date.now();
-  const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [] };
+  const knobs = baseConfig(o);
+  const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [], served: [], rounds: [], batchReports: [], calibrationByLoad: [] };
   const policies: BenchResults['policies'] = {};
   const steps = o.policies.length * o.devices.length;
   let base = 0;
@@ -220,6 +263,26 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
     workers: o.workers,
     seed: o.seed,
     wallS: (Date.now() - started) / 1_000,
+    // The settings the run's scheduler and devices used, and what it measured of its own
+    // machinery: `wisp sim --replay` rebuilds the run from these.
+    settings: liveSettings(knobs, o.profiles),
+    calibration: calibrate(artifacts.served, artifacts.rounds, artifacts.batchReports),
+    calibrationByLoad: artifacts.calibrationByLoad,
     artifacts,
   };
+}
+
+/**
+ * Writes a live run's report folder: results.json (without the raw artifacts), the measured
+ * server profile and acceptance samples the simulator can be fed, plots and report.md.
+ * @returns the folder
+ */
+export async function writeLiveReport(results: BenchResults & { artifacts: LiveArtifacts }, outDir?: string): Promise<{ dir: string; summary: BenchResults }> {
+  const { artifacts, ...summary } = results;
+  const dir = await writeRunReport(summary, outDir, {
+    'server-profile.csv': `${PROFILE_HEADER}\n${artifacts.profileRows.join('\n')}\n`,
+    'acceptance-samples.jsonl': artifacts.acceptanceSamples.map((t) => JSON.stringify(t)).join('\n') + '\n',
+  });
+  await writeReportFiles(summary, dir);
+  return { dir, summary };
 }

@@ -186,7 +186,12 @@ export function reportMarkdown(results: BenchResults, files: { goodput: string; 
   if (sc.workers !== undefined) lines.push(`Workers: ${String(sc.workers)}; simulated ${String(sc.durationS)} s per load (first ${String(sc.warmupS)} s not measured); seed ${String(sc.seed)}.`, '');
   lines.push('## Summary', '', '```', summaryTable(results), '```', '');
   const cmp = paperComparisonTable(results);
-  if (cmp) lines.push('## Beside the WISP paper', '', cmp, '');
+  if (cmp) lines.push(results.paper ? '## Beside the WISP paper' : '## WISP with its extras on and off', '', cmp, '');
+  const v = results.validation as { liveReport?: string; calibration?: string; table?: string } | undefined;
+  if (v?.table) {
+    lines.push('## Against the live run', '', `The simulator replayed the live \`wisp bench\` run in \`${String(v.liveReport)}\` (its measured server profile, acceptance samples, settings, and overheads measured ${String(v.calibration)}). Error = (sim − live) / live.`, '');
+    lines.push('```', v.table, '```', '');
+  }
   lines.push('## Charts', '', `![goodput](${files.goodput})`, '', `![attainment](${files.attainment})`, '');
   lines.push('## Per load', '');
   for (const [k, r] of allResults(results)) lines.push(pointsTable(k, r), '');

@@ -19,7 +19,12 @@ export interface WorkerModelSummary {
 export interface BatchReport {
   batchId: string;
   shapes: { n: number; L: number }[];
+  /** Model time, ms (what the estimator learns). */
   actualMs: number;
+  /** Time the worker was held, ms: the model plus sampling, ledger writes and publishing replies. */
+  busyMs?: number;
+  /** When it started, ms of the worker's clock (orders the reports; spacing of decode steps). */
+  startedAtMs?: number;
   predictedMs: number;
   sessions: number;
   kvBytes: number;

@@ -130,6 +130,8 @@ export const AcceptanceSampleSchema = z.object({
   margin: z.number().min(0).max(1),
   logitSpread: z.number().finite(),
   accepted: z.boolean(),
+  /** Device profile that drafted it (live runs record it; each class has its own draft model). */
+  deviceClass: z.string().optional(),
 });
 export type AcceptanceSample = z.infer<typeof AcceptanceSampleSchema>;
 

@@ -258,13 +258,14 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     return Math.max(0, rttMs / 2 + ((dev.network.uniform() * 2 - 1) * jitterMs) / 2);
   };
   /** Arrival time at the scheduler of a message the device sends at `atMs`. */
+  const link = c.server.linkHopMs;
   const upArrival = (dev: SimDevice, atMs: number): number => {
-    const arrive = Math.max(dev.upLastMs, atMs + oneWayMs(dev));
+    const arrive = Math.max(dev.upLastMs, atMs + oneWayMs(dev) + link);
     dev.upLastMs = arrive;
     return arrive;
   };
   const sendDown = (dev: SimDevice, atMs: number, ev: SimEvent): void => {
-    const arrive = Math.max(dev.downLastMs, atMs + oneWayMs(dev));
+    const arrive = Math.max(dev.downLastMs, atMs + oneWayMs(dev) + link);
     dev.downLastMs = arrive;
     q.push(arrive, ev);
   };
@@ -327,7 +328,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const actualMs = c.server.cost.batchMs(shapes, w.rng);
       w.busy = true;
       w.current = { batch, shapes, startedAtMs: now, actualMs };
-      q.push(now + actualMs, { k: 'batchDone', w });
+      q.push(now + actualMs + c.server.batchOverheadMs, { k: 'batchDone', w });
       return;
     }
     if (w.decoding.length > 0) {
@@ -335,7 +336,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const shapes = w.decoding.map((d) => ({ n: 1, L: d.promptLength + d.produced - 1 }));
       const actualMs = c.server.cost.batchMs(shapes, w.rng);
       w.busy = true;
-      q.push(now + actualMs, { k: 'stepDone', w, shapes, startedAtMs: now, actualMs });
+      q.push(now + actualMs + c.server.stepOverheadMs, { k: 'stepDone', w, shapes, startedAtMs: now, actualMs });
       return;
     }
     w.busy = false;
@@ -350,7 +351,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const dev = byId.get(r.deviceId);
       if (!dev) continue;
       const queueMs = Math.max(0, cur.startedAtMs - it.arrivedAtMs);
-      const verifyMs = now - cur.startedAtMs;
+      const verifyMs = cur.actualMs;
       if (r.type === 'open') {
         if (r.mode === 'centralized') {
           if (r.maxNewTokens > 1) w.decoding.push({ dev, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });

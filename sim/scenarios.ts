@@ -57,7 +57,8 @@ export interface ClassTemplate {
 
 /** Everything that defines a scenario except the policy and the number of devices. */
 export interface Scenario {
-  name: ScenarioName;
+  /** A built-in's name, or 'live' for a replayed `wisp bench` run (sim/replay.ts). */
+  name: ScenarioName | 'live';
   description: string;
   slo: Slo;
   /** Why these SLOs (printed in the report). */
@@ -71,6 +72,11 @@ export interface Scenario {
   serverProfilePath: string;
   serverNoise: number;
   hopMs: number;
+  /** Broker latency per device ↔ server message, ms (sim/types.ts ServerSpec; 0 in built-ins). */
+  linkHopMs: number;
+  /** Worker time per batch / decode step beyond the model, ms (0 in built-ins). */
+  batchOverheadMs: number;
+  stepOverheadMs: number;
   scheduler: SchedulerKnobs;
   pipelinedDrafting: boolean;
   controller: { kMax: number; threshold: number; minAcceptance: number };
@@ -78,6 +84,8 @@ export interface Scenario {
   workload: WorkloadSpec;
   /** Bisection steps between the last passing and first failing device count (finer capacity). */
   refineSteps: number;
+  /** Last word on each run's configuration (a replayed live run sets each load's measured overheads). */
+  adjust?: (run: SimRunConfig) => SimRunConfig;
 }
 
 const DEFAULT_SCHEDULER: SchedulerKnobs = { bMax: 32, waitMs: 5, maxBatchTokens: 512, ageBoundMs: 1_000, truncation: true };
@@ -102,6 +110,9 @@ export function scenario(name: ScenarioName): Scenario {
       serverProfilePath: DEFAULT_SERVER_PROFILE,
       serverNoise: 0.05,
       hopMs: 0.5,
+      linkHopMs: 0,
+      batchOverheadMs: 0,
+      stepOverheadMs: 0,
       scheduler: { ...DEFAULT_SCHEDULER },
       pipelinedDrafting: true,
       controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
@@ -127,6 +138,9 @@ export function scenario(name: ScenarioName): Scenario {
     serverProfilePath: DEFAULT_SERVER_PROFILE,
     serverNoise: 0.05,
     hopMs: 0.5,
+    linkHopMs: 0,
+    batchOverheadMs: 0,
+    stepOverheadMs: 0,
     scheduler: { ...DEFAULT_SCHEDULER, bMax: 8 },
     pipelinedDrafting: true,
     controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
@@ -172,7 +186,7 @@ export function runConfig(
     weight: k.weight,
     acceptance: opts.acceptance ? opts.acceptance(k) : parametricAcceptance(k.acceptance, `${k.name}:${k.acceptance.agreement}`),
   }));
-  return {
+  const run: SimRunConfig = {
     policy,
     devices,
     workers: s.workers,
@@ -185,6 +199,16 @@ export function runConfig(
     controller: s.controller,
     classes,
     workload: s.workload,
-    server: { cost, model: s.model, vocabSize: model.vocabSize, maxPositions: model.maxPositions, hopMs: s.hopMs },
+    server: {
+      cost,
+      model: s.model,
+      vocabSize: model.vocabSize,
+      maxPositions: model.maxPositions,
+      hopMs: s.hopMs,
+      linkHopMs: s.linkHopMs,
+      batchOverheadMs: s.batchOverheadMs,
+      stepOverheadMs: s.stepOverheadMs,
+    },
   };
+  return s.adjust ? s.adjust(run) : run;
 }

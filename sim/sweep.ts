@@ -166,7 +166,8 @@ export function runSweep(o: SweepOptions): BenchResults {
       workload: s.workload,
     },
     extras,
-    paper: PAPER_FIGURES,
+    // A replayed live run is no reproduction of the paper's setting: no paper figures beside it.
+    ...(s.name === 'live' ? {} : { paper: PAPER_FIGURES }),
     runs,
     wallS: (performance.now() - started) / 1_000,
   };

@@ -51,6 +51,15 @@ export interface ServerSpec {
   maxPositions: number;
   /** Scheduler ↔ worker message latency, ms (co-located: ~0). */
   hopMs: number;
+  /**
+   * Broker latency on each device ↔ server message on top of the device's network, ms (0 when
+   * the profile's round trip already covers it; a replayed live run measures it).
+   */
+  linkHopMs: number;
+  /** Worker time per batch beyond the model (sampling, ledger writes, replies), ms; results leave after it. */
+  batchOverheadMs: number;
+  /** The same per centralized decode step, ms. */
+  stepOverheadMs: number;
 }
 
 /** One simulated run. */

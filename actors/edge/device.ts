@@ -54,7 +54,9 @@ export interface EdgeDeviceOptions {
   /** Called after every served prompt (benchmarks collect their records here). */
   onServed?: (served: ServedPrompt) => void;
   /** Called for every drafted token the target judged: its draft features and the verdict. */
-  onTokenJudged?: (sample: DraftTokenFeatures & { accepted: boolean }) => void;
+  onTokenJudged?: (sample: JudgedToken) => void;
+  /** Called for every verified round: its timing as the device saw it (the simulator is fed these). */
+  onRoundTimed?: (timing: RoundTiming) => void;
   /** Prometheus series of the edge role (telemetry/metrics.ts); none when absent. */
   metrics?: EdgeMetrics;
   /** Policy name, for the session span. */
@@ -62,6 +64,23 @@ export interface EdgeDeviceOptions {
 }
 
 /** The outcome of one served prompt, as the client sees it in the last TokenChunk. */
+/** A drafted token the target judged: the draft's features, the verdict, and the device's profile. */
+export type JudgedToken = DraftTokenFeatures & { accepted: boolean; deviceClass: string };
+
+/** One verified round as a device saw it, ms of the device's clock (emulated units). */
+export interface RoundTiming {
+  profileName: string;
+  /** From publishing the request (before the emulated uplink delay) to the result's delivery. */
+  roundTripMs: number;
+  /** The emulated network round trip this profile stands for (mean; jitter averages out). */
+  networkRttMs: number;
+  /** The worker's queueing (scheduler arrival → batch start) and model time. */
+  queueMs: number;
+  verifyMs: number;
+  /** Device time per kept draft token (paced to the profile, or longer when the CPU is slower). */
+  draftMsPerToken: number[];
+}
+
 export interface ServedPrompt {
   requestId: string;
   sessionId: string;
@@ -76,6 +95,8 @@ export interface ServedPrompt {
   energyJ: number;
   /** Device time spent drafting, ms (emulated). */
   draftMs: number;
+  /** Tokens of the prompt (0 when it was refused before tokenizing). */
+  promptTokens: number;
 }
 
 let sessionCounter = 0;
@@ -175,7 +196,7 @@ export class EdgeDevice {
     } catch (err) {
       const message = (err as Error).message;
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'malformed', message, requestId: prompt.requestId });
-      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0 };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
       o.onServed?.(served);
       return served;
     }
@@ -185,7 +206,7 @@ export class EdgeDevice {
     if (maxNewTokens < 1) {
       const message = `prompt of ${promptTokens.length} tokens leaves no room in the ${o.draft.info.maxPositions}-token context`;
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'prompt_too_long', message, requestId: prompt.requestId });
-      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0 };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
       o.onServed?.(served);
       return served;
     }
@@ -286,9 +307,20 @@ export class EdgeDevice {
           if (o.onTokenJudged) {
             // Labels as the controller learns them: accepted up to the first rejection, then that one.
             const judged = Math.min(p.result.verified, p.draft.tokens.length, p.result.accepted + 1);
-            for (let i = 0; i < judged; i++) o.onTokenJudged({ ...p.draft.features[i], accepted: i < p.result.accepted });
+            for (let i = 0; i < judged; i++) o.onTokenJudged({ ...p.draft.features[i], accepted: i < p.result.accepted, deviceClass: o.profileName });
           }
-          if (verifySentAtMs !== null) this.#roundOverheadMs = 0.8 * this.#roundOverheadMs + 0.2 * (clock.now() - verifySentAtMs);
+          if (verifySentAtMs !== null) {
+            const roundTripMs = clock.now() - verifySentAtMs;
+            this.#roundOverheadMs = 0.8 * this.#roundOverheadMs + 0.2 * roundTripMs;
+            o.onRoundTimed?.({
+              profileName: o.profileName,
+              roundTripMs,
+              networkRttMs: o.profile.rttMs * o.timeScale,
+              queueMs: p.result.queueMs,
+              verifyMs: p.result.verifyMs,
+              draftMsPerToken: p.draft.draftMsPerToken,
+            });
+          }
         },
       },
       actors: {
@@ -389,7 +421,7 @@ export class EdgeDevice {
     } else {
       await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', offset: emitted.length, done: true, stats });
     }
-    const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs };
+    const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
     o.onServed?.(served);
     return served;
   }

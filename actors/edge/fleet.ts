@@ -46,6 +46,8 @@ export interface EdgeFleetOptions {
   onServed?: (served: ServedPrompt) => void;
   /** Called for every drafted token the target judged (benchmarks record acceptance samples). */
   onTokenJudged?: EdgeDeviceOptions['onTokenJudged'];
+  /** Called for every verified round with its timing (benchmarks feed the simulator these). */
+  onRoundTimed?: EdgeDeviceOptions['onRoundTimed'];
   /** Prometheus series of the edge role; none when absent. */
   metrics?: EdgeMetrics;
 }
@@ -100,6 +102,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       })(),
       ...(opts.onServed ? { onServed: opts.onServed } : {}),
       ...(opts.onTokenJudged ? { onTokenJudged: opts.onTokenJudged } : {}),
+      ...(opts.onRoundTimed ? { onRoundTimed: opts.onRoundTimed } : {}),
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
       policy: opts.policy,
     });

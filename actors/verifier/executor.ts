@@ -430,7 +430,7 @@ export class BatchExecutor {
       prefillTokens: opens.reduce((a, j) => a + j.tokens.length, 0),
       verifyTokens: verifies.reduce((a, j) => a + j.tokens.length, 0),
     });
-    return { batchId: batch.batchId, shapes, actualMs: modelMs, predictedMs: batch.predictedMs, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
+    return { batchId: batch.batchId, shapes, actualMs: modelMs, busyMs: this.deps.now() - startedMs, startedAtMs: startedMs, predictedMs: batch.predictedMs, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }
 
   /**
@@ -492,6 +492,6 @@ export class BatchExecutor {
     });
     await this.#sendReplies(replies);
     if (active.length > 0) this.deps.metrics?.batchExecuted({ workerId: this.deps.workerId, size: active.length, tokens: active.length, modelMs, predictedMs: 0, prefillTokens: 0, verifyTokens: active.length });
-    return { batchId: `step-${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
+    return { batchId: `step-${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, busyMs: this.deps.now() - t0, startedAtMs: t0, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }
 }

@@ -58,10 +58,8 @@ export function registerBench(program: Command): void {
     .option('--json', 'print the results as JSON on the last line')
     .option('--out <dir>', 'report folder (default reports/<timestamp>)')
     .action(async (flags: BenchFlags) => {
-      const { runLiveBench, PROFILE_HEADER } = await import('../../bench/live.ts');
+      const { runLiveBench, writeLiveReport } = await import('../../bench/live.ts');
       const { summaryTable } = await import('../../bench/table.ts');
-      const { writeRunReport } = await import('../../bench/write.ts');
-      const { writeReportFiles } = await import('../../bench/report.ts');
       const policies = flags.policies.split(',').map((s) => s.trim()) as PolicyName[];
       for (const p of policies) if (!['wisp', 'sled', 'centralized'].includes(p)) throw new Error(`--policies: unknown policy "${p}"`);
       const devices = list('devices', flags.devices ?? (flags.quick ? '2,4,8,16' : '2,4,8,16,32,64'), (n) => Number.isInteger(n) && n >= 1);
@@ -87,12 +85,7 @@ export function registerBench(program: Command): void {
         },
       });
       if (interactive) process.stderr.write('\n');
-      const { artifacts, ...summary } = results;
-      const dir = await writeRunReport(summary, flags.out, {
-        'server-profile.csv': `${PROFILE_HEADER}\n${artifacts.profileRows.join('\n')}\n`,
-        'acceptance-samples.jsonl': artifacts.acceptanceSamples.map((t) => JSON.stringify(t)).join('\n') + '\n',
-      });
-      await writeReportFiles(summary, dir);
+      const { dir, summary } = await writeLiveReport(results, flags.out);
       process.stdout.write(`${summaryTable(results)}\n\nreport: ${dir}\n`);
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
     });

@@ -26,6 +26,8 @@ interface SimFlags {
   tpotMs?: number;
   serverNoise?: number;
   acceptanceSamples?: string;
+  replay?: string;
+  perLoad: boolean;
   deviceMix?: { name: string; weight: number }[];
   agreement?: number;
   bMax?: number;
@@ -80,6 +82,27 @@ function deviceList(v: string): number[] {
   return xs;
 }
 
+/** `--replay`: the live run rebuilt on simulated time, and the comparison. */
+async function replay(flags: SimFlags): Promise<void> {
+  const { loadLiveRun, replayScenario, compareWithLive, validationTable } = await import('../../sim/replay.ts');
+  const { runSweep } = await import('../../sim/sweep.ts');
+  const { summaryTable } = await import('../../bench/table.ts');
+  const { writeRunReport } = await import('../../bench/write.ts');
+  const { writeReportFiles } = await import('../../bench/report.ts');
+  const run = loadLiveRun(flags.replay!);
+  const { scenario, acceptance } = replayScenario(run, { perLoad: flags.perLoad });
+  const policies = (['wisp', 'sled', 'centralized'] as const).filter((p) => run.report.policies[p]);
+  const results = runSweep({ scenario, rows: run.rows, policies: [...policies], extrasVariants: false, acceptance });
+  const validation = compareWithLive(run.report, results);
+  const table = validationTable(validation);
+  const calibration = flags.perLoad && run.report.calibrationByLoad.length > 0 ? 'per load' : 'pooled';
+  const out = { ...results, validation: { ...validation, liveReport: run.dir, calibration, table } };
+  const dir = await writeRunReport(out, flags.out);
+  await writeReportFiles(out, dir);
+  process.stdout.write(`${summaryTable(out)}\n\nAgainst the live run (${run.dir}; overheads ${calibration}):\n${table}\n\nreport: ${dir}\n`);
+  if (flags.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
 export function registerSim(program: Command): void {
   program
     .command('sim')
@@ -106,9 +129,12 @@ export function registerSim(program: Command): void {
     .option('--wait-ms <ms>', 'SLED: dispatch when the oldest request waited this long', nonNeg)
     .option('--time-scale <x>', 'multiplies device times (draft, network) and the SLO, as wisp bench does (to replay a live run\'s profile)', positive)
     .option('--acceptance-samples <jsonl>', 'observed drafted tokens of a live pair ({position,top1Prob,entropy,margin,logitSpread,accepted} per line): resampled instead of the parametric model')
+    .option('--replay <report>', 'rebuild a live wisp bench run (its report folder) on simulated time and print the simulator\'s error against it; other flags are ignored')
+    .option('--no-per-load', 'with --replay: one pooled set of measured overheads for every load (default: each load its own)')
     .option('--json', 'print the results as JSON on the last line')
     .option('--out <dir>', 'report folder (default reports/sim-<timestamp>)')
     .action(async (flags: SimFlags) => {
+      if (flags.replay) return replay(flags);
       const { scenario, loadServerProfile, SCENARIO_NAMES } = await import('../../sim/scenarios.ts');
       const { runSweep } = await import('../../sim/sweep.ts');
       const { empiricalAcceptance, parseAcceptanceSamples } = await import('../../sim/acceptance.ts');
