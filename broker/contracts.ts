@@ -139,6 +139,9 @@ export const TokenStreamSchema = z.object({
   committedLength: z.number().int().min(1),
   done: z.boolean(),
   workerId: id,
+  /** On the chunk that answers the open (the prefill): its queueing and model time, ms. */
+  queueMs: ms.optional(),
+  verifyMs: ms.optional(),
 });
 export type TokenStream = z.infer<typeof TokenStreamSchema>;
 

@@ -17,7 +17,7 @@ import { percentile } from '../bench/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';
 import { rowShapes, type ProfileRow } from '../policies/profile-csv.ts';
 import type { PolicyName } from '../policies/types.ts';
-import { empiricalAcceptance, parseAcceptanceSamples, type AcceptanceModel, type AcceptanceSample } from './acceptance.ts';
+import { empiricalAcceptance, parametricAcceptance, parseAcceptanceSamples, type AcceptanceModel, type AcceptanceSample } from './acceptance.ts';
 import { loadServerProfile, type AcceptanceOverride, type Scenario } from './scenarios.ts';
 import type { SimRunConfig } from './types.ts';
 
@@ -97,11 +97,16 @@ export function loadLiveRun(dir: string): LiveRun {
     throw new ReplayError(`${join(dir, 'results.json')} is not a live bench report the simulator can replay (${why}); reports written before calibration was recorded need a new wisp bench run`);
   }
   const rows = loadServerProfile(join(dir, 'server-profile.csv'));
-  let samples: AcceptanceSample[];
-  try {
-    samples = parseAcceptanceSamples(read('acceptance-samples.jsonl'), join(dir, 'acceptance-samples.jsonl'));
-  } catch (e) {
-    throw new ReplayError((e as Error).message);
+  // A run of centralized serving alone drafts nothing: it has no samples and needs none.
+  const speculative = Object.keys(parsed.data.policies).some((p) => p !== 'centralized');
+  const text = read('acceptance-samples.jsonl');
+  let samples: AcceptanceSample[] = [];
+  if (speculative || text.trim() !== '') {
+    try {
+      samples = parseAcceptanceSamples(text, join(dir, 'acceptance-samples.jsonl'));
+    } catch (e) {
+      throw new ReplayError((e as Error).message);
+    }
   }
   return { dir, report: parsed.data, rows, samples };
 }
@@ -142,6 +147,24 @@ export function withCalibration(run: SimRunConfig, cal: Calibration, fallback: C
 }
 
 /**
+ * Measured over fitted batch time, summed over the profile's rows. The fit follows the bulk of
+ * the batches; single live measurements are skewed to the slow side (a busy core, a GC pause),
+ * so without this the simulated server would be faster on average than the measured one.
+ */
+export function profileMeanScale(rows: readonly ProfileRow[], model = 'live'): number {
+  const mine = rows.filter((r) => r.model === model && r.msMedian > 0);
+  if (mine.length === 0) return 1;
+  const fit = estimatorFromProfile(mine);
+  let measured = 0;
+  let fitted = 0;
+  for (const r of mine) {
+    measured += r.msMedian;
+    fitted += predictBatchMs(fit, rowShapes(r));
+  }
+  return fitted > 0 ? measured / fitted : 1;
+}
+
+/**
  * The run as a scenario, and each device class's acceptance from its own draft's samples.
  * @param perLoad each load takes the overheads measured at that load of that policy (the live
  *   machinery slows as the load shares this machine's CPUs); otherwise one pooled set for all
@@ -153,7 +176,8 @@ export function replayScenario(run: LiveRun, opts: { perLoad?: boolean } = {}): 
   const counts = new Map<string, number>();
   for (const p of r.profiles) counts.set(p, (counts.get(p) ?? 0) + 1);
   const models = new Map<string, AcceptanceModel>();
-  const pooled = empiricalAcceptance(run.samples, `empirical:${run.dir}`);
+  // No samples only in a centralized-only run, where nothing is drafted (loadLiveRun checks).
+  const pooled = run.samples.length > 0 ? empiricalAcceptance(run.samples, `empirical:${run.dir}`) : parametricAcceptance({ agreement: 0.5 }, 'unused: nothing drafted');
   const classes = [...counts].map(([name, weight]) => {
     const profile = r.settings.devices[name];
     if (!profile) throw new ReplayError(`results.json settings.devices lacks the profile "${name}" the run used`);
@@ -181,6 +205,7 @@ export function replayScenario(run: LiveRun, opts: { perLoad?: boolean } = {}): 
     model: 'live',
     serverProfilePath: join(run.dir, 'server-profile.csv'),
     serverNoise: profileNoiseSigma(run.rows),
+    serverScale: profileMeanScale(run.rows),
     hopMs: cal.linkHopMs,
     linkHopMs: cal.linkHopMs,
     batchOverheadMs: cal.batchOverheadMs,

@@ -71,6 +71,8 @@ export interface Scenario {
   model: string;
   serverProfilePath: string;
   serverNoise: number;
+  /** Multiplies the fitted batch times (1 in built-ins; a replayed run corrects its fit's bias). */
+  serverScale?: number;
   hopMs: number;
   /** Broker latency per device ↔ server message, ms (sim/types.ts ServerSpec; 0 in built-ins). */
   linkHopMs: number;
@@ -179,7 +181,7 @@ export function runConfig(
   opts: { pipelinedDrafting?: boolean; truncation?: boolean; acceptance?: AcceptanceOverride } = {},
 ): SimRunConfig {
   const model = MODELS[s.model] ?? OTHER_MODEL;
-  const cost = serverCostFromProfile(rows, s.model, s.serverNoise);
+  const cost = serverCostFromProfile(rows, s.model, s.serverNoise, s.serverScale ?? 1);
   const classes: DeviceClassSpec[] = s.classes.map((k) => ({
     name: k.name,
     profile: k.profile,

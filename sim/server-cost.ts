@@ -27,22 +27,25 @@ export interface ServerCostModel {
 /**
  * Fits the true cost model to `rows` of `model`.
  * @param noiseSigma s.d. of the log-normal factor (0 = deterministic)
+ * @param scale multiplies every batch time (1: the fit as is; a replayed live run's profile
+ *   sets it so that the mean batch time equals the measured mean, sim/replay.ts)
  * @throws ServerProfileError when the profile has no rows of that model
  */
-export function serverCostFromProfile(rows: readonly ProfileRow[], model: string, noiseSigma = 0.05): ServerCostModel {
+export function serverCostFromProfile(rows: readonly ProfileRow[], model: string, noiseSigma = 0.05, scale = 1): ServerCostModel {
   const mine = rows.filter((r) => r.model === model);
   if (mine.length === 0) {
     const known = [...new Set(rows.map((r) => r.model))].join(', ');
     throw new ServerProfileError(`the server profile has no rows of model "${model}" (it has: ${known})`);
   }
   if (!(noiseSigma >= 0)) throw new ServerProfileError(`server noise must be ≥ 0, got ${noiseSigma}`);
+  if (!(scale > 0)) throw new ServerProfileError(`server time scale must be > 0, got ${scale}`);
   const fit: EstimatorState = estimatorFromProfile(mine);
   return {
     model,
     fitMape: fit.error.ewmaApe,
-    meanBatchMs: (shapes) => predictBatchMs(fit, shapes),
+    meanBatchMs: (shapes) => scale * predictBatchMs(fit, shapes),
     batchMs: (shapes, rng) => {
-      const ms = predictBatchMs(fit, shapes);
+      const ms = scale * predictBatchMs(fit, shapes);
       // Mean-one log-normal, so noise never biases the average cost.
       return noiseSigma === 0 ? ms : ms * Math.exp(noiseSigma * rng.normal() - (noiseSigma * noiseSigma) / 2);
     },

@@ -244,13 +244,16 @@ export class EdgeDevice {
     let roundContext: number[] = promptTokens;
     /** When the current round was first sent (its overhead is measured to the result). */
     let verifySentAtMs: number | null = null;
+    /** When the open was sent (null once resent: a retried open's answer is not timed). */
+    let openSentAtMs: number | null | undefined;
     let text = '';
     const emitted: number[] = [];
 
     const machine = edgeSessionMachine.provide({
       actions: {
-        sendOpen: () =>
-          roundSpan(0).run(() => this.#sendUp({
+        sendOpen: () => {
+          openSentAtMs = openSentAtMs === undefined ? clock.now() : null;
+          return roundSpan(0).run(() => this.#sendUp({
             v: PROTOCOL_VERSION,
             type: 'open',
             sessionId,
@@ -266,7 +269,8 @@ export class EdgeDevice {
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
             rttMs: o.profile.rttMs * o.timeScale,
-          })),
+          }));
+        },
         sendVerify: (_, p) => {
           verifySentAtMs = p.attempt === 0 ? clock.now() : null;
           const span = roundSpan(p.round);
@@ -366,6 +370,13 @@ export class EdgeDevice {
       link: Promise.resolve(),
       deliver: (m) => {
         const atMs = clock.now();
+        // The open's answer (the prefill's result, or centralized serving's first chunk) times
+        // the round without drafting: how the simulator learns the broker hops of every mode.
+        const opening = (m.type === 'result' && m.round === 0) || (m.type === 'stream' && m.seq === 0);
+        if (opening && typeof openSentAtMs === 'number' && m.queueMs !== undefined && m.verifyMs !== undefined) {
+          o.onRoundTimed?.({ profileName: o.profileName, roundTripMs: atMs - openSentAtMs, networkRttMs: o.profile.rttMs * o.timeScale, queueMs: m.queueMs, verifyMs: m.verifyMs, draftMsPerToken: [] });
+          openSentAtMs = null;
+        }
         if (m.type === 'result') endRound(m);
         if (m.type === 'result') actor.send({ type: 'RESULT', result: m, atMs });
         else if (m.type === 'stream') actor.send({ type: 'STREAM', chunk: m, atMs });

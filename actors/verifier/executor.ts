@@ -380,7 +380,7 @@ export class BatchExecutor {
       if (s.mode === 'centralized') {
         const finished = s.maxNewTokens <= 1 || token === this.deps.eosTokenId;
         s.decoding = !finished;
-        replies.push([s.replyTo, this.streamChunk(s, [token], finished), itemSpans?.get(job.item)]);
+        replies.push([s.replyTo, { ...this.streamChunk(s, [token], finished), queueMs: result.queueMs, verifyMs: result.verifyMs }, itemSpans?.get(job.item)]);
       } else {
         replies.push([s.replyTo, result, itemSpans?.get(job.item)]);
       }
