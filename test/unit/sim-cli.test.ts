@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,25 @@ describe('wisp sim (CLI)', function () {
       expect(JSON.parse(await readFile(join(out, 'results.json'), 'utf8'))).to.deep.include({ kind: 'sim' });
     } finally {
       await rm(out, { recursive: true, force: true });
+    }
+  });
+
+  it('--replay refuses a folder that is no replayable bench report, saying why', async () => {
+    const run = (dir: string) =>
+      promisify(execFile)(process.execPath, [bin, 'sim', '--replay', dir]).then(
+        () => null,
+        (e: { stderr: string; code: number }) => e,
+      );
+    const missing = await run(join(tmpdir(), 'wisp-no-such-report'));
+    expect(missing?.code).to.equal(1);
+    expect(missing?.stderr).to.contain('--replay takes a folder written by wisp bench');
+    const old = await mkdtemp(join(tmpdir(), 'wisp-old-report-'));
+    try {
+      await writeFile(join(old, 'results.json'), JSON.stringify({ kind: 'bench', policies: {}, slo: { ttftMs: 1, tpotMs: 1 } }));
+      const stale = await run(old);
+      expect(stale?.stderr).to.contain('not a live bench report the simulator can replay').and.contain('need a new wisp bench run');
+    } finally {
+      await rm(old, { recursive: true, force: true });
     }
   });
 
