@@ -4,12 +4,12 @@
  * simulator otherwise leaves out, so that `wisp sim --replay <report>` can rebuild the run on
  * simulated time and say how well it predicts it.
  *
- * All times are the live run's own (emulated) milliseconds. Medians, so that a few stalls (a GC
- * pause, a broker hiccup) do not move a per-message constant.
+ * All times are the live run's own (emulated) milliseconds. Means, because throughput adds
+ * costs up (a median of skewed overheads undercounts them), but without the slowest 2 %, so
+ * that a few stalls (a GC pause, a broker hiccup) do not move a per-message constant.
  */
 import type { RoundTiming, ServedPrompt } from '../actors/edge/device.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
-import { percentile } from './metrics.ts';
 
 export interface LiveCalibration {
   /** Prompt lengths the devices sent, tokens. */
@@ -40,7 +40,13 @@ export class CalibrationError extends Error {
   readonly code = 'bad_calibration';
 }
 
-const median = (xs: readonly number[]): number => (xs.length === 0 ? 0 : percentile(xs, 50));
+/** Mean without the slowest 2 % of the sample (0 for none). */
+export function trimmedMean(xs: readonly number[]): number {
+  if (xs.length === 0) return 0;
+  const sorted = [...xs].sort((a, b) => a - b);
+  const kept = sorted.slice(0, sorted.length - Math.floor(sorted.length * 0.02));
+  return kept.reduce((a, b) => a + b, 0) / kept.length;
+}
 
 /**
  * Derives the calibration from a live run's records.
@@ -75,7 +81,7 @@ export function calibrate(served: readonly ServedPrompt[], rounds: readonly Roun
   const overhead = (b: BatchReport) => Math.max(0, (b.busyMs ?? b.actualMs) - b.actualMs);
   const steps = batches.filter((b) => b.batchId.startsWith('step-'));
   const verifies = batches.filter((b) => !b.batchId.startsWith('step-'));
-  const batchOverheadMs = median(verifies.map(overhead));
+  const batchOverheadMs = trimmedMean(verifies.map(overhead));
   // A decode step's overhead is its whole cycle beyond the model: from one step's start to the
   // next's (publishing tokens, the worker machine's turn, a status to the scheduler).
   const cycles: number[] = [];
@@ -88,10 +94,10 @@ export function calibrate(served: readonly ServedPrompt[], rounds: readonly Roun
     // Back-to-back steps only: a longer pause means nothing was decoding in between.
     if (beyond >= 0 && beyond < 10 * Math.max(1, a.actualMs)) cycles.push(beyond);
   }
-  const stepOverheadMs = cycles.length > 0 ? median(cycles) : median(steps.map(overhead));
+  const stepOverheadMs = cycles.length > 0 ? trimmedMean(cycles) : trimmedMean(steps.map(overhead));
 
   const residuals = rounds.map((r) => r.roundTripMs - r.networkRttMs - r.queueMs - r.verifyMs);
-  const roundResidualMs = Math.max(0, median(residuals));
+  const roundResidualMs = Math.max(0, trimmedMean(residuals));
 
   const perClass = new Map<string, number[]>();
   for (const r of rounds) {
@@ -100,12 +106,12 @@ export function calibrate(served: readonly ServedPrompt[], rounds: readonly Roun
     perClass.set(r.profileName, list);
   }
   const draftMsPerToken: Record<string, number> = {};
-  for (const [name, xs] of perClass) if (xs.length > 0) draftMsPerToken[name] = median(xs);
+  for (const [name, xs] of perClass) if (xs.length > 0) draftMsPerToken[name] = trimmedMean(xs);
 
   return {
     promptTokens: { min: Math.min(...prompts), max: Math.max(...prompts) },
     outputTokens: { min: Math.min(...outputs), max: Math.max(...outputs) },
-    thinkMs: median(gaps),
+    thinkMs: trimmedMean(gaps),
     batchOverheadMs,
     stepOverheadMs,
     roundResidualMs,

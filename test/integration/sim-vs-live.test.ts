@@ -4,15 +4,13 @@
  * is written as a report, replayed by `wisp sim --replay`'s code, and each policy's goodput per
  * load must agree.
  *
- * Stated tolerance: the simulated goodput of every policy is within 35 % of the live one on
- * average over the loads (seen in 4 runs: WISP 6–10 %, SLED 9–13 %, centralized 22–24 % — the
- * simulator is optimistic for centralized serving of the tiny pair, whose steps take ~1 ms and
- * so weigh per-token costs outside the worker that it does not model: live TPOT 1.96 ms vs
- * 1.71 simulated at 2 devices). Why that wide: a 6 s window holds a few dozen sessions, and the live
- * system itself varies from run to run by up to ~20 % at these windows (centralized at 2
- * devices measured 612, 618 and 744 tok/s in three runs), since its machinery (broker hops,
- * the edge process's timers) shares this machine's two cores with the models. `wisp bench
- * --quick` with the small pair is where the figures of the closing note come from.
+ * Stated tolerance: the simulated goodput of every policy is within 25 % of the live one on
+ * average over the loads (seen in 2 runs: WISP 3–8 %, SLED 7 %, centralized 6–9 %). Why that
+ * wide: a 6 s window holds a few dozen sessions, and the live system itself varies from run to
+ * run by up to ~30 % at these windows (centralized at 2 devices measured 612 to 876 tok/s),
+ * since its machinery (broker hops, the edge process's timers) shares this machine's two cores
+ * with the models; the simulator follows each run through the overheads that run measured.
+ * `wisp bench --quick` with the small pair is where the figures of the closing note come from.
  */
 import { expect } from 'chai';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -23,7 +21,7 @@ import { compareWithLive, loadLiveRun, replayScenario, validationTable } from '.
 import { runSweep } from '../../sim/sweep.ts';
 import { AMQP_URL, REDIS_URL } from '../helpers/system.ts';
 
-const TOLERANCE = 0.35;
+const TOLERANCE = 0.25;
 
 describe('simulator against the live system (tiny scenario)', function () {
   this.timeout(300_000);

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import type { RoundTiming, ServedPrompt } from '../../actors/edge/device.ts';
-import { calibrate, CalibrationError } from '../../bench/calibration.ts';
+import { calibrate, CalibrationError, trimmedMean } from '../../bench/calibration.ts';
 import { profileRow } from '../../bench/live.ts';
 import type { BatchReport } from '../../machines/verifier-worker.ts';
 import { parseProfileCsv } from '../../policies/profile-csv.ts';
@@ -37,14 +37,14 @@ describe('live calibration (what the simulator is fed besides profiles)', () => 
         served('b', 5_200, 5_300, 5, 32),
       ],
       [
-        // Residuals: 20 − 4 − 3 − 5 = 8; 30 − 4 − 10 − 6 = 10; 16 − 4 − 1 − 5 = 6 → median 8.
+        // Residuals: 20 − 4 − 3 − 5 = 8; 30 − 4 − 10 − 6 = 10; 16 − 4 − 1 − 5 = 6 → mean 8.
         round(20, 3, 5, [10, 11]),
         round(30, 10, 6, [12]),
         round(16, 1, 5, [10], 'q'),
       ],
       [
-        // Verify overheads 1, 2, 4 → 2. Steps back to back: cycles beyond the model 213 − 200 − 10 = 3 and
-        // 225 − 213 − 10 = 2 → median 2.5 (b3 → step-1 is no pair of steps).
+        // Verify overheads 1, 2, 4 → 7/3. Steps back to back: cycles beyond the model 213 − 200 − 10 = 3 and
+        // 225 − 213 − 10 = 2 → mean 2.5 (b3 → step-1 is no pair of steps).
         batch('b1', 0, 5, 6),
         batch('b2', 6, 5, 7),
         batch('b3', 100, 5, 9),
@@ -56,13 +56,20 @@ describe('live calibration (what the simulator is fed besides profiles)', () => 
     expect(c.promptTokens).to.deep.equal({ min: 5, max: 8 });
     expect(c.outputTokens).to.deep.equal({ min: 30, max: 32 });
     expect(c.thinkMs).to.equal(20);
-    expect(c.batchOverheadMs).to.equal(2);
+    expect(c.batchOverheadMs).to.be.closeTo(7 / 3, 1e-12);
     expect(c.stepOverheadMs).to.equal(2.5);
     expect(c.roundResidualMs).to.equal(8);
-    // Two hops and the worker's overhead before replying: (8 − 2) / 2.
-    expect(c.linkHopMs).to.equal(3);
+    // Two hops and the worker's overhead before replying: (8 − 7/3) / 2.
+    expect(c.linkHopMs).to.be.closeTo((8 - 7 / 3) / 2, 1e-12);
     expect(c.draftMsPerToken).to.deep.equal({ p: 11, q: 10 });
     expect(c.counts).to.deep.equal({ sessions: 6, rounds: 3, batches: 3, steps: 3 });
+  });
+
+  it('averages without the slowest 2 % (a stall does not move a constant)', () => {
+    const xs = [...new Array<number>(98).fill(1), 500, 900];
+    expect(trimmedMean(xs)).to.equal(1);
+    expect(trimmedMean([1, 2, 6])).to.equal(3);
+    expect(trimmedMean([])).to.equal(0);
   });
 
   it('refuses a run that finished no session', () => {
