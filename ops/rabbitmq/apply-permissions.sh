@@ -12,6 +12,11 @@
 # Without --fleet the template fleet of definitions.json (fleet-1) is created. Run the roles with
 # amqp://<user>:<password>@host/<vhost> URLs (WISP_AMQP_URL) and `wisp edge --fleet-id <fleet>`.
 # The guest user is left as it is: delete it on a real deployment (rabbitmqctl delete_user guest).
+#
+# rabbitmqctl import_definitions has the broker read the file, so it is written where the broker
+# can read it: WISP_RMQ_SHARED_DIR (default /tmp; docker-compose.yml shares a volume between the
+# broker and its one-shot rabbitmq-users service, whose image has no Node: the default vhost and
+# the template fleet need no rendering).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 vhost="/"
@@ -34,6 +39,7 @@ done
 
 # Render: the vhost, and the template fleet (fleet-1) expanded once per --fleet.
 render() {
+  if [ "$vhost" = "/" ] && [ ${#fleets[@]} -eq 0 ]; then cat "$here/definitions.json"; return; fi
   WISP_VHOST="$vhost" WISP_FLEETS="${fleets[*]:-}" node - "$here/definitions.json" <<'EOF'
 const fs = require('node:fs');
 const defs = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
@@ -52,7 +58,7 @@ EOF
 
 rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
 # The broker process reads the file itself: a world-readable temporary file (it holds no secret).
-defs_file="$(mktemp /tmp/wisp-definitions.XXXXXX.json)"
+defs_file="$(mktemp "${WISP_RMQ_SHARED_DIR:-/tmp}/wisp-definitions.XXXXXX.json")"
 trap 'rm -f "$defs_file"' EXIT
 render >"$defs_file"
 chmod 644 "$defs_file"

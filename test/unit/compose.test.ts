@@ -23,7 +23,8 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const read = (name: string) => readFileSync(join(ROOT, name), 'utf8');
 
 /** Variables the compose file may interpolate besides the config's own (documented in docs/operations.md). */
-const COMPOSE_KNOBS = new Set(['IMAGE', 'EDGE_DEVICES', 'EDGE_PROFILES']);
+const RMQ_PASSWORDS = { scheduler: 'WISP_RMQ_SCHEDULER_PASSWORD', verifier: 'WISP_RMQ_VERIFIER_PASSWORD', client: 'WISP_RMQ_CLIENT_PASSWORD', edge: 'WISP_RMQ_FLEET_PASSWORD' } as const;
+const COMPOSE_KNOBS = new Set(['IMAGE', 'EDGE_DEVICES', 'EDGE_PROFILES', ...Object.values(RMQ_PASSWORDS)]);
 /** Standard OpenTelemetry variables the roles read (through the SDK or telemetry/tracing-switch.ts). */
 const OTEL_VARS = new Set(['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_SERVICE_NAME', 'OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG']);
 const ROLE_SERVICES = ['scheduler', 'verifier', 'edge'] as const;
@@ -206,6 +207,48 @@ describe('docker-compose.yml and Dockerfile', () => {
     expect(ignored).to.include.members(['node_modules', '.wisp', '.git', 'test']);
     // tsx runs the sources in the image, so it must be a production dependency.
     expect(JSON.parse(read('package.json')).dependencies).to.have.property('tsx');
+  });
+
+  it('each role connects as its own least-privilege RabbitMQ user, made by a one-shot service before any role starts', () => {
+    const defs = JSON.parse(read('ops/rabbitmq/definitions.json')) as { users: { name: string }[] };
+    const script = read('ops/rabbitmq/apply-permissions.sh');
+    const setup = s['rabbitmq-users'];
+    expect(setup, 'a rabbitmq-users service').to.not.equal(undefined);
+    // It runs the shipped script with the broker's own image (rabbitmqctl), against the broker's node.
+    expect(setup.image).to.equal(s.rabbitmq.image);
+    const entry = (setup as Service & { entrypoint?: string[] }).entrypoint ?? [];
+    const mount = (setup.volumes ?? []).find((v) => v.startsWith('./ops/rabbitmq:'));
+    expect(mount, 'ops/rabbitmq mounted').to.not.equal(undefined);
+    expect(entry.join(' ')).to.equal(`bash ${mount!.split(':')[1]}/apply-permissions.sh`);
+    expect(setup.environment?.RABBITMQ_NODENAME).to.equal(`rabbit@${(s.rabbitmq as Service & { hostname?: string }).hostname}`);
+    expect(setup.depends_on?.rabbitmq?.condition).to.equal('service_healthy');
+    // The Erlang cookie: the broker's data volume, at the home rabbitmqctl reads it from.
+    const data = s.rabbitmq.volumes!.find((v) => v.endsWith(':/var/lib/rabbitmq'))!.split(':')[0];
+    expect(setup.volumes).to.include(`${data}:${setup.environment?.HOME}:ro`);
+    // The broker reads the definitions file itself: the script writes it into a volume both mount at one path.
+    const shared = String(setup.environment?.WISP_RMQ_SHARED_DIR);
+    expect(script).to.contain('${WISP_RMQ_SHARED_DIR:-/tmp}');
+    const sharedVolume = setup.volumes!.find((v) => v.split(':')[1] === shared)!.split(':')[0];
+    expect(s.rabbitmq.volumes).to.include(`${sharedVolume}:${shared}:ro`);
+    expect(compose.volumes).to.have.property(sharedVolume);
+    // Each role: its own user (one the definitions create), the password variable the script sets it from.
+    const users = new Set(defs.users.map((u) => u.name));
+    const edgeArgs = s.edge.command!.map(withDefaults);
+    const fleet = edgeArgs[edgeArgs.indexOf('--fleet-id') + 1];
+    const expected: Record<keyof typeof RMQ_PASSWORDS, string> = { scheduler: 'wisp-scheduler', verifier: 'wisp-verifier', client: 'wisp-client', edge: fleet };
+    for (const [role, user] of Object.entries(expected) as [keyof typeof RMQ_PASSWORDS, string][]) {
+      const raw = String(s[role].environment?.WISP_AMQP_URL);
+      const url = new URL(withDefaults(raw));
+      expect(url.username, role).to.equal(user);
+      expect(users, `${role}: user ${user} is not in definitions.json`).to.include(user);
+      expect(interpolated(raw), role).to.deep.equal([RMQ_PASSWORDS[role]]);
+      expect(script, `the script reads ${RMQ_PASSWORDS[role]}`).to.contain(`$${RMQ_PASSWORDS[role]}`);
+      // The same default on both sides, so `docker compose up` works with nothing set.
+      expect(withDefaults(String(setup.environment?.[RMQ_PASSWORDS[role]])), role).to.equal(decodeURIComponent(url.password));
+      expect(s[role].depends_on?.['rabbitmq-users']?.condition, role).to.equal('service_completed_successfully');
+    }
+    // Nobody but the management UI uses the administrator.
+    expect(text).to.not.match(/amqp:\/\/wisp:/);
   });
 
   it('the optional Prometheus scrapes every role on the metrics port', () => {
