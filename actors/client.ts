@@ -68,13 +68,28 @@ export class WispClient {
         if (!p || !id) return;
         if (m.type === 'error') return this.#settle(id, p, null, { code: m.code, message: m.message });
         p.sessionId = m.sessionId;
+        let tokens = m.tokens;
+        let text = m.text;
         if (m.offset !== undefined && m.offset !== p.tokens.length) {
-          // Behind: a copy of a chunk already here (the device resent it). Ahead: a chunk was lost.
-          if (m.offset < p.tokens.length) return;
-          return this.#settle(id, p, null, { code: 'internal', message: `tokens ${p.tokens.length}..${m.offset - 1} of request ${id} never arrived` });
+          // Ahead: a chunk was lost.
+          if (m.offset > p.tokens.length) return this.#settle(id, p, null, { code: 'internal', message: `tokens ${p.tokens.length}..${m.offset - 1} of request ${id} never arrived` });
+          // Behind: a resent chunk, or one of a second run of the prompt (redelivered to a device
+          // after a broker restart), whose chunks are cut differently. Keep only what is new; what
+          // overlaps must be what is here (decoding is deterministic), or the answer is not one.
+          const have = p.tokens.length - m.offset;
+          if (m.tokens.length <= have && !m.done) return;
+          const overlap = m.tokens.slice(0, have);
+          if (overlap.some((t, i) => t !== p.tokens[m.offset! + i])) {
+            return this.#settle(id, p, null, { code: 'internal', message: `a resent chunk of request ${id} disagrees with tokens ${m.offset}..${m.offset + overlap.length - 1}` });
+          }
+          tokens = m.tokens.slice(have);
+          if (m.textOffset === undefined || m.textOffset > p.text.length) {
+            if (tokens.length > 0) return this.#settle(id, p, null, { code: 'internal', message: `a resent chunk of request ${id} overlaps without a text offset` });
+            text = '';
+          } else text = m.text.slice(p.text.length - m.textOffset);
         }
-        p.tokens.push(...m.tokens);
-        p.text += m.text;
+        p.tokens.push(...tokens);
+        p.text += text;
         if (m.done) this.#settle(id, p, m.stats ?? null, null);
       },
       { prefetch: 256 },

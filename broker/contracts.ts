@@ -171,6 +171,12 @@ export const TokenChunkSchema = z.object({
   text: z.string(),
   /** Tokens sent before this chunk: a client drops a chunk it already has (a resend after a broker restart). */
   offset: z.number().int().min(0).optional(),
+  /**
+   * Characters of text sent before this chunk. A prompt redelivered after a broker restart is
+   * served again from the start, in chunks cut differently: the client keeps the part of an
+   * overlapping chunk it lacks, tokens by `offset`, text by this.
+   */
+  textOffset: z.number().int().min(0).optional(),
   done: z.boolean(),
   stats: SessionStatsSchema.optional(),
 });

@@ -301,9 +301,10 @@ export class EdgeDevice {
           emitted.push(...p.tokens);
           // Decode the whole output each time: a token may complete a multi-byte character.
           const full = o.tokenizer.decode(emitted);
-          const delta = full.slice(text.length);
+          const textOffset = text.length;
+          const delta = full.slice(textOffset);
           text = full;
-          void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, offset: emitted.length - p.tokens.length, done: false });
+          void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, offset: emitted.length - p.tokens.length, textOffset, done: false });
         },
         roundVerified: (_, p) => {
           o.metrics?.roundVerified({ drafted: p.draft.tokens.length, verified: p.result.verified, accepted: p.result.accepted });
@@ -430,7 +431,7 @@ export class EdgeDevice {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: ctx.error.code, message: ctx.error.message, requestId: prompt.requestId, sessionId });
     } else {
-      await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', offset: emitted.length, done: true, stats });
+      await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', offset: emitted.length, textOffset: text.length, done: true, stats });
     }
     const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
     o.onServed?.(served);
