@@ -71,8 +71,12 @@ export interface SchedulerContext {
   workers: Record<string, WorkerEntry>;
   sessions: Record<string, SessionEntry>;
   pending: Record<string, PendingEntry[]>;
-  /** Opens that arrived before any worker could take them. */
-  unplaced: { message: SessionOpen; atMs: number }[];
+  /**
+   * Requests that arrived before any worker could take them: opens, and rounds of sessions this
+   * scheduler does not know yet (a restarted scheduler drains its queue before the first worker
+   * status arrives). They are placed when the first worker reports.
+   */
+  unplaced: { message: SessionOpen | VerifyRequest; atMs: number; workerHint?: string }[];
   /**
    * Recently closed sessions → close time. A stale or redelivered request for one of them is
    * dropped instead of bringing the session back (the adoption path would re-place it).
@@ -227,7 +231,12 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, eff
     // from the committed history in Redis, or refuses it as unknown.
     // The worker that holds its cache, when it is still here; else the least loaded one.
     const w = (workerHint !== undefined ? ctx.workers[workerHint] : undefined) ?? placeSession(ctx.workers, undefined);
-    if (!w) return; // no worker yet: the device retries after its timeout
+    if (!w) {
+      // No worker yet: park it (a newer copy of the same round replaces the older one).
+      ctx.unplaced = ctx.unplaced.filter((u) => u.message.type !== 'verify' || u.message.sessionId !== m.sessionId || u.message.round !== m.round);
+      ctx.unplaced.push({ message: m, atMs, ...(workerHint !== undefined ? { workerHint } : {}) });
+      return;
+    }
     s = {
       sessionId: m.sessionId,
       deviceId: m.deviceId,
@@ -351,7 +360,10 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
   if (!prev && ctx.unplaced.length > 0) {
     const parked = ctx.unplaced;
     ctx.unplaced = [];
-    for (const p of parked) acceptOpen(ctx, p.message, p.atMs, effects);
+    for (const p of parked) {
+      if (p.message.type === 'open') acceptOpen(ctx, p.message, p.atMs, effects);
+      else acceptVerify(ctx, p.message, p.atMs, effects, p.workerHint);
+    }
   }
 }
 

@@ -208,7 +208,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
     const ctx = actor.getSnapshot().context;
     const kept = new Set<string>();
     for (const list of Object.values(ctx.pending)) for (const p of list) kept.add(p.request.requestId);
-    for (const u of ctx.unplaced) kept.add(`${u.message.sessionId}:0`);
+    for (const u of ctx.unplaced) kept.add(`${u.message.sessionId}:${u.message.type === 'open' ? 0 : u.message.round}`);
     for (const key of [...held.keys()]) if (!kept.has(key) && !publishing.has(key)) release(key);
   };
 

@@ -90,6 +90,24 @@ describe('Scheduler machine (no broker)', () => {
     expect(h.batches[0].items[0].request.sessionId).to.equal('s1');
   });
 
+  it('parks rounds of unknown sessions that arrive before any worker (a restarted scheduler), then places them on the worker Redis names', () => {
+    // Seen in CI: a fresh scheduler drained its queue before the first worker status and dropped
+    // these rounds; their devices resent them only after their verify timeout.
+    const h = harness('sled');
+    h.actor.send({ type: 'VERIFY', message: verify('s1', 2), atMs: 0, workerHint: 'w2' });
+    h.actor.send({ type: 'VERIFY', message: verify('s1', 2), atMs: 1, workerHint: 'w2' }); // a resent copy replaces it
+    h.actor.send({ type: 'VERIFY', message: verify('s2', 3, 'd2'), atMs: 1 });
+    expect(h.batches).to.have.length(0);
+    expect(h.actor.getSnapshot().context.unplaced.map((u) => `${u.message.sessionId}:${u.message.type === 'verify' ? u.message.round : 0}`)).to.deep.equal(['s1:2', 's2:3']);
+    h.actor.send({ type: 'WORKER_STATUS', message: worker('w2'), atMs: 2 });
+    const ctx = h.actor.getSnapshot().context;
+    expect(ctx.unplaced).to.deep.equal([]);
+    expect(ctx.sessions.s1.workerId).to.equal('w2');
+    expect(ctx.sessions.s2.workerId).to.equal('w2');
+    const requests = [...h.batches.flatMap((b) => b.items.map((i) => i.request)), ...(ctx.pending.w2 ?? []).map((p) => p.message)];
+    expect(requests.map((r) => `${r.sessionId}:${r.type === 'verify' ? r.round : 0}`).sort()).to.deep.equal(['s1:2', 's2:3']);
+  });
+
   it('places sessions on the least loaded worker and keeps affinity for their rounds', () => {
     const h = harness('centralized');
     h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
