@@ -8,33 +8,39 @@
  * costs up (a median of skewed overheads undercounts them), but without the slowest 2 %, so
  * that a few stalls (a GC pause, a broker hiccup) do not move a per-message constant.
  */
+import { z } from 'zod';
 import type { RoundTiming, ServedPrompt } from '../actors/edge/device.ts';
-import type { BatchReport } from '../machines/verifier-worker.ts';
+import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';
 
-export interface LiveCalibration {
+const nonNeg = z.number().finite().min(0);
+const tokenRange = z.object({ min: z.number().int().positive(), max: z.number().int().positive() });
+
+/** The calibration as results.json holds it (the replay validates what it reads with this). */
+export const LiveCalibrationSchema = z.object({
   /** Prompt lengths the devices sent, tokens. */
-  promptTokens: { min: number; max: number };
+  promptTokens: tokenRange,
   /** Tokens each finished session generated (the cap, or less at the model's context end). */
-  outputTokens: { min: number; max: number };
+  outputTokens: tokenRange,
   /** Pause between a device's session ending and its next one starting, ms (client → broker → device). */
-  thinkMs: number;
+  thinkMs: nonNeg,
   /** Worker time per batch beyond the model: sampling, ledger writes, publishing replies, ms. */
-  batchOverheadMs: number;
+  batchOverheadMs: nonNeg,
   /** A centralized decode step's cycle beyond the model (start to next start, less model time), ms. */
-  stepOverheadMs: number;
+  stepOverheadMs: nonNeg,
   /**
    * A verified round's time not accounted for by the emulated network, queueing and the model,
    * ms: broker hops device → scheduler and worker → device, the worker's overhead before replying,
    * event-loop delays.
    */
-  roundResidualMs: number;
+  roundResidualMs: nonNeg,
   /** Broker latency per device ↔ server message implied by the residual, ms. */
-  linkHopMs: number;
+  linkHopMs: nonNeg,
   /** Device time per kept draft token, per device profile, ms (≥ the paced profile time). */
-  draftMsPerToken: Record<string, number>;
+  draftMsPerToken: z.record(z.string(), nonNeg),
   /** How many observations each figure rests on. */
-  counts: { sessions: number; rounds: number; batches: number; steps: number };
-}
+  counts: z.object({ sessions: nonNeg, rounds: nonNeg, batches: nonNeg, steps: nonNeg }),
+});
+export type LiveCalibration = z.infer<typeof LiveCalibrationSchema>;
 
 export class CalibrationError extends Error {
   readonly code = 'bad_calibration';
@@ -79,8 +85,8 @@ export function calibrate(served: readonly ServedPrompt[], rounds: readonly Roun
   }
 
   const overhead = (b: BatchReport) => Math.max(0, (b.busyMs ?? b.actualMs) - b.actualMs);
-  const steps = batches.filter((b) => b.batchId.startsWith('step-'));
-  const verifies = batches.filter((b) => !b.batchId.startsWith('step-'));
+  const steps = batches.filter(isDecodeStep);
+  const verifies = batches.filter((b) => !isDecodeStep(b));
   const batchOverheadMs = trimmedMean(verifies.map(overhead));
   // A decode step's overhead is its whole cycle beyond the model: from one step's start to the
   // next's (publishing tokens, the worker machine's turn, a status to the scheduler).
@@ -89,7 +95,7 @@ export function calibrate(served: readonly ServedPrompt[], rounds: readonly Roun
   for (let i = 0; i + 1 < timed.length; i++) {
     const a = timed[i];
     const b = timed[i + 1];
-    if (!a.batchId.startsWith('step-') || !b.batchId.startsWith('step-')) continue;
+    if (!isDecodeStep(a) || !isDecodeStep(b)) continue;
     const beyond = b.startedAtMs! - a.startedAtMs! - a.actualMs;
     // Back-to-back steps only: a longer pause means nothing was decoding in between.
     if (beyond >= 0 && beyond < 10 * Math.max(1, a.actualMs)) cycles.push(beyond);

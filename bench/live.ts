@@ -19,7 +19,7 @@ import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../broker/topology.ts';
 import type { Slo } from '../broker/contracts.ts';
 import { loadConfig, type DeepPartial } from '../config/load.ts';
 import type { WispConfig } from '../config/schema.ts';
-import type { BatchReport } from '../machines/verifier-worker.ts';
+import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';
 import type { PolicyName } from '../policies/types.ts';
 import { calibrate, type LiveCalibration } from './calibration.ts';
 import { writeReportFiles } from './report.ts';
@@ -87,7 +87,7 @@ function toSessionRecord(s: ServedPrompt): SessionRecord {
 }
 
 function toBatchRecord(r: BatchReport, workerIdOf: string, atMs: number): BatchRecord {
-  const step = r.batchId.startsWith('step-');
+  const step = isDecodeStep(r);
   const prefill = !step && r.shapes.every((x) => x.L === 0);
   return {
     workerId: workerIdOf,

@@ -32,6 +32,14 @@ export interface BatchReport {
   decodeActive: number;
 }
 
+/** Id prefix of a centralized continuous-batching decode step's report (not a dispatched batch). */
+export const DECODE_STEP_PREFIX = 'step-';
+
+/** Whether a report is of a decode step rather than a batch the scheduler dispatched. */
+export function isDecodeStep(report: Pick<BatchReport, 'batchId'>): boolean {
+  return report.batchId.startsWith(DECODE_STEP_PREFIX);
+}
+
 export interface VerifierWorkerInput {
   workerId: string;
   idleEvictMs: number;

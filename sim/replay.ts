@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { DeviceProfileSchema } from '../config/schema.ts';
+import { LiveCalibrationSchema, type LiveCalibration } from '../bench/calibration.ts';
 import { percentile } from '../bench/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';
 import { rowShapes, type ProfileRow } from '../policies/profile-csv.ts';
@@ -29,19 +30,6 @@ const num = z.number().finite();
 const pos = num.positive();
 const nonNeg = num.min(0);
 
-/** results.json `calibration` (bench/calibration.ts LiveCalibration). */
-const CalibrationSchema = z.object({
-  promptTokens: z.object({ min: z.number().int().positive(), max: z.number().int().positive() }),
-  outputTokens: z.object({ min: z.number().int().positive(), max: z.number().int().positive() }),
-  thinkMs: nonNeg,
-  batchOverheadMs: nonNeg,
-  stepOverheadMs: nonNeg,
-  roundResidualMs: nonNeg,
-  linkHopMs: nonNeg,
-  draftMsPerToken: z.record(z.string(), nonNeg),
-  counts: z.object({ sessions: nonNeg, rounds: nonNeg, batches: nonNeg, steps: nonNeg }),
-});
-type Calibration = z.infer<typeof CalibrationSchema>;
 
 /** What the replay reads of a bench report's results.json (the rest is ignored). */
 const LiveReportSchema = z.object({
@@ -60,8 +48,8 @@ const LiveReportSchema = z.object({
     controller: z.object({ kMax: z.number().int().positive(), threshold: nonNeg, minAcceptance: nonNeg }),
     devices: z.record(z.string(), DeviceProfileSchema),
   }),
-  calibration: CalibrationSchema,
-  calibrationByLoad: z.array(z.object({ policy: z.enum(['wisp', 'sled', 'centralized']), devices: z.number().int().positive(), calibration: CalibrationSchema })).default([]),
+  calibration: LiveCalibrationSchema,
+  calibrationByLoad: z.array(z.object({ policy: z.enum(['wisp', 'sled', 'centralized']), devices: z.number().int().positive(), calibration: LiveCalibrationSchema })).default([]),
 });
 export type LiveReport = z.infer<typeof LiveReportSchema>;
 
@@ -112,18 +100,28 @@ export function loadLiveRun(dir: string): LiveRun {
 }
 
 /**
- * Spread of log(measured / fitted) over the profile's rows — the batch-time noise the live server
- * showed around the cost model (the simulator draws its batch times with this much noise). A
- * robust s.d. (1.4826 × median absolute deviation): a few stalls (GC, a busy core) would
- * otherwise set the noise of every batch.
+ * How the live server's batch times sit around the cost model fitted to them (one fit for both):
+ * - `noiseSigma`: spread of log(measured / fitted), which the simulator draws batch times with.
+ *   A robust s.d. (1.4826 × median absolute deviation): a few stalls (GC, a busy core) would
+ *   otherwise set the noise of every batch.
+ * - `meanScale`: measured over fitted time, summed over the rows. The fit follows the bulk of the
+ *   batches; single live measurements are skewed to the slow side, so without this the simulated
+ *   server would be faster on average than the measured one.
  */
-export function profileNoiseSigma(rows: readonly ProfileRow[], model = 'live'): number {
+export function profileFitStats(rows: readonly ProfileRow[], model = 'live'): { noiseSigma: number; meanScale: number } {
   const mine = rows.filter((r) => r.model === model && r.msMedian > 0);
-  if (mine.length < 2) return 0;
+  if (mine.length === 0) return { noiseSigma: 0, meanScale: 1 };
   const fit = estimatorFromProfile(mine);
-  const logs = mine.map((r) => Math.log(r.msMedian / Math.max(1e-6, predictBatchMs(fit, rowShapes(r)))));
-  const med = percentile(logs, 50);
-  return 1.4826 * percentile(logs.map((x) => Math.abs(x - med)), 50);
+  const fitted = mine.map((r) => predictBatchMs(fit, rowShapes(r)));
+  const measuredSum = mine.reduce((a, r) => a + r.msMedian, 0);
+  const fittedSum = fitted.reduce((a, b) => a + b, 0);
+  let noiseSigma = 0;
+  if (mine.length >= 2) {
+    const logs = mine.map((r, i) => Math.log(r.msMedian / Math.max(1e-6, fitted[i])));
+    const med = percentile(logs, 50);
+    noiseSigma = 1.4826 * percentile(logs.map((x) => Math.abs(x - med)), 50);
+  }
+  return { noiseSigma, meanScale: fittedSum > 0 ? measuredSum / fittedSum : 1 };
 }
 
 /**
@@ -131,7 +129,7 @@ export function profileNoiseSigma(rows: readonly ProfileRow[], model = 'live'): 
  * think time and each class's drafting pace. Figures a calibration could not measure (no
  * verified round under centralized serving, no decode step under WISP) keep the fallback's.
  */
-export function withCalibration(run: SimRunConfig, cal: Calibration, fallback: Calibration): SimRunConfig {
+export function withCalibration(run: SimRunConfig, cal: LiveCalibration, fallback: LiveCalibration): SimRunConfig {
   const rounds = cal.counts.rounds > 0 ? cal : fallback;
   const steps = cal.counts.steps > 0 ? cal : fallback;
   const batches = cal.counts.batches > 0 ? cal : fallback;
@@ -144,24 +142,6 @@ export function withCalibration(run: SimRunConfig, cal: Calibration, fallback: C
     workload: { ...run.workload, thinkMs: cal.thinkMs, startSpreadMs: Math.max(1, cal.thinkMs) },
     server: { ...run.server, hopMs: rounds.linkHopMs, linkHopMs: rounds.linkHopMs, batchOverheadMs: batches.batchOverheadMs, stepOverheadMs: steps.stepOverheadMs },
   };
-}
-
-/**
- * Measured over fitted batch time, summed over the profile's rows. The fit follows the bulk of
- * the batches; single live measurements are skewed to the slow side (a busy core, a GC pause),
- * so without this the simulated server would be faster on average than the measured one.
- */
-export function profileMeanScale(rows: readonly ProfileRow[], model = 'live'): number {
-  const mine = rows.filter((r) => r.model === model && r.msMedian > 0);
-  if (mine.length === 0) return 1;
-  const fit = estimatorFromProfile(mine);
-  let measured = 0;
-  let fitted = 0;
-  for (const r of mine) {
-    measured += r.msMedian;
-    fitted += predictBatchMs(fit, rowShapes(r));
-  }
-  return fitted > 0 ? measured / fitted : 1;
 }
 
 /**
@@ -192,6 +172,7 @@ export function replayScenario(run: LiveRun, opts: { perLoad?: boolean } = {}): 
       draftDescription: `${profile.draftModel} of the live run (empirical acceptance)`,
     };
   });
+  const fitStats = profileFitStats(run.rows);
   const scenario: Scenario = {
     name: 'live',
     description: `replay of the live run ${run.dir}: its server profile, acceptance samples, measured overheads and settings`,
@@ -204,8 +185,8 @@ export function replayScenario(run: LiveRun, opts: { perLoad?: boolean } = {}): 
     seed: r.seed,
     model: 'live',
     serverProfilePath: join(run.dir, 'server-profile.csv'),
-    serverNoise: profileNoiseSigma(run.rows),
-    serverScale: profileMeanScale(run.rows),
+    serverNoise: fitStats.noiseSigma,
+    serverScale: fitStats.meanScale,
     hopMs: cal.linkHopMs,
     linkHopMs: cal.linkHopMs,
     batchOverheadMs: cal.batchOverheadMs,

@@ -246,6 +246,8 @@ export class EdgeDevice {
     let verifySentAtMs: number | null = null;
     /** When the open was sent (null once resent: a retried open's answer is not timed). */
     let openSentAtMs: number | null | undefined;
+    /** The emulated network round trip of this device (its profile's, time-scaled), ms. */
+    const rttMs = o.profile.rttMs * o.timeScale;
     let text = '';
     const emitted: number[] = [];
 
@@ -268,7 +270,7 @@ export class EdgeDevice {
             sampling,
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
-            rttMs: o.profile.rttMs * o.timeScale,
+            rttMs,
           }));
         },
         sendVerify: (_, p) => {
@@ -320,7 +322,7 @@ export class EdgeDevice {
             o.onRoundTimed?.({
               profileName: o.profileName,
               roundTripMs,
-              networkRttMs: o.profile.rttMs * o.timeScale,
+              networkRttMs: rttMs,
               queueMs: p.result.queueMs,
               verifyMs: p.result.verifyMs,
               draftMsPerToken: p.draft.draftMsPerToken,
@@ -375,7 +377,7 @@ export class EdgeDevice {
         // the round without drafting: how the simulator learns the broker hops of every mode.
         const opening = (m.type === 'result' && m.round === 0) || (m.type === 'stream' && m.seq === 0);
         if (opening && typeof openSentAtMs === 'number' && m.queueMs !== undefined && m.verifyMs !== undefined) {
-          o.onRoundTimed?.({ profileName: o.profileName, roundTripMs: atMs - openSentAtMs, networkRttMs: o.profile.rttMs * o.timeScale, queueMs: m.queueMs, verifyMs: m.verifyMs, draftMsPerToken: [] });
+          o.onRoundTimed?.({ profileName: o.profileName, roundTripMs: atMs - openSentAtMs, networkRttMs: rttMs, queueMs: m.queueMs, verifyMs: m.verifyMs, draftMsPerToken: [] });
           openSentAtMs = null;
         }
         if (m.type === 'result') endRound(m);

@@ -24,7 +24,7 @@ import {
 import type { DecoderRunner, KvCacheHandle } from '../../inference/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
-import type { BatchReport } from '../../machines/verifier-worker.ts';
+import { DECODE_STEP_PREFIX, type BatchReport } from '../../machines/verifier-worker.ts';
 import type { VerifierMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startBatchSpan, startItemSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
 
@@ -492,6 +492,6 @@ export class BatchExecutor {
     });
     await this.#sendReplies(replies);
     if (active.length > 0) this.deps.metrics?.batchExecuted({ workerId: this.deps.workerId, size: active.length, tokens: active.length, modelMs, predictedMs: 0, prefillTokens: 0, verifyTokens: active.length });
-    return { batchId: `step-${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, busyMs: this.deps.now() - t0, startedAtMs: t0, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
+    return { batchId: `${DECODE_STEP_PREFIX}${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, busyMs: this.deps.now() - t0, startedAtMs: t0, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }
 }
