@@ -33,6 +33,7 @@ import { WispClient } from '../actors/client.ts';
 import { wallClock } from '../actors/clock.ts';
 import { runEdge, runScheduler, runVerifier, type Running } from '../actors/launch.ts';
 import { connectBroker, type BrokerClient } from '../broker/connection.ts';
+import { tapBroker } from '../broker/tap.ts';
 import type { VerifyBatch, VerifyRequest, VerifyResult } from '../broker/contracts.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../broker/topology.ts';
 import { loadConfig } from '../config/load.ts';
@@ -82,23 +83,7 @@ const now = () => wallClock.now();
 
 /** Forwards every call to `broker`, letting `onPublish` / `onDeliver` see the messages. */
 function tap(broker: BrokerClient, onPublish: (m: unknown) => void, onDeliver: (m: unknown) => void): BrokerClient {
-  const publish: BrokerClient['publish'] = (queue, message, options) => {
-    onPublish(message);
-    return broker.publish(queue, message, options);
-  };
-  const consume: BrokerClient['consume'] = (queue, schema, handler, options) =>
-    broker.consume(queue, schema, (m, meta) => {
-      onDeliver(m);
-      return handler(m, meta);
-    }, options);
-  return new Proxy(broker, {
-    get(target, prop) {
-      if (prop === 'publish') return publish;
-      if (prop === 'consume') return consume;
-      const v: unknown = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
+  return tapBroker(broker, { publish: (_queue, m) => void onPublish(m), deliver: (_queue, m) => onDeliver(m) });
 }
 
 /** Starts an edge fleet whose rounds are reported to `report` (device-side stamps). */

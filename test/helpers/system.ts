@@ -80,41 +80,8 @@ export async function startTestSystem(up: UpOptions, overrides: DeepPartial<Wisp
   };
 }
 
-/** What a tap may do to a role's broker traffic (fault injection and measurement in tests). */
-export interface BrokerTap {
-  /**
-   * Sees every publish; returns the (queue, message) pairs to publish instead, in order
-   * (e.g. the original twice for a duplicate). Returning nothing publishes the original.
-   */
-  publish?: (queue: string, message: unknown) => Array<[string, unknown]> | void;
-  /** Sees every validated delivery before the role's handler does. */
-  deliver?: (queue: string, message: unknown) => void;
-}
-
-/**
- * Wraps a broker client so `tap` sees (and may multiply) what the role publishes and receives;
- * everything else goes straight to the client. Pass it as `hooks.wrapBroker` to runUp.
- */
-export function tapBroker(broker: BrokerClient, tap: BrokerTap): BrokerClient {
-  const publish: BrokerClient['publish'] = async (queue, message, options) => {
-    const out = tap.publish?.(queue, message) ?? [[queue, message]];
-    // One after another, so copies reach the queue in the order the tap listed them.
-    for (const [q, m] of out) await broker.publish(q, m, options);
-  };
-  const consume: BrokerClient['consume'] = (queue, schema, handler, options) =>
-    broker.consume(queue, schema, (m, meta) => {
-      tap.deliver?.(queue, m);
-      return handler(m, meta);
-    }, options);
-  return new Proxy(broker, {
-    get(target, prop) {
-      if (prop === 'publish') return publish;
-      if (prop === 'consume') return consume;
-      const v: unknown = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-}
+// The tap lives beside the broker client: the overhead benchmark measures through it too.
+export { tapBroker, type BrokerTap } from '../../broker/tap.ts';
 
 /** Short prompts for end-to-end tests (shared with the overhead benchmark). */
 export const TEST_PROMPTS = SHORT_PROMPTS;
