@@ -12,6 +12,7 @@ import type { WispConfig } from '../config/schema.ts';
 import { ensureModelPair } from '../inference/forge/index.ts';
 import { ModelDirNotFoundError } from '../inference/errors.ts';
 import { CostModelRunner } from '../inference/cost-model-runner.ts';
+import { loadEngine } from '../physics/engines.ts';
 import { readModelDir } from '../inference/model-dir.ts';
 import type { DecoderRunner } from '../inference/types.ts';
 import { createLogger, type Logger } from '../telemetry/logger.ts';
@@ -141,10 +142,10 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
   return running;
 }
 
-/** models.costModel: a runner that sleeps per the estimator, shaped like the target in `targetDir`. */
+/** models.costModel: a runner that sleeps per the serving-engine cost model, shaped like the target in `targetDir`. */
 async function costModelRunner(config: WispConfig, targetDir: string): Promise<DecoderRunner> {
   const { info } = await readModelDir(targetDir);
-  return new CostModelRunner({ info, timeScale: config.models.costModel.timeScale });
+  return new CostModelRunner({ info, timeScale: config.models.costModel.timeScale, engine: loadEngine(config.models.costModel.server) });
 }
 
 /** A stop() that runs each step in order (roles first, then their connections). */

@@ -30,6 +30,21 @@ export interface SessionRecord {
   energyJ: number;
   /** Device time spent drafting (kept, rejected and discarded tokens), ms. */
   draftMs: number;
+  /**
+   * Where the session's time went, ms; the parts add up to its duration. drafting: on the
+   * critical path (not overlapped by verification); queue: waiting at the server for a pass;
+   * verify: in server passes (verification, prefill, decode steps); memoryWait: waiting for
+   * KV-cache memory before its prefill; network: the rest (links, broker, device overheads).
+   */
+  timeMs?: SessionTimeParts;
+}
+
+export interface SessionTimeParts {
+  drafting: number;
+  network: number;
+  queue: number;
+  verify: number;
+  memoryWait: number;
 }
 
 /** One executed server batch (a verification/prefill batch, or a centralized decode step). */
@@ -39,10 +54,36 @@ export interface BatchRecord {
   size: number;
   startedAtMs: number;
   actualMs: number;
+  /** Time the worker was busy with it (model time plus its overheads), ms; default actualMs. */
+  busyMs?: number;
   /** The scheduler estimator's prediction, ms; null for decode steps (not scheduled). */
   predictedMs: number | null;
   /** Draft tokens the scheduler cut off by truncation in this batch. */
   truncatedTokens: number;
+  /** KV-cache tokens reserved on the worker when it ended (servers with a memory limit). */
+  kvReservedTokens?: number;
+  /** Sessions waiting for KV-cache memory on the worker when it ended. */
+  memoryWaiting?: number;
+}
+
+/** Server time in the measured window by kind, ms (summed over workers). */
+export interface ServerTimeParts {
+  verify: number;
+  decode: number;
+  prefill: number;
+  idle: number;
+}
+
+/** KV-cache memory over a load, from the workers' state after each pass. */
+export interface KvMemorySummary {
+  /** Tokens the server holds per worker; null = no limit modelled. */
+  capacityTokens: number | null;
+  /** Mean and peak share of the capacity reserved (0 without a limit). */
+  meanUtilisation: number;
+  peakUtilisation: number;
+  /** Mean and peak number of sessions waiting for memory. */
+  meanWaiting: number;
+  peakWaiting: number;
 }
 
 /** Percentile summary of a sample. All fields are 0 for an empty sample. */
@@ -80,6 +121,11 @@ export interface LoadPoint {
   truncatedPerRound: number;
   /** Attainment by device class. */
   attainmentByClass: Record<string, number>;
+  /** Where the server's time went in the window (present when batches were given). */
+  serverMs?: ServerTimeParts;
+  /** Mean session time per output token by part, ms (finished sessions that report their parts). */
+  sessionMsPerToken?: SessionTimeParts;
+  kv?: KvMemorySummary;
 }
 
 export interface AcceptanceSummary {
@@ -279,6 +325,57 @@ export interface LoadPointOptions {
   slo?: Slo;
   /** Server batches executed in the window (sizes, estimator error). */
   batches?: readonly BatchRecord[];
+  /** Workers serving the load (idle time is theirs): default 1. */
+  workers?: number;
+  /** KV-cache capacity per worker in tokens, when the server has a limit. */
+  kvCapacityTokens?: number | null;
+}
+
+/** Server time by kind: busy time of each kind of pass, and the rest of the workers' window as idle. */
+export function serverTimeParts(batches: readonly BatchRecord[], windowMs: number, workers: number): ServerTimeParts {
+  const out = { verify: 0, decode: 0, prefill: 0, idle: 0 };
+  for (const b of batches) {
+    const ms = b.busyMs ?? b.actualMs;
+    if (b.kind === 'step') out.decode += ms;
+    else if (b.kind === 'prefill') out.prefill += ms;
+    else out.verify += ms;
+  }
+  out.idle = Math.max(0, windowMs * workers - out.verify - out.decode - out.prefill);
+  return out;
+}
+
+/** Σ of each time part over sessions ÷ their output tokens, ms per token (undefined when no session reports parts). */
+export function sessionMsPerToken(records: readonly SessionRecord[]): SessionTimeParts | undefined {
+  const sum: SessionTimeParts = { drafting: 0, network: 0, queue: 0, verify: 0, memoryWait: 0 };
+  let tokens = 0;
+  for (const r of records) {
+    if (!r.timeMs || r.outputTokens === 0) continue;
+    for (const k of Object.keys(sum) as (keyof SessionTimeParts)[]) sum[k] += r.timeMs[k];
+    tokens += r.outputTokens;
+  }
+  if (tokens === 0) return undefined;
+  for (const k of Object.keys(sum) as (keyof SessionTimeParts)[]) sum[k] /= tokens;
+  return sum;
+}
+
+/** KV memory over the passes of a load. */
+export function kvMemorySummary(batches: readonly BatchRecord[], capacityTokens: number | null): KvMemorySummary {
+  let n = 0;
+  let util = 0;
+  let peakUtil = 0;
+  let waiting = 0;
+  let peakWaiting = 0;
+  for (const b of batches) {
+    if (b.kvReservedTokens === undefined) continue;
+    n++;
+    const u = capacityTokens ? b.kvReservedTokens / capacityTokens : 0;
+    util += u;
+    peakUtil = Math.max(peakUtil, u);
+    const w = b.memoryWaiting ?? 0;
+    waiting += w;
+    peakWaiting = Math.max(peakWaiting, w);
+  }
+  return { capacityTokens, meanUtilisation: n === 0 ? 0 : util / n, peakUtilisation: peakUtil, meanWaiting: n === 0 ? 0 : waiting / n, peakWaiting };
 }
 
 /** All metrics of one load from its session (and batch) records. */
@@ -316,7 +413,14 @@ export function loadPoint(records: readonly SessionRecord[], o: LoadPointOptions
     queueMsPerRound: rounds === 0 ? 0 : queueMs / rounds,
     truncatedPerRound: verifyMembers === 0 ? 0 : truncated / verifyMembers,
     attainmentByClass: Object.fromEntries(Object.entries(byClass).map(([k, rs]) => [k, attainment(rs, o.slo)])),
+    ...(o.batches ? { serverMs: serverTimeParts(batches, o.windowMs, o.workers ?? 1) } : {}),
+    ...optional('sessionMsPerToken', sessionMsPerToken(finished)),
+    ...(o.kvCapacityTokens !== undefined ? { kv: kvMemorySummary(batches, o.kvCapacityTokens) } : {}),
   };
+}
+
+function optional<K extends string, V>(key: K, v: V | undefined): { [P in K]?: V } {
+  return (v === undefined ? {} : { [key]: v }) as { [P in K]?: V };
 }
 
 /** Capacity, best goodput and energy of one policy from its load points. */

@@ -5,7 +5,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BenchResults, PolicyResult, Ratio, Summary } from './metrics.ts';
+import type { BenchResults, LoadPoint, PolicyResult, Ratio, Summary } from './metrics.ts';
 import { summaryTable } from './table.ts';
 
 export interface Series {
@@ -160,16 +160,28 @@ function pointsTable(name: string, r: PolicyResult): string {
   const rows = [
     `**${name}** — capacity ${r.capacity}, best goodput ${r.goodputTokS.toFixed(1)} tok/s at ${r.goodputAtDevices} devices, ${r.energyJPerToken.toFixed(3)} J/token at capacity`,
     '',
-    '| devices | sessions | attainment (by class) | goodput tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | accept rate | accepted/round | drafted/round | wasted draft | J/token | batch mean/p99 | est. APE mean | queue ms/round | truncated/round |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| devices | sessions | attainment (by class) | goodput tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | accept rate | accepted/round | drafted/round | wasted draft | J/token | batch mean/p99 | est. APE mean | queue ms/round | truncated/round | server time verify/decode/prefill/idle | session ms/token drafting/network/queue/verify/memory | KV used mean/peak, waiting mean/peak |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
+  const shares = (p: LoadPoint): string => {
+    const t = p.serverMs;
+    const total = t ? t.verify + t.decode + t.prefill + t.idle : 0;
+    if (!t || total <= 0) return '—';
+    return [t.verify, t.decode, t.prefill, t.idle].map((v) => `${((v / total) * 100).toFixed(0)}%`).join('/');
+  };
+  const perToken = (p: LoadPoint): string => {
+    const t = p.sessionMsPerToken;
+    return t ? [t.drafting, t.network, t.queue, t.verify, t.memoryWait].map((v) => v.toFixed(1)).join('/') : '—';
+  };
+  const kv = (p: LoadPoint): string =>
+    p.kv && p.kv.capacityTokens !== null ? `${(p.kv.meanUtilisation * 100).toFixed(0)}%/${(p.kv.peakUtilisation * 100).toFixed(0)}%, ${p.kv.meanWaiting.toFixed(1)}/${p.kv.peakWaiting}` : '—';
   const pct = (s: Summary, d: number): string => (s.count === 0 ? '—' : `${s.p50.toFixed(d)}/${s.p90.toFixed(d)}/${s.p99.toFixed(d)}`);
   for (const p of r.points) {
     const byClass = Object.entries(p.attainmentByClass)
       .map(([k, v]) => `${k} ${(v * 100).toFixed(0)}%`)
       .join(', ');
     rows.push(
-      `| ${p.devices} | ${p.sessions} | ${(p.attainment * 100).toFixed(1)}% (${byClass}) | ${p.goodputTokS.toFixed(1)} | ${pct(p.ttftMs, 0)} | ${pct(p.tpotMs, 1)} | ${(p.acceptance.rate * 100).toFixed(0)}% | ${p.acceptance.acceptedPerRound.toFixed(2)} | ${p.acceptance.draftedPerRound.toFixed(2)} | ${(p.wastedDraft.fraction * 100).toFixed(0)}% | ${p.energyJPerToken.toFixed(3)} | ${p.batchSize.mean.toFixed(1)}/${p.batchSize.p99.toFixed(0)} | ${p.estimatorApe.count === 0 ? '—' : `${(p.estimatorApe.mean * 100).toFixed(1)}%`} | ${p.queueMsPerRound.toFixed(1)} | ${p.truncatedPerRound.toFixed(2)} |`,
+      `| ${p.devices} | ${p.sessions} | ${(p.attainment * 100).toFixed(1)}% (${byClass}) | ${p.goodputTokS.toFixed(1)} | ${pct(p.ttftMs, 0)} | ${pct(p.tpotMs, 1)} | ${(p.acceptance.rate * 100).toFixed(0)}% | ${p.acceptance.acceptedPerRound.toFixed(2)} | ${p.acceptance.draftedPerRound.toFixed(2)} | ${(p.wastedDraft.fraction * 100).toFixed(0)}% | ${p.energyJPerToken.toFixed(3)} | ${p.batchSize.mean.toFixed(1)}/${p.batchSize.p99.toFixed(0)} | ${p.estimatorApe.count === 0 ? '—' : `${(p.estimatorApe.mean * 100).toFixed(1)}%`} | ${p.queueMsPerRound.toFixed(1)} | ${p.truncatedPerRound.toFixed(2)} | ${shares(p)} | ${perToken(p)} | ${kv(p)} |`,
     );
   }
   return rows.join('\n');
@@ -183,6 +195,7 @@ export function reportMarkdown(results: BenchResults, files: { goodput: string; 
   if (sc.description) lines.push(`Scenario **${String(sc.name)}**: ${String(sc.description)}.`, '');
   lines.push(`SLO: TTFT ≤ ${results.slo.ttftMs} ms and mean TPOT ≤ ${results.slo.tpotMs} ms${sc.sloNote ? ` — ${String(sc.sloNote)}` : ''}.`);
   lines.push(`Capacity: the largest number of concurrent devices at which ≥ ${(results.attainmentTarget * 100).toFixed(0)} % of sessions attain the SLO. Goodput: output tokens/s of SLO-attaining sessions.`, '');
+  if (sc.server) lines.push(`Server: **${String(sc.server)}** — ${String(sc.serverDescription ?? '')}${typeof sc.kvCapacityTokens === 'number' ? `; KV cache holds ${sc.kvCapacityTokens} tokens per worker` : ''}.`, '');
   if (sc.workers !== undefined) lines.push(`Workers: ${String(sc.workers)}; simulated ${String(sc.durationS)} s per load (first ${String(sc.warmupS)} s not measured); seed ${String(sc.seed)}.`, '');
   lines.push('## Summary', '', '```', summaryTable(results), '```', '');
   const cmp = paperComparisonTable(results);

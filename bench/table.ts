@@ -2,7 +2,7 @@
  * The plain-text summary of a bench or sim run: one row per policy, then WISP's ratios.
  * Shared by `wisp bench` and `wisp sim`.
  */
-import type { BenchResults, PolicyResult } from './metrics.ts';
+import type { BenchResults, LoadPoint, PolicyResult } from './metrics.ts';
 
 const fmt = (x: number | null | undefined, digits = 1): string => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(digits));
 
@@ -41,6 +41,8 @@ export function summaryTable(results: BenchResults): string {
     attain.push(`  ${name.padEnd(12)} ${r.points.map((p) => `${p.devices}:${fmt(p.attainment * 100, 0)}%`).join('  ')}`);
   }
   out.push('', 'SLO attainment by concurrent devices:', ...attain);
+  const breakdown = timeBreakdownLines(results);
+  if (breakdown.length > 0) out.push('', 'Where the time goes, at each policy\'s capacity (or its smallest load when it has none):', ...breakdown);
   const { vsCentralized, vsSled } = results.ratios;
   const ratio = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
   if (vsCentralized || vsSled) {
@@ -49,4 +51,40 @@ export function summaryTable(results: BenchResults): string {
     if (vsSled) out.push(`  vs SLED:        capacity ${ratio(vsSled.capacity)}, goodput ${ratio(vsSled.goodput)}`);
   }
   return out.join('\n');
+}
+
+/** The load a policy's breakdown is shown at: its capacity, else its smallest load. */
+export function pointAtCapacity(r: PolicyResult): LoadPoint | undefined {
+  return r.points.find((p) => p.devices === r.capacity) ?? r.points[0];
+}
+
+/** "server verify 55% · prefill 44% · idle 1%" for a load's server time (parts that are 0 left out). */
+export function serverTimeText(p: LoadPoint): string {
+  const t = p.serverMs;
+  if (!t) return '—';
+  const total = t.verify + t.decode + t.prefill + t.idle;
+  if (total <= 0) return '—';
+  const parts = (['verify', 'decode', 'prefill', 'idle'] as const).filter((k) => t[k] > 0).map((k) => `${k} ${((t[k] / total) * 100).toFixed(0)}%`);
+  return parts.join(' · ');
+}
+
+/** "drafting 33.0 · network 4.4 · queue 51.2 · verify 22.9 · memory 0.0 ms/token". */
+export function sessionTimeText(p: LoadPoint): string {
+  const t = p.sessionMsPerToken;
+  if (!t) return '—';
+  return `drafting ${fmt(t.drafting)} · network ${fmt(t.network)} · queue ${fmt(t.queue)} · verify ${fmt(t.verify)} · memory wait ${fmt(t.memoryWait)} ms/token`;
+}
+
+/** One block per policy: its server time by kind and its sessions' time per output token by part. */
+export function timeBreakdownLines(results: BenchResults): string[] {
+  const out: string[] = [];
+  for (const [name, r] of Object.entries(results.policies)) {
+    if (!r) continue;
+    const p = pointAtCapacity(r);
+    if (!p || (!p.serverMs && !p.sessionMsPerToken)) continue;
+    const kv = p.kv && p.kv.capacityTokens !== null ? `; KV cache ${fmt(p.kv.meanUtilisation * 100, 0)}% used (peak ${fmt(p.kv.peakUtilisation * 100, 0)}%), ${fmt(p.kv.meanWaiting)} sessions waiting for memory (peak ${p.kv.peakWaiting})` : '';
+    out.push(`  ${name} @ ${p.devices} devices — server: ${serverTimeText(p)}${kv}`);
+    out.push(`  ${' '.repeat(name.length)}   sessions: ${sessionTimeText(p)}`);
+  }
+  return out;
 }

@@ -232,6 +232,8 @@ export const BatchItemSchema = z.object({
   deadlineMs: z.number().finite().optional(),
   /** Committed token history, sent when the worker must (re)build the session's cache. */
   history: z.array(tokenId).optional(),
+  /** An open that waited for KV-cache memory: when the scheduler admitted it (scheduler clock). */
+  admittedAtMs: ms.optional(),
 });
 export type BatchItem = z.infer<typeof BatchItemSchema>;
 
@@ -260,6 +262,10 @@ export const WorkerStatusSchema = z.object({
   state: z.enum(['ready', 'busy', 'stopping']),
   sessions: z.number().int().min(0),
   kvBytes: z.number().int().min(0),
+  /** How the worker lays out a pass: padded to its longest member (default) or token-flat (a serving engine). */
+  passLayout: z.enum(['padded', 'varlen']).optional(),
+  /** KV-cache tokens the worker can hold for all its sessions; absent = no limit the scheduler must keep. */
+  kvCapacityTokens: z.number().int().positive().optional(),
   /** Changes every time the worker process starts: a new one has no batch in flight. */
   incarnation: id,
   /** The batch that just ended (done or failed); absent on heartbeats. */

@@ -23,6 +23,8 @@ import { registerBench } from './commands/bench.ts';
 registerBench(program);
 import { registerSim } from './commands/sim.ts';
 registerSim(program);
+import { registerServerCost } from './commands/server-cost.ts';
+registerServerCost(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const e = err as Error & { code?: string };

@@ -53,7 +53,7 @@ export const DEFAULT_CONFIG: WispConfig = {
   redisTls: { enabled: false },
   redisKeyPrefix: 'wisp:',
   logLevel: 'info',
-  models: { preset: 'tiny', threads: 2, costModel: { enabled: false, timeScale: 1 } },
+  models: { preset: 'tiny', threads: 2, costModel: { enabled: false, timeScale: 1, server: 'a100-80gb/34b' } },
   timeScale: 1,
   deviceProfile: 'jetson-orin-nano',
   devices: structuredClone(DEVICE_PROFILES) as Record<string, DeviceProfile>,

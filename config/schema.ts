@@ -4,6 +4,7 @@
  * Defaults live in defaults.ts; loading (file ← env ← overrides) in load.ts.
  */
 import { z } from 'zod';
+import { GPUS, MODELS } from '../physics/hardware.ts';
 
 const POS_INT = 'expected a positive integer';
 const NONNEG_INT = 'expected a non-negative integer';
@@ -21,6 +22,12 @@ const nonNegNum = () => z.number({ error: NONNEG_NUM }).min(0, { error: NONNEG_N
 const unit = () => z.number({ error: UNIT }).min(0, { error: UNIT }).max(1, { error: UNIT });
 const bool = () => z.boolean({ error: BOOL });
 const str = () => z.string({ error: STR }).min(1, { error: STR });
+const SERVER_ID = `expected gpu/model with gpu one of ${Object.keys(GPUS).join('|')} and model one of ${Object.keys(MODELS).join('|')}`;
+const serverId = () =>
+  z.string({ error: SERVER_ID }).refine((v) => {
+    const [gpu, model, ...rest] = v.split('/');
+    return rest.length === 0 && gpu in GPUS && model !== undefined && model in MODELS;
+  }, { error: SERVER_ID });
 const oneOf = <const T extends readonly [string, ...string[]]>(values: T) => z.enum(values, { error: `expected one of ${values.join('|')}` });
 const url = (schemes: readonly string[]) => {
   const error = `expected an ${schemes.join(' or ')} URL`.replace(/^expected an (?=[^aeiou])/, 'expected a ');
@@ -86,10 +93,11 @@ export const WispConfigSchema = z
       /** onnxruntime intra-op threads per session. */
       threads: posInt(),
       /**
-       * Verifier workers run no target model: each batch sleeps for the estimator's predicted
-       * time (× timeScale) and returns deterministic fake logits (inference/cost-model-runner.ts).
+       * Verifier workers run no target model: each pass sleeps for the serving-engine cost model's
+       * time of `server` (× timeScale) and returns deterministic fake logits
+       * (inference/cost-model-runner.ts).
        */
-      costModel: z.strictObject({ enabled: bool(), timeScale: nonNegNum() }),
+      costModel: z.strictObject({ enabled: bool(), timeScale: nonNegNum(), server: serverId() }),
     }),
     /** Multiplies every emulated device time (drafting, network); 0 = no emulated delays. */
     timeScale: nonNegNum(),

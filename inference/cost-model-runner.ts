@@ -1,7 +1,7 @@
 /**
- * A DecoderRunner that runs no model: each batched forward pass sleeps for the time the
- * verification time estimator predicts for its shapes (by default the H200 Qwen3-32B fit, see
- * policies/estimator.ts), then returns deterministic fake logits. With it a verifier worker
+ * A DecoderRunner that runs no model: each forward pass sleeps for the time the serving-engine
+ * cost model (physics/pass-cost.ts) gives its members — or, when no engine is given, what an
+ * estimator predicts — then returns deterministic fake logits. With it a verifier worker
  * behaves, to the scheduler and the devices, like a large server model at almost no CPU cost:
  * load and fault tests run 1,000 sessions on a laptop.
  *
@@ -9,7 +9,8 @@
  * peak at `fakeNextToken(t, p)`, so `generateTarget` with this runner is the reference a
  * cost-model deployment must reproduce token for token (losslessness is still checked).
  */
-import { createEstimatorState, predictBatchMs, type EstimatorState } from '../policies/estimator.ts';
+import { passCost, type EngineModel } from '../physics/pass-cost.ts';
+import { createEstimatorState, passMemberOf, predictBatchMs, type EstimatorState, type PassLayout } from '../policies/estimator.ts';
 import type { BatchShape } from '../policies/types.ts';
 import { CacheMisuseError } from './errors.ts';
 import type { DecoderRunner, ForwardItem, KvCacheHandle, ModelInfo } from './types.ts';
@@ -19,7 +20,9 @@ export interface CostModelRunnerOptions {
   info: ModelInfo;
   /** Predicted time is multiplied by this before sleeping (0 = no sleep). */
   timeScale: number;
-  /** Estimator whose prediction is slept; default: the built-in H200 prior. */
+  /** The serving engine whose pass time is slept (physics/engines.ts loadEngine). */
+  engine?: EngineModel;
+  /** Without an engine: the estimator whose prediction is slept; default the built-in padded (H200) prior. */
   estimator?: EstimatorState;
   /** How to wait, ms (tests may pass a simulated clock's sleep). */
   sleep?: (ms: number) => Promise<void>;
@@ -65,6 +68,9 @@ class CountingCache implements KvCacheHandle {
 
 export class CostModelRunner implements DecoderRunner {
   readonly info: ModelInfo;
+  /** A serving engine lays passes out token-flat; an estimator's family says how it was measured. */
+  readonly passLayout: PassLayout;
+  readonly #engine: EngineModel | null;
   readonly #estimator: EstimatorState;
   readonly #timeScale: number;
   readonly #sleep: (ms: number) => Promise<void>;
@@ -74,7 +80,9 @@ export class CostModelRunner implements DecoderRunner {
 
   constructor(opts: CostModelRunnerOptions) {
     this.info = { ...opts.info, name: opts.info.name };
+    this.#engine = opts.engine ?? null;
     this.#estimator = opts.estimator ?? createEstimatorState();
+    this.passLayout = this.#engine ? 'varlen' : (this.#estimator.layout ?? 'padded');
     this.#timeScale = opts.timeScale;
     this.#sleep = opts.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
     const { numLayers, numKvHeads, headDim } = opts.info;
@@ -85,10 +93,11 @@ export class CostModelRunner implements DecoderRunner {
     return new CountingCache(this.#bytesPerToken);
   }
 
-  /** What the estimator predicts for this batch, ms (before timeScale). */
+  /** The modelled time of this pass, ms (before timeScale). */
   predictMs(items: readonly ForwardItem[]): number {
     const shapes: BatchShape[] = items.map((i) => ({ n: i.tokens.length, L: i.cache.length }));
-    return shapes.length === 0 ? 0 : predictBatchMs(this.#estimator, shapes);
+    if (shapes.length === 0) return 0;
+    return this.#engine ? passCost(this.#engine, shapes.map(passMemberOf)).ms : predictBatchMs(this.#estimator, shapes);
   }
 
   async forward(items: ForwardItem[]): Promise<Float32Array[]> {

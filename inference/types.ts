@@ -39,6 +39,8 @@ export interface ForwardItem {
 /** A decoder that runs batched incremental forward passes over per-session caches. */
 export interface DecoderRunner {
   readonly info: ModelInfo;
+  /** How a pass is laid out (padded to its longest member, or token-flat); default padded. The scheduler's estimator family follows. */
+  readonly passLayout?: 'padded' | 'varlen';
   newCache(): KvCacheHandle;
   /**
    * Runs all items in one batch (padding and masks inside). For each item returns its

@@ -12,10 +12,12 @@ import type { ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequ
 import { PROTOCOL_VERSION } from '../broker/contracts.ts';
 import type { PendingRequest } from '../policies/types.ts';
 import {
-  createEstimatorState,
+  estimatorForLayout,
+  layoutOf,
   observeBatch,
   selectBatch,
   type EstimatorState,
+  type PassLayout,
   type PolicyName,
 } from '../policies/index.ts';
 import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
@@ -45,6 +47,12 @@ export interface WorkerEntry {
   kvBytes: number;
   lastSeenMs: number;
   estimator: EstimatorState;
+  /** How the worker lays out a pass (its estimator's family follows). */
+  layout: PassLayout;
+  /** KV-cache tokens the worker can hold; null = no limit to keep. */
+  kvCapacityTokens: number | null;
+  /** KV-cache tokens reserved by the sessions admitted on it. */
+  kvReservedTokens: number;
 }
 
 export interface SessionEntry {
@@ -59,11 +67,15 @@ export interface SessionEntry {
   replyTo: string;
   /** Scheduler time of the session's latest request (for forgetting sessions whose device vanished). */
   lastSeenMs?: number;
+  /** KV-cache tokens reserved for it on its worker (prompt + most new tokens); 0 while it waits for memory. */
+  kvTokens?: number;
 }
 
 export interface PendingEntry {
   request: PendingRequest;
   message: SessionOpen | VerifyRequest;
+  /** An open that waited for memory: when it was admitted. */
+  admittedAtMs?: number;
 }
 
 export interface SchedulerContext {
@@ -82,6 +94,12 @@ export interface SchedulerContext {
    * dropped instead of bringing the session back (the adoption path would re-place it).
    */
   closed: Record<string, number>;
+  /**
+   * Opens admitted to a worker but waiting for KV-cache memory, first come first served (a
+   * worker that reports a capacity admits a session only when its whole cache — prompt plus its
+   * most new tokens — fits beside the others', as vLLM admits requests before their prefill).
+   */
+  memoryWait: Record<string, { message: SessionOpen; atMs: number }[]>;
   evictions: Record<string, string[]>;
   batchSeq: number;
   wakeAtMs: number | null;
@@ -197,6 +215,21 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
   }
   const existing = ctx.sessions[m.sessionId];
   if (existing && existing.deviceId !== m.deviceId) return refuseNotOwner(m, effects);
+  const need = kvNeed(m, w.maxPositions);
+  if (!existing && w.kvCapacityTokens !== null && need > w.kvCapacityTokens) {
+    effects.push({
+      kind: 'refuse',
+      params: {
+        replyTo: m.replyTo,
+        code: 'prompt_too_long',
+        message: `prompt of ${m.promptTokens.length} tokens and ${m.maxNewTokens} new tokens need ${need} tokens of KV cache; worker ${w.workerId} holds ${w.kvCapacityTokens}`,
+        sessionId: m.sessionId,
+        round: 0,
+        request: m,
+      },
+    });
+    return;
+  }
   const s: SessionEntry = existing ?? {
     sessionId: m.sessionId,
     deviceId: m.deviceId,
@@ -208,10 +241,60 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     replyTo: m.replyTo,
   };
   if (!existing) {
-    ctx.sessions[m.sessionId] = s;
+    ctx.sessions[m.sessionId] = { ...s, kvTokens: 0 };
     ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
+  } else if ((existing.kvTokens ?? 0) > 0 || ctx.workers[existing.workerId]?.kvCapacityTokens == null) {
+    // A redelivered open of an admitted session: queue it again (it replaces the older copy).
+    addPending(ctx, existing.workerId, openRequest(existing, m, atMs));
+    return;
+  } else {
+    // Still waiting for memory: the newer copy takes the older one's place in the queue.
+    const queue = ctx.memoryWait[existing.workerId] ?? [];
+    const at = queue.findIndex((q) => q.message.sessionId === m.sessionId);
+    if (at >= 0) {
+      ctx.memoryWait[existing.workerId] = queue.map((q, i) => (i === at ? { message: m, atMs: q.atMs } : q));
+      return;
+    }
   }
-  addPending(ctx, s.workerId, openRequest(s, m, atMs));
+  const wid = ctx.sessions[m.sessionId].workerId;
+  ctx.memoryWait[wid] = [...(ctx.memoryWait[wid] ?? []), { message: m, atMs }];
+  admitWaiting(ctx, wid, atMs);
+}
+
+/** KV-cache tokens a session may need: its prompt plus every token it may generate (drafts in flight never pass that). */
+function kvNeed(m: SessionOpen, maxPositions: number): number {
+  return Math.min(maxPositions, m.promptTokens.length + m.maxNewTokens);
+}
+
+/** Admits waiting opens of a worker, first come first served, while their caches fit. */
+function admitWaiting(ctx: SchedulerContext, workerId: string, atMs: number): void {
+  const queue = ctx.memoryWait[workerId];
+  if (!queue || queue.length === 0) return;
+  let w = ctx.workers[workerId];
+  if (!w) return;
+  let admitted = 0;
+  for (const q of queue) {
+    const s = ctx.sessions[q.message.sessionId];
+    if (!s) {
+      admitted++;
+      continue;
+    }
+    const need = kvNeed(q.message, w.maxPositions);
+    if (w.kvCapacityTokens !== null && w.kvReservedTokens + need > w.kvCapacityTokens) break;
+    w = { ...w, kvReservedTokens: w.kvReservedTokens + need };
+    ctx.sessions[s.sessionId] = { ...s, kvTokens: need };
+    const entry = openRequest(s, q.message, q.atMs);
+    addPending(ctx, workerId, q.atMs === atMs ? entry : { ...entry, admittedAtMs: atMs });
+    admitted++;
+  }
+  ctx.workers[workerId] = w;
+  ctx.memoryWait[workerId] = queue.slice(admitted);
+}
+
+/** Gives back a session's KV reservation on its worker. */
+function releaseKv(ctx: SchedulerContext, s: SessionEntry): void {
+  const w = ctx.workers[s.workerId];
+  if (w && (s.kvTokens ?? 0) > 0) ctx.workers[s.workerId] = { ...w, kvReservedTokens: Math.max(0, w.kvReservedTokens - (s.kvTokens ?? 0)) };
 }
 
 /** A request naming a session another device owns: refused, never queued in place of the owner's. */
@@ -246,9 +329,11 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, eff
       firstTokenAtMs: atMs,
       returnLatencyMs: ctx.settings.defaultReturnLatencyMs,
       replyTo: m.replyTo,
+      // Its final length is unknown here: reserve what its cache holds now.
+      kvTokens: m.committedLength,
     };
     ctx.sessions[m.sessionId] = s;
-    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
+    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1, kvReservedTokens: w.kvReservedTokens + m.committedLength };
   }
   // Tokens committed after the first one: the next result must arrive by t0 + τ·(that + 1).
   const afterFirst = Math.max(0, m.committedLength - s.promptLength - 1);
@@ -301,7 +386,13 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
     const batchId = `${w.workerId}.${ctx.batchSeq++}`;
     const items = decision.members.map((m) => {
       const e = byId.get(m.requestId)!;
-      return { request: e.message, verifyTokens: e.message.type === 'verify' ? Math.min(m.verifyTokens, e.message.draftTokens.length) : 0, arrivedAtMs: e.request.arrivalMs, deadlineMs: e.request.deadlineMs };
+      return {
+        request: e.message,
+        verifyTokens: e.message.type === 'verify' ? Math.min(m.verifyTokens, e.message.draftTokens.length) : 0,
+        arrivedAtMs: e.request.arrivalMs,
+        deadlineMs: e.request.deadlineMs,
+        ...(e.admittedAtMs !== undefined ? { admittedAtMs: e.admittedAtMs } : {}),
+      };
     });
     const batch: VerifyBatch = {
       v: PROTOCOL_VERSION,
@@ -329,7 +420,9 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
 
 function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number, effects: Effect[]): void {
   const prev = ctx.workers[m.workerId];
-  let estimator = prev?.estimator ?? createEstimatorState();
+  const layout: PassLayout = m.passLayout ?? 'padded';
+  // A worker that now lays passes out differently (another runner) needs the other family.
+  let estimator = prev && layoutOf(prev.estimator) === layout ? prev.estimator : estimatorForLayout(layout);
   if (m.lastBatch && m.lastBatch.shapes.length > 0) {
     estimator = observeBatch(estimator, m.lastBatch.shapes, m.lastBatch.actualMs);
     effects.push({ kind: 'persist', workerId: m.workerId, model: m.model, estimator });
@@ -355,8 +448,12 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     kvBytes: m.kvBytes,
     lastSeenMs: atMs,
     estimator,
+    layout,
+    kvCapacityTokens: m.kvCapacityTokens ?? null,
+    kvReservedTokens: prev?.kvReservedTokens ?? 0,
   };
   if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);
+  else if (prev && prev.kvCapacityTokens !== (m.kvCapacityTokens ?? null)) admitWaiting(ctx, m.workerId, atMs);
   if (!prev && ctx.unplaced.length > 0) {
     const parked = ctx.unplaced;
     ctx.unplaced = [];
@@ -373,8 +470,11 @@ function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): vo
   if (!lost) return;
   delete ctx.workers[workerId];
   const orphaned = pendingFor(ctx, workerId);
+  const waiting = ctx.memoryWait[workerId] ?? [];
   delete ctx.pending[workerId];
   delete ctx.evictions[workerId];
+  delete ctx.memoryWait[workerId];
+  const waitingIds = new Set(waiting.map((q) => q.message.sessionId));
   for (const s of Object.values(ctx.sessions)) {
     if (s.workerId !== workerId) continue;
     const w = placeSession(ctx.workers, lost.model);
@@ -382,13 +482,22 @@ function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): vo
       delete ctx.sessions[s.sessionId];
       continue;
     }
-    ctx.sessions[s.sessionId] = { ...s, workerId: w.workerId };
-    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
+    // An admitted session's cache is rebuilt on its new worker: its reservation moves with it,
+    // even past that worker's capacity (recovery first; new opens wait until memory frees).
+    const kv = waitingIds.has(s.sessionId) ? 0 : (s.kvTokens ?? 0);
+    ctx.sessions[s.sessionId] = { ...s, workerId: w.workerId, kvTokens: kv };
+    ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1, kvReservedTokens: w.kvReservedTokens + kv };
   }
   for (const e of orphaned) {
     const s = ctx.sessions[e.message.sessionId];
     if (s) addPending(ctx, s.workerId, { ...e, request: { ...e.request, arrivalMs: Math.min(e.request.arrivalMs, atMs) } });
   }
+  for (const q of waiting) {
+    const s = ctx.sessions[q.message.sessionId];
+    if (!s) continue;
+    (ctx.memoryWait[s.workerId] ??= []).push(q);
+  }
+  for (const id of new Set(waiting.map((q) => ctx.sessions[q.message.sessionId]?.workerId).filter((x): x is string => x !== undefined))) admitWaiting(ctx, id, atMs);
 }
 
 /** Forgets sessions that sent nothing for longer than `idleMs` and have nothing pending. */
@@ -397,9 +506,13 @@ function expireIdle(ctx: SchedulerContext, atMs: number, idleMs: number): void {
   for (const list of Object.values(ctx.pending)) for (const p of list) waiting.add(p.request.sessionId);
   for (const s of Object.values(ctx.sessions)) {
     if (waiting.has(s.sessionId) || atMs - (s.lastSeenMs ?? atMs) <= idleMs) continue;
+    // A session still waiting for memory is not idle: its device waits for the first token.
+    if ((ctx.memoryWait[s.workerId] ?? []).some((q) => q.message.sessionId === s.sessionId)) continue;
+    releaseKv(ctx, s);
     delete ctx.sessions[s.sessionId];
     const w = ctx.workers[s.workerId];
     if (w) ctx.workers[s.workerId] = { ...w, sessions: Math.max(0, w.sessions - 1) };
+    admitWaiting(ctx, s.workerId, atMs);
   }
 }
 
@@ -493,11 +606,15 @@ function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number, owned 
   rememberClosed(ctx, m.sessionId, atMs, owned);
   ctx.unplaced = ctx.unplaced.filter((u) => u.message.sessionId !== m.sessionId || u.message.deviceId !== m.deviceId);
   if (!s) return;
+  releaseKv(ctx, s);
   delete ctx.sessions[m.sessionId];
   const w = ctx.workers[s.workerId];
   if (w) ctx.workers[s.workerId] = { ...w, sessions: Math.max(0, w.sessions - 1) };
   ctx.pending[s.workerId] = pendingFor(ctx, s.workerId).filter((p) => p.message.sessionId !== m.sessionId);
   ctx.evictions[s.workerId] = [...(ctx.evictions[s.workerId] ?? []), m.sessionId];
+  const queue = ctx.memoryWait[s.workerId];
+  if (queue?.some((q) => q.message.sessionId === m.sessionId)) ctx.memoryWait[s.workerId] = queue.filter((q) => q.message.sessionId !== m.sessionId);
+  admitWaiting(ctx, s.workerId, atMs);
 }
 
 /** Copies what reducers mutate, so a snapshot's context is never changed in place. */
@@ -508,6 +625,7 @@ function draft(ctx: SchedulerContext): SchedulerContext {
     sessions: { ...ctx.sessions },
     pending: { ...ctx.pending },
     unplaced: [...ctx.unplaced],
+    memoryWait: { ...ctx.memoryWait },
     evictions: { ...ctx.evictions },
   };
 }
@@ -564,7 +682,8 @@ function transition(ctx: SchedulerContext, event: SchedulerEvent, owned: boolean
     }
     case 'RESTORE_ESTIMATOR': {
       const w = ctx.workers[event.workerId];
-      if (w) ctx.workers[event.workerId] = { ...w, estimator: event.estimator };
+      // A stored state of the other family (the worker changed runner) is of no use.
+      if (w && layoutOf(event.estimator) === w.layout) ctx.workers[event.workerId] = { ...w, estimator: event.estimator };
       return effects;
     }
   }
@@ -583,6 +702,7 @@ export function initialSchedulerContext(settings: SchedulerSettings): SchedulerC
     pending: {},
     unplaced: [],
     closed: {},
+    memoryWait: {},
     evictions: {},
     batchSeq: 0,
     wakeAtMs: null,

@@ -7,7 +7,7 @@
  * member pay for 512 tokens; the schedulers keep the kinds apart and the age bound (WISP) or
  * FIFO order (baselines) keeps either kind from waiting forever.
  */
-import { aggregateShapes, predictAggregateMs, type BatchAggregate, type EstimatorState } from './estimator.ts';
+import { addShape, EMPTY_PASS, predictPassMs, type EstimatorState, type PassAggregate } from './estimator.ts';
 import { PolicyConfigError } from './errors.ts';
 import type { BatchDecision, BatchMember, BatchShape, PendingRequest } from './types.ts';
 
@@ -74,7 +74,7 @@ export function cmp(a: string, b: string): number {
 export class BatchDraft {
   readonly kind: RequestKind;
   readonly members: { req: PendingRequest; verifyTokens: number }[] = [];
-  private agg: BatchAggregate = { B: 0, nMax: 0, LMax: 0, sumN: 0 };
+  private agg: PassAggregate = EMPTY_PASS;
   private latencyMs = 0;
 
   constructor(
@@ -89,7 +89,7 @@ export class BatchDraft {
   }
 
   get sumTokens(): number {
-    return this.agg.sumN;
+    return this.agg.totals.tokens;
   }
 
   /** Predicted latency of the batch as it stands, ms. */
@@ -99,19 +99,19 @@ export class BatchDraft {
 
   /** Predicted latency if `r` joined with `verifyTokens` drafts, ms. */
   predictWith(r: PendingRequest, verifyTokens: number): number {
-    return predictAggregateMs(this.state.estimator, this.kind, this.aggWith(r, verifyTokens));
+    return predictPassMs(this.state.estimator, this.aggWith(r, verifyTokens));
   }
 
   /** Whether `r` with `verifyTokens` drafts stays within bMax and the token cap (a first member always does). */
   withinCaps(r: PendingRequest, verifyTokens: number): boolean {
     if (this.members.length >= this.state.bMax) return false;
     if (this.members.length === 0) return true;
-    return this.agg.sumN + memberShape(r, verifyTokens).n <= this.state.maxBatchTokens;
+    return this.agg.totals.tokens + memberShape(r, verifyTokens).n <= this.state.maxBatchTokens;
   }
 
   add(r: PendingRequest, verifyTokens: number): void {
     this.agg = this.aggWith(r, verifyTokens);
-    this.latencyMs = predictAggregateMs(this.state.estimator, this.kind, this.agg);
+    this.latencyMs = predictPassMs(this.state.estimator, this.agg);
     this.members.push({ req: r, verifyTokens });
   }
 
@@ -131,18 +131,12 @@ export class BatchDraft {
     return { members, wakeAtMs: null, predictedMs: this.latencyMs };
   }
 
-  private aggWith(r: PendingRequest, verifyTokens: number): BatchAggregate {
-    const s = memberShape(r, verifyTokens);
-    return {
-      B: this.agg.B + 1,
-      nMax: Math.max(this.agg.nMax, s.n),
-      LMax: Math.max(this.agg.LMax, s.L),
-      sumN: this.agg.sumN + s.n,
-    };
+  private aggWith(r: PendingRequest, verifyTokens: number): PassAggregate {
+    return addShape(this.agg, memberShape(r, verifyTokens));
   }
 }
 
 /** Predicted latency of `r` run alone with `verifyTokens` drafts, ms. */
 export function soloMs(estimator: EstimatorState, r: PendingRequest, verifyTokens: number): number {
-  return predictAggregateMs(estimator, r.kind, aggregateShapes([memberShape(r, verifyTokens)]));
+  return predictPassMs(estimator, addShape(EMPTY_PASS, memberShape(r, verifyTokens)));
 }

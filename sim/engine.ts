@@ -58,6 +58,8 @@ interface SimSession {
   /** The last verified round accepted its whole draft (pipelined look-ahead may continue it). */
   allAccepted: boolean;
   lookahead: { startMs: number; limit: number } | null;
+  /** Where the session's time went so far, ms (network is what remains of its duration). */
+  time: { drafting: number; queue: number; verify: number; memoryWait: number };
 }
 
 interface SimDevice {
@@ -81,6 +83,7 @@ interface SimDevice {
 
 interface Decoding {
   dev: SimDevice;
+  session: SimSession;
   sessionId: string;
   promptLength: number;
   maxNewTokens: number;
@@ -304,6 +307,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     state: 'ready',
     sessions: 0,
     kvBytes: 0,
+    passLayout: c.server.cost.layout,
+    ...(c.server.cost.kvCapacityTokens !== null ? { kvCapacityTokens: c.server.cost.kvCapacityTokens } : {}),
     incarnation: 'sim',
     ...(report
       ? {
@@ -312,6 +317,12 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         }
       : {}),
     sentAtMs: now,
+  });
+
+  /** The scheduler's view of a worker's KV cache when a pass ends: reserved tokens and sessions waiting for memory. */
+  const kvSnapshot = (w: SimWorker): { kvReservedTokens: number; memoryWaiting: number } => ({
+    kvReservedTokens: sched.workers[w.id]?.kvReservedTokens ?? 0,
+    memoryWaiting: sched.memoryWait[w.id]?.length ?? 0,
   });
 
   // ---- workers ----
@@ -346,23 +357,32 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     w.current = null;
     const size = cur.batch.items.length;
     let truncated = 0;
+    // Sessions already decoding on this worker waited for this pass.
+    for (const d of w.decoding) d.session.time.queue += now - cur.startedAtMs;
     for (const it of cur.batch.items) {
       const r = it.request;
       const dev = byId.get(r.deviceId);
       if (!dev) continue;
       const queueMs = Math.max(0, cur.startedAtMs - it.arrivedAtMs);
       const verifyMs = cur.actualMs;
+      const s = dev.session;
+      const mine = s !== null && s.ctx.sessionId === r.sessionId;
+      if (mine) {
+        const admitted = it.admittedAtMs ?? it.arrivedAtMs;
+        s.time.memoryWait += Math.max(0, admitted - it.arrivedAtMs);
+        s.time.queue += Math.max(0, cur.startedAtMs - admitted);
+        s.time.verify += now - cur.startedAtMs;
+      }
       if (r.type === 'open') {
         if (r.mode === 'centralized') {
-          if (r.maxNewTokens > 1) w.decoding.push({ dev, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });
+          if (r.maxNewTokens > 1 && mine) w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });
           sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId });
         } else {
           sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, 0, 0, 0, r.promptTokens.length + 1, queueMs, verifyMs, size, w.id) });
         }
         continue;
       }
-      const s = dev.session;
-      if (!s || s.ctx.sessionId !== r.sessionId) continue;
+      if (!mine) continue;
       const m = Math.min(it.verifyTokens, r.draftTokens.length);
       truncated += r.draftTokens.length - m;
       let accepted = 0;
@@ -371,7 +391,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     }
     if (inWindow(cur.startedAtMs)) {
       const kind = cur.batch.items[0].request.type === 'open' ? 'prefill' : 'verify';
-      batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated });
+      batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, busyMs: now - cur.startedAtMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated, ...kvSnapshot(w) });
     }
     // Like the live worker: pick the next work (a decode step) before reporting ready.
     w.busy = false;
@@ -383,12 +403,13 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const onStepDone = (w: SimWorker, shapes: BatchShape[], startedAtMs: number, actualMs: number): void => {
     const still: Decoding[] = [];
     for (const d of w.decoding) {
+      d.session.time.verify += now - startedAtMs;
       d.produced++;
       sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId });
       if (d.produced < d.maxNewTokens) still.push(d);
     }
     w.decoding = still;
-    if (inWindow(startedAtMs)) batches.push({ workerId: w.id, kind: 'step', size: shapes.length, startedAtMs, actualMs, predictedMs: null, truncatedTokens: 0 });
+    if (inWindow(startedAtMs)) batches.push({ workerId: w.id, kind: 'step', size: shapes.length, startedAtMs, actualMs, busyMs: now - startedAtMs, predictedMs: null, truncatedTokens: 0, ...kvSnapshot(w) });
     w.busy = false;
     startNext(w);
   };
@@ -440,7 +461,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       kMax: c.controller.kMax,
       startedAtMs: now,
     });
-    dev.session = { ctx, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null };
+    dev.session = { ctx, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 } };
     const open: SessionOpen = {
       v: PROTOCOL_VERSION,
       type: 'open',
@@ -480,6 +501,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
 
   const toRecord = (dev: SimDevice, s: SimSession, ctx: EdgeSessionContext, done: boolean): SessionRecord => {
     const stats = sessionStats(ctx, s.slo, ctx.startedAtMs);
+    const t = s.time;
+    const network = Math.max(0, now - ctx.startedAtMs - t.drafting - t.queue - t.verify - t.memoryWait);
     return {
       sessionId: ctx.sessionId,
       deviceId: dev.id,
@@ -491,6 +514,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       stats: done ? stats : { ...stats, sloAttained: false },
       energyJ: deviceEnergyJ(dev.cls.profile, ctx, now - ctx.startedAtMs),
       draftMs: ctx.counters.draftMs,
+      timeMs: { drafting: t.drafting, network, queue: t.queue, verify: t.verify, memoryWait: t.memoryWait },
     };
   };
 
@@ -537,6 +561,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     }
     ctx.draft = out;
     s.outcomes = outcomes;
+    // Drafting on the session's critical path: from the result to the next request (a reused look-ahead shortens it).
+    s.time.drafting += t - now;
     // Predictions are probabilities already (the live device clamps them; nothing to clamp here).
     const request: VerifyRequest = {
       v: PROTOCOL_VERSION,

@@ -1,23 +1,31 @@
 /**
- * Built-in scenarios of `wisp sim`.
+ * Built-in scenarios of `wisp sim`. Each names its server:
  *
- * - `paper`: the WISP paper's setting as far as this project can reproduce it — a
- *   Qwen3-32B-class server whose batch latency comes from data/verify-profile-h200.csv
- *   (measured on an H200; the paper used an A100 80GB), Qwen3-0.6B-class drafts on Jetson Orin
- *   Nano and Raspberry Pi 5 device profiles (config/defaults.ts), one server.
- * - `tiny`: a few devices for a few simulated seconds (tests, smoke runs).
+ * - `paper`: the WISP paper's setting — an A100-80GB serving engine (the paper used an A100
+ *   80GB) with a 34B-class target (CodeLlama-34B shapes, standing in for Qwen3-32B), its cost
+ *   from the operator-level engine model (physics/), Qwen3-0.6B-class drafts on Jetson Orin
+ *   Nano and Raspberry Pi 5 device profiles (config/defaults.ts).
+ * - `h100`: the same on an H100-80GB engine.
+ * - `sled`: the SLED paper's edge-server setting — an A40 48 GB (RTX A6000-class) serving a
+ *   7B-class target (Llama-2-7B shapes).
+ * - `hf-eager-h200`: the server measured in data/verify-profile-h200.csv — Hugging Face
+ *   transformers in eager mode on padded batches on an H200, a naive server (any query of two
+ *   or more tokens takes a slow attention path).
+ * - `tiny`: a few devices for a few simulated seconds (tests, smoke runs), on the paper's engine.
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Slo } from '../broker/contracts.ts';
+import { WispError } from '../common/errors.ts';
 import { DEVICE_PROFILES } from '../config/defaults.ts';
 import type { DeviceProfile } from '../config/schema.ts';
+import { loadEngine } from '../physics/engines.ts';
 import { parseProfileCsv, type ProfileRow } from '../policies/profile-csv.ts';
 import { parametricAcceptance, type AcceptanceModel, type ParametricAcceptanceParams } from './acceptance.ts';
-import { serverCostFromProfile } from './server-cost.ts';
+import { engineServerCost, serverCostFromProfile, type ServerCostModel } from './server-cost.ts';
 import type { DeviceClassSpec, SchedulerKnobs, SimRunConfig, WorkloadSpec } from './types.ts';
 
-export const SCENARIO_NAMES = ['paper', 'tiny'] as const;
+export const SCENARIO_NAMES = ['paper', 'h100', 'sled', 'hf-eager-h200', 'tiny'] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 
 /** The profile shipped in the repository (measured on an H200; provenance in data/README.md). */
@@ -33,17 +41,45 @@ export const PAPER_FIGURES = {
   setting: 'Qwen3-32B target on an A100 80GB (WISP paper)',
 } as const;
 
-/** Known target models: context window and vocabulary (Qwen3 config values). */
-const MODELS: Record<string, { maxPositions: number; vocabSize: number }> = {
+/** Context window and vocabulary of the models a measured profile may name (Qwen3 config values). */
+const PROFILE_MODELS: Record<string, { maxPositions: number; vocabSize: number }> = {
   'qwen3-32b': { maxPositions: 40_960, vocabSize: 151_936 },
   'qwen3-8b': { maxPositions: 40_960, vocabSize: 151_936 },
 };
 /** Any other model in a profile (e.g. "live", measured by `wisp bench`): only lengths matter here. */
 const OTHER_MODEL = { maxPositions: 40_960, vocabSize: 151_936 };
 
-export class ScenarioError extends Error {
-  readonly code = 'bad_scenario';
+export class ScenarioError extends WispError {
+  constructor(message: string) {
+    super('bad_scenario', message);
+  }
 }
+
+/**
+ * What the simulated server is: a serving engine `gpu/model` (physics/), or a padded server
+ * whose pass times were measured into a profile CSV.
+ */
+export type ServerSource =
+  | {
+      kind: 'engine';
+      /** `gpu/model`, e.g. 'a100-80gb/34b'. */
+      id: string;
+      /** Sessions' KV caches limited to what fits in the GPU's memory (default on). */
+      kvLimit: boolean;
+    }
+  | {
+      kind: 'profile';
+      path: string;
+      /** Rows of this model are used (e.g. 'qwen3-32b'; 'live' for a profile written by wisp bench). */
+      model: string;
+      /** Multiplies the fitted batch times (1 in built-ins; a replayed run corrects its fit's bias). */
+      scale?: number;
+      /** What the profile measured (report text). */
+      description: string;
+    };
+
+/** The engine a scenario uses when none is named (the paper's). */
+export const DEFAULT_ENGINE = 'a100-80gb/34b';
 
 /** A device class before its acceptance model is built. */
 export interface ClassTemplate {
@@ -68,11 +104,8 @@ export interface Scenario {
   durationMs: number;
   warmupMs: number;
   seed: number;
-  model: string;
-  serverProfilePath: string;
+  server: ServerSource;
   serverNoise: number;
-  /** Multiplies the fitted batch times (1 in built-ins; a replayed run corrects its fit's bias). */
-  serverScale?: number;
   hopMs: number;
   /** Broker latency per device ↔ server message, ms (sim/types.ts ServerSpec; 0 in built-ins). */
   linkHopMs: number;
@@ -92,67 +125,114 @@ export interface Scenario {
 
 const DEFAULT_SCHEDULER: SchedulerKnobs = { bMax: 32, waitMs: 5, maxBatchTokens: 512, ageBoundMs: 1_000, truncation: true };
 
+const QWEN_DRAFT = 'Qwen3-0.6B-class draft (4-bit)';
+
+/** Jetson Orin Nano and Raspberry Pi 5, half of each, drafts agreeing with the target at `agreement`. */
+function jetsonAndPi(agreement: number): ClassTemplate[] {
+  return [
+    { name: 'jetson-orin-nano', profile: DEVICE_PROFILES['jetson-orin-nano'], weight: 1, acceptance: { agreement }, draftDescription: QWEN_DRAFT },
+    { name: 'raspberry-pi-5', profile: DEVICE_PROFILES['raspberry-pi-5'], weight: 1, acceptance: { agreement }, draftDescription: QWEN_DRAFT },
+  ];
+}
+
+const engineServer = (id: string): ServerSource => ({ kind: 'engine', id, kvLimit: true });
+
 /** A built-in scenario (fresh object; callers may override fields). */
 export function scenario(name: ScenarioName): Scenario {
-  const qwenDraft = 'Qwen3-0.6B-class draft (4-bit)';
-  if (name === 'paper') {
+  if (name === 'tiny') {
     return {
       name,
-      description:
-        'Qwen3-32B-class server (batch latency from data/verify-profile-h200.csv, measured on an H200), Qwen3-0.6B-class drafts on Jetson Orin Nano and Raspberry Pi 5 device profiles, half of each',
+      description: 'a few devices for a few simulated seconds (smoke runs and tests), on the A100-80GB + 34B-class engine',
       slo: { ttftMs: 2_000, tpotMs: 150 },
-      sloNote:
-        '150 ms per token is ≈ 6.7 tokens/s, about reading speed; round numbers that every policy meets for ≥ 90 % of sessions at light load — a Raspberry Pi 5 drafting at 50 ms/token is the binding device (a 100 ms TPOT would fail the Pi sessions of both speculative policies unloaded)',
+      sloNote: 'as the paper scenario',
       workers: 1,
-      deviceCounts: [4, 8, 16, 32, 64, 128, 256],
-      durationMs: 120_000,
-      warmupMs: 20_000,
+      deviceCounts: [2, 4, 8],
+      durationMs: 20_000,
+      warmupMs: 2_000,
       seed: 1,
-      model: 'qwen3-32b',
-      serverProfilePath: DEFAULT_SERVER_PROFILE,
+      server: engineServer(DEFAULT_ENGINE),
       serverNoise: 0.05,
       hopMs: 0.5,
       linkHopMs: 0,
       batchOverheadMs: 0,
       stepOverheadMs: 0,
-      scheduler: { ...DEFAULT_SCHEDULER },
+      scheduler: { ...DEFAULT_SCHEDULER, bMax: 8 },
       pipelinedDrafting: true,
       controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
-      classes: [
-        { name: 'jetson-orin-nano', profile: DEVICE_PROFILES['jetson-orin-nano'], weight: 1, acceptance: { agreement: 0.7 }, draftDescription: qwenDraft },
-        { name: 'raspberry-pi-5', profile: DEVICE_PROFILES['raspberry-pi-5'], weight: 1, acceptance: { agreement: 0.7 }, draftDescription: qwenDraft },
-      ],
-      workload: { promptTokens: { min: 64, max: 512 }, outputTokens: { min: 64, max: 256 }, thinkMs: 0, startSpreadMs: 2_000 },
-      refineSteps: 2,
+      classes: jetsonAndPi(0.7),
+      workload: { promptTokens: { min: 32, max: 128 }, outputTokens: { min: 16, max: 48 }, thinkMs: 0, startSpreadMs: 500 },
+      refineSteps: 0,
     };
   }
+  const server: Record<Exclude<ScenarioName, 'tiny'>, { source: ServerSource; description: string }> = {
+    paper: {
+      source: engineServer('a100-80gb/34b'),
+      description: 'A100-80GB serving engine with a 34B-class target (CodeLlama-34B shapes, standing in for Qwen3-32B; operator-level cost model on Vidur\'s measured timings)',
+    },
+    h100: {
+      source: engineServer('h100-80gb/34b'),
+      description: 'H100-80GB serving engine with a 34B-class target (CodeLlama-34B shapes, standing in for Qwen3-32B; operator-level cost model on Vidur\'s measured timings)',
+    },
+    sled: {
+      source: engineServer('a40-48gb/7b'),
+      description: 'the SLED paper\'s edge server: an A40 48 GB (RTX A6000-class) serving engine with a 7B-class target (Llama-2-7B shapes; operator-level cost model on Vidur\'s measured timings)',
+    },
+    'hf-eager-h200': {
+      source: {
+        kind: 'profile',
+        path: DEFAULT_SERVER_PROFILE,
+        model: 'qwen3-32b',
+        description: 'Qwen3-32B-shaped decoder measured on an H200 with Hugging Face transformers, eager mode, padded batches (data/verify-profile-h200.csv): a naive server, where any query of two or more tokens takes a slow attention path',
+      },
+      description: 'a naive server: Qwen3-32B-shaped, Hugging Face transformers in eager mode on padded batches, measured on an H200 (data/verify-profile-h200.csv)',
+    },
+  };
+  const chosen = server[name];
   return {
     name,
-    description: 'a few devices for a few simulated seconds (smoke runs and tests)',
+    description: `${chosen.description}; Qwen3-0.6B-class drafts on Jetson Orin Nano and Raspberry Pi 5 device profiles, half of each`,
     slo: { ttftMs: 2_000, tpotMs: 150 },
-    sloNote: 'as the paper scenario',
+    sloNote:
+      '150 ms per token is ≈ 6.7 tokens/s, about reading speed; round numbers that every policy meets for ≥ 90 % of sessions at light load — a Raspberry Pi 5 drafting at 50 ms/token is the binding device (a 100 ms TPOT would fail the Pi sessions of both speculative policies unloaded)',
     workers: 1,
-    deviceCounts: [2, 4, 8],
-    durationMs: 20_000,
-    warmupMs: 2_000,
+    deviceCounts: [4, 8, 16, 32, 64, 128, 256],
+    durationMs: 120_000,
+    warmupMs: 20_000,
     seed: 1,
-    model: 'qwen3-32b',
-    serverProfilePath: DEFAULT_SERVER_PROFILE,
+    server: chosen.source,
     serverNoise: 0.05,
     hopMs: 0.5,
     linkHopMs: 0,
     batchOverheadMs: 0,
     stepOverheadMs: 0,
-    scheduler: { ...DEFAULT_SCHEDULER, bMax: 8 },
+    scheduler: { ...DEFAULT_SCHEDULER },
     pipelinedDrafting: true,
     controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
-    classes: [
-      { name: 'jetson-orin-nano', profile: DEVICE_PROFILES['jetson-orin-nano'], weight: 1, acceptance: { agreement: 0.7 }, draftDescription: qwenDraft },
-      { name: 'raspberry-pi-5', profile: DEVICE_PROFILES['raspberry-pi-5'], weight: 1, acceptance: { agreement: 0.7 }, draftDescription: qwenDraft },
-    ],
-    workload: { promptTokens: { min: 32, max: 128 }, outputTokens: { min: 16, max: 48 }, thinkMs: 0, startSpreadMs: 500 },
-    refineSteps: 0,
+    classes: jetsonAndPi(0.7),
+    workload: { promptTokens: { min: 64, max: 512 }, outputTokens: { min: 64, max: 256 }, thinkMs: 0, startSpreadMs: 2_000 },
+    refineSteps: 2,
   };
+}
+
+/** A scenario's server as an engine `gpu/model` (the `--server` flag). @throws EngineSpecError */
+export function withEngine(s: Scenario, id: string, kvLimit = true): Scenario {
+  loadEngine(id); // refuse an unknown or unservable pair now, with its reason
+  return { ...s, server: { kind: 'engine', id, kvLimit } };
+}
+
+/** The simulated server of a scenario (reads the engine's operator file or the profile once). */
+export function serverCostOf(s: Scenario): ServerCostModel {
+  if (s.server.kind === 'engine') return engineServerCost(loadEngine(s.server.id), s.serverNoise, s.server.kvLimit);
+  return serverCostFromProfile(loadServerProfile(s.server.path), s.server.model, s.serverNoise, s.server.scale ?? 1);
+}
+
+/** The server's name and what it is, for reports. */
+export function describeServer(s: Scenario): { server: string; serverDescription: string } {
+  if (s.server.kind === 'engine') {
+    const e = loadEngine(s.server.id);
+    return { server: s.server.id, serverDescription: `${e.gpu.description}, ${e.model.description}, serving-engine cost model${s.server.kvLimit ? '' : ' (no KV-cache memory limit)'}` };
+  }
+  return { server: `profile:${s.server.model}`, serverDescription: s.server.description };
 }
 
 /** Reads a server profile CSV (default: the one measured on an H200). */
@@ -170,18 +250,18 @@ export function loadServerProfile(path: string): ProfileRow[] {
 export type AcceptanceOverride = (cls: ClassTemplate) => AcceptanceModel;
 
 /**
- * The run configurations of a scenario, one per device count, for one policy.
- * @param rows the server profile's rows (loadServerProfile)
+ * The run configuration of a scenario at one device count, for one policy.
+ * @param cost the scenario's server (serverCostOf), built once per sweep
  */
 export function runConfig(
   s: Scenario,
-  rows: readonly ProfileRow[],
+  cost: ServerCostModel,
   policy: SimRunConfig['policy'],
   devices: number,
   opts: { pipelinedDrafting?: boolean; truncation?: boolean; acceptance?: AcceptanceOverride } = {},
 ): SimRunConfig {
-  const model = MODELS[s.model] ?? OTHER_MODEL;
-  const cost = serverCostFromProfile(rows, s.model, s.serverNoise, s.serverScale ?? 1);
+  const dims =
+    s.server.kind === 'engine' ? loadEngine(s.server.id).model : (PROFILE_MODELS[s.server.model] ?? OTHER_MODEL);
   const classes: DeviceClassSpec[] = s.classes.map((k) => ({
     name: k.name,
     profile: k.profile,
@@ -203,9 +283,9 @@ export function runConfig(
     workload: s.workload,
     server: {
       cost,
-      model: s.model,
-      vocabSize: model.vocabSize,
-      maxPositions: model.maxPositions,
+      model: cost.model,
+      vocabSize: dims.vocabSize,
+      maxPositions: dims.maxPositions,
       hopMs: s.hopMs,
       linkHopMs: s.linkHopMs,
       batchOverheadMs: s.batchOverheadMs,

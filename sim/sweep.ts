@@ -5,10 +5,10 @@
  * has the shape of `wisp bench` (bench/metrics.ts BenchResults).
  */
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BenchResults, type LoadPoint, type PolicyResult } from '../bench/metrics.ts';
-import type { ProfileRow } from '../policies/profile-csv.ts';
 import type { PolicyName } from '../policies/types.ts';
 import { runSimulation } from './engine.ts';
-import { PAPER_FIGURES, runConfig, type AcceptanceOverride, type Scenario } from './scenarios.ts';
+import { describeServer, PAPER_FIGURES, runConfig, serverCostOf, type AcceptanceOverride, type Scenario } from './scenarios.ts';
+import type { ServerCostModel } from './server-cost.ts';
 import type { SimRunResult } from './types.ts';
 
 /** One line of the sweep: a policy with its extras set. */
@@ -22,7 +22,8 @@ export interface SweepVariant {
 
 export interface SweepOptions {
   scenario: Scenario;
-  rows: readonly ProfileRow[];
+  /** The scenario's server, when the caller built it already (default: serverCostOf(scenario)). */
+  cost?: ServerCostModel;
   policies: PolicyName[];
   /** Also run WISP with each extra off, and with both off (the paper's WISP). */
   extrasVariants: boolean;
@@ -64,13 +65,15 @@ export function sweepVariants(s: Scenario, policies: readonly PolicyName[], extr
 
 /** Runs one point of a sweep. */
 export function runPoint(o: SweepOptions, v: SweepVariant, devices: number): { point: LoadPoint; run: SimRunResult } {
-  const cfg = runConfig(o.scenario, o.rows, v.policy, devices, {
+  const cost = o.cost ?? serverCostOf(o.scenario);
+  const cfg = runConfig(o.scenario, cost, v.policy, devices, {
     pipelinedDrafting: v.pipelinedDrafting,
     truncation: v.truncation,
     ...(o.acceptance ? { acceptance: o.acceptance } : {}),
   });
   const run = runSimulation(cfg);
-  return { point: loadPoint(run.records, { devices, windowMs: run.windowMs, batches: run.batches }), run };
+  const point = loadPoint(run.records, { devices, windowMs: run.windowMs, batches: run.batches, workers: cfg.workers, kvCapacityTokens: cost.kvCapacityTokens });
+  return { point, run };
 }
 
 function summaryOf(key: string, devices: number, r: SimRunResult): RunSummary {
@@ -116,8 +119,9 @@ export function sweepVariant(o: SweepOptions, v: SweepVariant, runs: RunSummary[
 }
 
 /** Results of a whole sweep, in the `wisp bench` shape plus the simulator's extras. */
-export function runSweep(o: SweepOptions): BenchResults {
+export function runSweep(options: SweepOptions): BenchResults {
   const started = performance.now();
+  const o: SweepOptions = { ...options, cost: options.cost ?? serverCostOf(options.scenario) };
   const variants = sweepVariants(o.scenario, o.policies, o.extrasVariants);
   const runs: RunSummary[] = [];
   const done = { n: 0 };
@@ -151,8 +155,8 @@ export function runSweep(o: SweepOptions): BenchResults {
       name: s.name,
       description: s.description,
       sloNote: s.sloNote,
-      model: s.model,
-      serverProfile: s.serverProfilePath,
+      ...describeServer(s),
+      kvCapacityTokens: o.cost!.kvCapacityTokens,
       serverNoise: s.serverNoise,
       workers: s.workers,
       deviceCounts: s.deviceCounts,

@@ -66,6 +66,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
     state,
     sessions: executor?.sessions.size ?? 0,
     kvBytes: executor?.kvBytes ?? 0,
+    ...(runner?.passLayout ? { passLayout: runner.passLayout } : {}),
     incarnation,
     ...(doneBatchId ? { doneBatchId } : {}),
     ...(report && report.shapes.length > 0 ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs } } : {}),

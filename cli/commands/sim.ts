@@ -10,6 +10,8 @@ import type { PolicyName } from '../../policies/types.ts';
 
 interface SimFlags {
   scenario: string;
+  server?: string;
+  kvLimit: boolean;
   serverProfile?: string;
   model?: string;
   workers?: number;
@@ -68,12 +70,22 @@ function unitOpen(v: string): number {
 }
 
 function mixList(v: string): { name: string; weight: number }[] {
-  return v.split(',').map((part) => {
+  const parts = v.split(',').map((part) => {
     const [name, w] = part.trim().split(':');
     const weight = w === undefined ? 1 : Number(w);
     if (!name || !(weight > 0)) throw new InvalidArgumentError('must be profile[:weight],… with weights > 0');
     return { name, weight };
   });
+  return parts;
+}
+
+const KNOWN_POLICIES = ['wisp', 'sled', 'centralized'] as const;
+
+/** `--policies a,b`: each a known policy. */
+function parsePolicies(text: string): PolicyName[] {
+  const policies = text.split(',').map((p) => p.trim()) as PolicyName[];
+  for (const p of policies) if (!(KNOWN_POLICIES as readonly string[]).includes(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${KNOWN_POLICIES.join(', ')})`);
+  return policies;
 }
 
 function deviceList(v: string): number[] {
@@ -92,7 +104,7 @@ async function replay(flags: SimFlags): Promise<void> {
   const run = loadLiveRun(flags.replay!);
   const { scenario, acceptance } = replayScenario(run, { perLoad: flags.perLoad });
   const policies = (['wisp', 'sled', 'centralized'] as const).filter((p) => run.report.policies[p]);
-  const results = runSweep({ scenario, rows: run.rows, policies: [...policies], extrasVariants: false, acceptance });
+  const results = runSweep({ scenario, policies: [...policies], extrasVariants: false, acceptance });
   const validation = compareWithLive(run.report, results);
   const table = validationTable(validation);
   const calibration = flags.perLoad && run.report.calibrationByLoad.length > 0 ? 'per load' : 'pooled';
@@ -107,9 +119,11 @@ export function registerSim(program: Command): void {
   program
     .command('sim')
     .description('discrete-event simulator: capacity and goodput of wisp, sled and centralized on simulated time (same scheduler and policies as the live system)')
-    .option('--scenario <name>', 'built-in scenario: paper | tiny', 'paper')
-    .option('--server-profile <csv>', 'server latency profile (format of data/verify-profile-h200.csv; default: that file, measured on an H200)')
-    .option('--model <name>', 'model rows of the profile to use (qwen3-32b | qwen3-8b; "live" for a profile written by wisp bench)')
+    .option('--scenario <name>', 'built-in scenario: paper | h100 | sled | hf-eager-h200 | tiny', 'paper')
+    .option('--server <gpu/model>', 'serving-engine server, e.g. a100-80gb/34b (GPUs a40-48gb, a100-80gb, h100-80gb; models 34b, 7b)')
+    .option('--no-kv-limit', 'engine server: no KV-cache memory limit')
+    .option('--server-profile <csv>', 'a measured server latency profile instead (format of data/verify-profile-h200.csv)')
+    .option('--model <name>', 'with --server-profile: model rows to use (qwen3-32b | qwen3-8b; "live" for a profile written by wisp bench)')
     .option('--workers <n>', 'verifier workers (servers)', positiveInt)
     .option('--devices <list>', 'concurrent devices per load, e.g. 4,8,16,32', deviceList)
     .option('--duration-s <s>', 'simulated seconds per load', positive)
@@ -135,7 +149,8 @@ export function registerSim(program: Command): void {
     .option('--out <dir>', 'report folder (default reports/sim-<timestamp>)')
     .action(async (flags: SimFlags) => {
       if (flags.replay) return replay(flags);
-      const { scenario, loadServerProfile, SCENARIO_NAMES } = await import('../../sim/scenarios.ts');
+      const { scenario, SCENARIO_NAMES } = await import('../../sim/scenarios.ts');
+      const { applyScenarioOptions } = await import('../../sim/scenario-options.ts');
       const { runSweep } = await import('../../sim/sweep.ts');
       const { empiricalAcceptance, parseAcceptanceSamples } = await import('../../sim/acceptance.ts');
       const { summaryTable } = await import('../../bench/table.ts');
@@ -144,51 +159,15 @@ export function registerSim(program: Command): void {
       const { readFile } = await import('node:fs/promises');
 
       if (!(SCENARIO_NAMES as readonly string[]).includes(flags.scenario)) throw new Error(`--scenario: unknown scenario "${flags.scenario}" (known: ${SCENARIO_NAMES.join(', ')})`);
-      const s = scenario(flags.scenario as (typeof SCENARIO_NAMES)[number]);
-      if (flags.serverProfile) s.serverProfilePath = flags.serverProfile;
-      if (flags.model) s.model = flags.model;
-      if (flags.workers !== undefined) s.workers = flags.workers;
-      if (flags.devices) s.deviceCounts = flags.devices;
-      if (flags.durationS !== undefined) {
-        s.durationMs = flags.durationS * 1_000;
-        if (flags.warmupS === undefined) s.warmupMs = Math.min(s.warmupMs, s.durationMs / 5);
-      }
-      if (flags.warmupS !== undefined) s.warmupMs = flags.warmupS * 1_000;
-      if (flags.seed !== undefined) s.seed = flags.seed;
-      if (flags.refine !== undefined) s.refineSteps = flags.refine;
-      if (flags.ttftMs !== undefined) s.slo = { ...s.slo, ttftMs: flags.ttftMs };
-      if (flags.tpotMs !== undefined) s.slo = { ...s.slo, tpotMs: flags.tpotMs };
-      if (flags.serverNoise !== undefined) s.serverNoise = flags.serverNoise;
-      if (flags.bMax !== undefined) s.scheduler.bMax = flags.bMax;
-      if (flags.waitMs !== undefined) s.scheduler.waitMs = flags.waitMs;
-      if (flags.deviceMix) {
-        const { DEVICE_PROFILES } = await import('../../config/defaults.ts');
-        const template = s.classes[0];
-        s.classes = flags.deviceMix.map(({ name, weight }) => {
-          const profile = DEVICE_PROFILES[name];
-          if (!profile) throw new Error(`--device-mix: unknown device profile "${name}" (known: ${Object.keys(DEVICE_PROFILES).join(', ')})`);
-          return { ...template, name, profile, weight };
-        });
-      }
-      if (flags.timeScale !== undefined) {
-        const k = flags.timeScale;
-        s.slo = { ttftMs: s.slo.ttftMs * k, tpotMs: s.slo.tpotMs * k };
-        s.classes = s.classes.map((c) => ({ ...c, profile: { ...c.profile, draftMsPerToken: c.profile.draftMsPerToken * k, rttMs: c.profile.rttMs * k, jitterMs: c.profile.jitterMs * k } }));
-      }
-      if (flags.agreement !== undefined) s.classes = s.classes.map((k) => ({ ...k, acceptance: { ...k.acceptance, agreement: flags.agreement! } }));
-      s.pipelinedDrafting = s.pipelinedDrafting && flags.pipelining;
-      s.scheduler.truncation = s.scheduler.truncation && flags.truncation;
-      const policies = flags.policies.split(',').map((p) => p.trim()) as PolicyName[];
-      for (const p of policies) if (!['wisp', 'sled', 'centralized'].includes(p)) throw new Error(`--policies: unknown policy "${p}" (known: wisp, sled, centralized)`);
+      const s = applyScenarioOptions(scenario(flags.scenario as (typeof SCENARIO_NAMES)[number]), { ...flags, noKvLimit: !flags.kvLimit });
+      const policies = parsePolicies(flags.policies);
 
-      const rows = loadServerProfile(s.serverProfilePath);
       const samples = flags.acceptanceSamples ? parseAcceptanceSamples(await readFile(flags.acceptanceSamples, 'utf8'), flags.acceptanceSamples) : null;
       const fitted = samples ? empiricalAcceptance(samples, `empirical:${flags.acceptanceSamples}`) : null;
 
       const interactive = process.stderr.isTTY;
       const results = runSweep({
         scenario: s,
-        rows,
         policies,
         extrasVariants: flags.variants,
         ...(fitted ? { acceptance: () => fitted } : {}),

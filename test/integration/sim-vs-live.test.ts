@@ -59,7 +59,7 @@ describe('simulator against the live system (tiny scenario)', function () {
     expect(run.samples.every((s) => s.deviceClass === 'jetson-orin-nano' || s.deviceClass === 'raspberry-pi-5')).to.equal(true);
 
     const { scenario, acceptance } = replayScenario(run, { perLoad: true });
-    const sim = runSweep({ scenario, rows: run.rows, policies: ['wisp', 'sled', 'centralized'], extrasVariants: false, acceptance });
+    const sim = runSweep({ scenario, policies: ['wisp', 'sled', 'centralized'], extrasVariants: false, acceptance });
     const v = compareWithLive(run.report, sim);
     const table = validationTable(v);
     console.log(`      [sim vs live, tiny]\n${table.replace(/^/gm, '      ')}`);

@@ -113,6 +113,7 @@ describe('config', () => {
       WISP_THRESHOLD: '0.25',
       WISP_MIN_ACCEPTANCE: '0.15',
       WISP_HEARTBEAT_TTL_MS: '9000',
+      WISP_COST_MODEL_SERVER: 'h100-80gb/34b',
     };
     for (const v of ENV_VARS) {
       const raw = sample[v.name] ?? (v.kind === 'boolean' ? 'true' : v.kind === 'string' ? `value-${v.name.toLowerCase()}` : '3');

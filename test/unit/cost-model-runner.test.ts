@@ -2,6 +2,8 @@ import { expect } from 'chai';
 import { CostModelRunner, fakeNextToken } from '../../inference/cost-model-runner.ts';
 import { argmax } from '../../inference/sampling.ts';
 import type { ModelInfo } from '../../inference/types.ts';
+import { loadEngine } from '../../physics/engines.ts';
+import { passCost, prefillMember, verifyMember } from '../../physics/pass-cost.ts';
 import { createEstimatorState, predictBatchMs } from '../../policies/estimator.ts';
 
 const info: ModelInfo = { name: 'fake', vocabSize: 1024, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 8, hiddenSize: 32, maxPositions: 256, eosTokenId: 1023, bosTokenId: null };
@@ -44,6 +46,21 @@ describe('CostModelRunner (models.costModel)', () => {
     const verify = predictBatchMs(createEstimatorState(), [{ n: 2, L: 3 }, { n: 1, L: 1 }]);
     expect(slept).to.deep.equal([prefill * 0.5, verify * 0.5]);
     expect(runner.sleptMs).to.be.closeTo((prefill + verify) * 0.5, 1e-9);
+  });
+
+  it('with an engine, sleeps the serving-engine cost model\'s pass time and says it lays passes out token-flat', async () => {
+    const engine = loadEngine('a100-80gb/34b');
+    const slept: number[] = [];
+    const runner = new CostModelRunner({ info, timeScale: 0.5, engine, sleep: async (ms) => void slept.push(ms) });
+    expect(runner.passLayout).to.equal('varlen');
+    expect(new CostModelRunner({ info, timeScale: 0 }).passLayout).to.equal('padded');
+    const a = runner.newCache();
+    const b = runner.newCache();
+    await runner.forward([{ cache: a, tokens: [1, 2, 3] }, { cache: b, tokens: [4] }]);
+    await runner.forward([{ cache: a, tokens: [7, 8] }, { cache: b, tokens: [9] }]);
+    const prefill = passCost(engine, [prefillMember(3), prefillMember(1)]).ms;
+    const verify = passCost(engine, [verifyMember(2, 3), verifyMember(1, 1)]).ms;
+    expect(slept).to.deep.equal([prefill * 0.5, verify * 0.5]);
   });
 
   it('refuses a cache made by another runner', async () => {

@@ -206,4 +206,60 @@ describe('Scheduler machine (no broker)', () => {
     h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 5 });
     expect(h.batches[1].evict).to.deep.equal(['s1']);
   });
+
+  describe('KV-cache memory (workers that report a capacity)', () => {
+    // Each open needs prompt (3) + maxNewTokens (8) = 11 tokens of cache; the worker holds 25.
+    const limited = (extra: Partial<WorkerStatus> = {}) => worker('w1', { kvCapacityTokens: 25, ...extra });
+
+    it('admits opens while their whole cache fits; the next waits, first come first served, until a session closes', () => {
+      const h = harness('centralized');
+      h.actor.send({ type: 'WORKER_STATUS', message: limited(), atMs: 0 });
+      for (const [i, id] of ['s1', 's2', 's3', 's4'].entries()) h.actor.send({ type: 'OPEN', message: open(id, `d${id}`), atMs: 1 + i });
+      let ctx = h.actor.getSnapshot().context;
+      expect(ctx.workers.w1.kvReservedTokens).to.equal(22);
+      expect(ctx.memoryWait.w1.map((q) => q.message.sessionId)).to.deep.equal(['s3', 's4']);
+      expect(ctx.sessions.s3.kvTokens).to.equal(0);
+      // The worker runs what it was given; s3 is admitted when s1 closes, its wait recorded on the batch item.
+      h.actor.send({ type: 'WORKER_STATUS', message: limited({ doneBatchId: h.batches[0].batchId }), atMs: 10 });
+      h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'ds1', reason: 'done' }, atMs: 20 });
+      ctx = h.actor.getSnapshot().context;
+      expect(ctx.memoryWait.w1.map((q) => q.message.sessionId)).to.deep.equal(['s4']);
+      expect(ctx.workers.w1.kvReservedTokens).to.equal(22);
+      const s3 = [...h.batches.flatMap((b) => b.items), ...(ctx.pending.w1 ?? []).map((p) => ({ request: p.message, admittedAtMs: p.admittedAtMs, arrivedAtMs: p.request.arrivalMs }))].find((i) => i.request.sessionId === 's3')!;
+      expect(s3.arrivedAtMs).to.equal(3);
+      expect(s3.admittedAtMs).to.equal(20);
+    });
+
+    it('a waiting session that closes leaves the queue; a session that can never fit is refused with the reason', () => {
+      const h = harness('centralized');
+      h.actor.send({ type: 'WORKER_STATUS', message: limited(), atMs: 0 });
+      for (const id of ['s1', 's2', 's3']) h.actor.send({ type: 'OPEN', message: open(id, `d${id}`), atMs: 1 });
+      h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's3', deviceId: 'ds3', reason: 'cancelled' }, atMs: 2 });
+      expect(h.actor.getSnapshot().context.memoryWait.w1).to.deep.equal([]);
+      h.actor.send({ type: 'OPEN', message: { ...open('big', 'dbig'), maxNewTokens: 30 }, atMs: 3 });
+      expect(h.refusals).to.deep.equal([{ code: 'prompt_too_long', sessionId: 'big' }]);
+    });
+
+    it('a worker without a capacity admits everything (the live ONNX verifier)', () => {
+      const h = harness('centralized');
+      h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
+      for (const id of ['s1', 's2', 's3', 's4', 's5']) h.actor.send({ type: 'OPEN', message: open(id, `d${id}`), atMs: 1 });
+      const ctx = h.actor.getSnapshot().context;
+      expect(ctx.memoryWait.w1).to.deep.equal([]);
+      expect(Object.values(ctx.sessions).every((s) => (s.kvTokens ?? 0) > 0)).to.equal(true);
+    });
+  });
+
+  it('gives each worker the estimator family of its pass layout, and ignores a stored state of the other family', () => {
+    let ctx = initialSchedulerContext(settings('wisp'));
+    ctx = reduceScheduler(ctx, { type: 'WORKER_STATUS', message: worker('w1', { passLayout: 'varlen' }), atMs: 0 }).context;
+    ctx = reduceScheduler(ctx, { type: 'WORKER_STATUS', message: worker('w2'), atMs: 0 }).context;
+    expect(ctx.workers.w1.estimator.layout).to.equal('varlen');
+    expect(ctx.workers.w2.estimator.layout).to.equal(undefined);
+    const padded = ctx.workers.w2.estimator;
+    ctx = reduceScheduler(ctx, { type: 'RESTORE_ESTIMATOR', workerId: 'w1', estimator: padded }).context;
+    expect(ctx.workers.w1.estimator.layout).to.equal('varlen');
+    ctx = reduceScheduler(ctx, { type: 'RESTORE_ESTIMATOR', workerId: 'w2', estimator: { ...padded, errorAlpha: 0.5 } }).context;
+    expect(ctx.workers.w2.estimator.errorAlpha).to.equal(0.5);
+  });
 });

@@ -4,19 +4,20 @@ import type { DraftTokenFeatures } from '../../policies/types.ts';
 import type { AcceptanceModel } from '../../sim/acceptance.ts';
 import { classOfDevice, runSimulation } from '../../sim/engine.ts';
 import { EventQueue } from '../../sim/event-queue.ts';
-import { DEFAULT_SERVER_PROFILE, loadServerProfile, runConfig, scenario } from '../../sim/scenarios.ts';
+import { DEFAULT_SERVER_PROFILE, loadServerProfile, runConfig, scenario, serverCostOf } from '../../sim/scenarios.ts';
 import { serverCostFromProfile } from '../../sim/server-cost.ts';
 import type { SimRunConfig, SimRunResult } from '../../sim/types.ts';
 import type { PolicyName } from '../../policies/types.ts';
 
 const rows = loadServerProfile(DEFAULT_SERVER_PROFILE);
+const tinyCost = serverCostOf(scenario('tiny'));
 
 /** A tiny run: 2 classes, short sessions, a few simulated seconds. */
 function tiny(policy: PolicyName, devices: number, over: Partial<SimRunConfig> = {}): SimRunConfig {
   const s = scenario('tiny');
   s.durationMs = 8_000;
   s.warmupMs = 0;
-  return { ...runConfig(s, rows, policy, devices), ...over };
+  return { ...runConfig(s, tinyCost, policy, devices), ...over };
 }
 
 /** An acceptance model that accepts by position only (deterministic), with confident features. */

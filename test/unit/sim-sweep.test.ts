@@ -1,10 +1,9 @@
 import { expect } from 'chai';
 import { capacity, type BenchResults, type PolicyResult } from '../../bench/metrics.ts';
 import { charts, paperComparisonTable, reportMarkdown, svgLineChart } from '../../bench/report.ts';
-import { DEFAULT_SERVER_PROFILE, loadServerProfile, scenario, type Scenario } from '../../sim/scenarios.ts';
+import { scenario, type Scenario } from '../../sim/scenarios.ts';
 import { runSweep, sweepVariants } from '../../sim/sweep.ts';
 
-const rows = loadServerProfile(DEFAULT_SERVER_PROFILE);
 
 function small(): Scenario {
   const s = scenario('tiny');
@@ -38,8 +37,8 @@ describe('sim: sweeps', () => {
   it('computes capacity, goodput and ratios as defined, deterministically for a seed', () => {
     const s = small();
     s.refineSteps = 2;
-    const a = runSweep({ scenario: s, rows, policies: ['wisp', 'sled', 'centralized'], extrasVariants: false });
-    const b = runSweep({ scenario: s, rows, policies: ['wisp', 'sled', 'centralized'], extrasVariants: false });
+    const a = runSweep({ scenario: s, policies: ['wisp', 'sled', 'centralized'], extrasVariants: false });
+    const b = runSweep({ scenario: s, policies: ['wisp', 'sled', 'centralized'], extrasVariants: false });
     expect(stable(a)).to.deep.equal(stable(b));
     expect(Object.keys(a.policies)).to.deep.equal(['wisp', 'sled', 'centralized']);
     for (const r of Object.values(a.policies) as PolicyResult[]) {
@@ -62,7 +61,7 @@ describe('sim: sweeps', () => {
     const s = small();
     s.deviceCounts = [1, 64];
     s.refineSteps = 3;
-    const r = runSweep({ scenario: s, rows, policies: ['sled'], extrasVariants: false }).policies.sled!;
+    const r = runSweep({ scenario: s, policies: ['sled'], extrasVariants: false }).policies.sled!;
     const devices = r.points.map((p) => p.devices);
     expect(devices[0]).to.equal(1);
     expect(devices[devices.length - 1]).to.equal(64);
@@ -75,7 +74,7 @@ describe('sim: sweeps', () => {
   it('renders charts, the paper comparison and report.md', () => {
     const s = small();
     s.deviceCounts = [1, 4];
-    const res = runSweep({ scenario: s, rows, policies: ['wisp', 'sled', 'centralized'], extrasVariants: true });
+    const res = runSweep({ scenario: s, policies: ['wisp', 'sled', 'centralized'], extrasVariants: true });
     const c = charts(res);
     expect(c.goodput).to.match(/^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
     expect((c.goodput.match(/<polyline /g) ?? []).length).to.equal(6); // 3 policies + 3 WISP variants
