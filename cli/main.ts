@@ -6,7 +6,9 @@ import { Command } from 'commander';
 
 const program = new Command('wisp')
   .description('wisp: distributed speculative LLM serving (edge drafting, SLO-aware batched verification)')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Options belong to the command they follow, so a sub-command may reuse its parent's option names (wisp sim map).
+  .enablePositionalOptions();
 
 // Registrations (one line per command module).
 import { registerGenerate } from './commands/generate.ts';

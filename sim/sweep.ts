@@ -90,8 +90,8 @@ function summaryOf(key: string, devices: number, r: SimRunResult): RunSummary {
   };
 }
 
-/** Sweeps one variant over the scenario's device counts, then refines its capacity by bisection. */
-export function sweepVariant(o: SweepOptions, v: SweepVariant, runs: RunSummary[], done: { n: number }): PolicyResult {
+/** A memoised "run this many devices" for one variant, recording each run. */
+function loadRunner(o: SweepOptions, v: SweepVariant, runs: RunSummary[], done: { n: number }): { run: (devices: number) => LoadPoint; points: Map<number, LoadPoint> } {
   const points = new Map<number, LoadPoint>();
   const run = (devices: number): LoadPoint => {
     const known = points.get(devices);
@@ -103,6 +103,12 @@ export function sweepVariant(o: SweepOptions, v: SweepVariant, runs: RunSummary[
     o.onProgress?.({ key: v.key, devices, done: done.n, wallMs: r.wallMs });
     return point;
   };
+  return { run, points };
+}
+
+/** Sweeps one variant over the scenario's device counts, then refines its capacity by bisection. */
+export function sweepVariant(o: SweepOptions, v: SweepVariant, runs: RunSummary[], done: { n: number }): PolicyResult {
+  const { run, points } = loadRunner(o, v, runs, done);
   const counts = [...new Set(o.scenario.deviceCounts)].sort((a, b) => a - b);
   for (const n of counts) run(n);
   // Refine: bisect between the largest passing count and the next (failing) one.
@@ -116,6 +122,50 @@ export function sweepVariant(o: SweepOptions, v: SweepVariant, runs: RunSummary[
     run(mid);
   }
   return policyResult([...points.values()]);
+}
+
+/** How a capacity search proceeds: double from `start` until a load fails, then bisect. */
+export interface CapacitySearch {
+  /** First device count tried (≥ 1). */
+  start: number;
+  /** Largest count tried; a policy that passes there has a censored capacity (≥ max). */
+  max: number;
+  /** Bisection stops when the failing count is within this share of the passing one (and 1 device). */
+  precision: number;
+}
+
+/** A policy's result from a capacity search; `censored` when it passed at the search's largest count. */
+export interface SearchedResult extends PolicyResult {
+  censored: boolean;
+}
+
+/**
+ * Finds one variant's capacity without a fixed grid: doubles the device count from
+ * `search.start` until attainment falls below the target (or `search.max`), then bisects between
+ * the last passing and the first failing count until they are within `search.precision`.
+ */
+export function searchCapacity(o: SweepOptions, v: SweepVariant, search: CapacitySearch, runs: RunSummary[], done: { n: number }): SearchedResult {
+  const { run, points } = loadRunner(o, v, runs, done);
+  let pass = 0;
+  let fail: number | null = null;
+  for (let n = Math.max(1, search.start); ; n = Math.min(search.max, n * 2)) {
+    const p = run(n);
+    // A load at which no session started in the window says nothing (a few devices, long sessions): go on.
+    if (p.attainment >= ATTAINMENT_TARGET) pass = n;
+    else if (p.sessions > 0) {
+      fail = n;
+      break;
+    }
+    if (n >= search.max) break;
+  }
+  while (fail !== null && fail - pass > Math.max(1, search.precision * pass)) {
+    const mid = Math.floor((pass + fail) / 2);
+    if (mid <= pass) break;
+    if (run(mid).attainment >= ATTAINMENT_TARGET) pass = mid;
+    else fail = mid;
+  }
+  const result = policyResult([...points.values()]);
+  return { ...result, censored: fail === null };
 }
 
 /** Results of a whole sweep, in the `wisp bench` shape plus the simulator's extras. */

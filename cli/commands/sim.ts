@@ -115,9 +115,92 @@ async function replay(flags: SimFlags): Promise<void> {
   if (flags.json) process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
+interface MapFlags {
+  servers?: string;
+  tpotMs?: string;
+  mixes?: string;
+  agreements?: string;
+  policies?: string;
+  seed?: number;
+  durationS?: number;
+  warmupS?: number;
+  maxDevices?: number;
+  precision?: number;
+  jobs?: number;
+  json?: boolean;
+  out?: string;
+}
+
+const list = (text: string): string[] => text.split(',').map((x) => x.trim()).filter((x) => x !== '');
+
+function numberList(flag: string, text: string): number[] {
+  const xs = list(text).map(Number);
+  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x))) throw new Error(`${flag}: expected a comma-separated list of numbers, got "${text}"`);
+  return xs;
+}
+
+/** `wisp sim map`: the regime map over servers × TPOT SLOs × device mixes × draft agreements. */
+async function map(flags: MapFlags): Promise<void> {
+  const { availableParallelism } = await import('node:os');
+  const { mkdir, writeFile } = await import('node:fs/promises');
+  const { join, resolve } = await import('node:path');
+  const { DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS, assembleCells, mapTasks } = await import('../../sim/map.ts');
+  const { runMapTasks } = await import('../../sim/map-runner.ts');
+  const { mapMarkdown, mapTable, svgRatioHeatmap } = await import('../../bench/map-report.ts');
+  const { loadEngine } = await import('../../physics/engines.ts');
+  const started = performance.now();
+  const grid = {
+    servers: flags.servers !== undefined ? list(flags.servers) : DEFAULT_MAP_GRID.servers,
+    tpotMs: flags.tpotMs !== undefined ? numberList('--tpot-ms', flags.tpotMs) : DEFAULT_MAP_GRID.tpotMs,
+    mixes: flags.mixes !== undefined ? flags.mixes.split(';').map((m) => m.trim()).filter((m) => m !== '') : DEFAULT_MAP_GRID.mixes,
+    agreements: flags.agreements !== undefined ? numberList('--agreements', flags.agreements) : DEFAULT_MAP_GRID.agreements,
+    policies: flags.policies !== undefined ? parsePolicies(flags.policies) : DEFAULT_MAP_GRID.policies,
+    seed: flags.seed ?? DEFAULT_MAP_GRID.seed,
+  };
+  for (const id of grid.servers) loadEngine(id); // an unknown or unservable server is refused before any work
+  const settings = {
+    durationS: flags.durationS ?? DEFAULT_MAP_SETTINGS.durationS,
+    warmupS: flags.warmupS ?? (flags.durationS !== undefined ? Math.min(DEFAULT_MAP_SETTINGS.warmupS, flags.durationS / 5) : DEFAULT_MAP_SETTINGS.warmupS),
+    search: { ...DEFAULT_MAP_SETTINGS.search, ...(flags.maxDevices !== undefined ? { max: flags.maxDevices } : {}), ...(flags.precision !== undefined ? { precision: flags.precision } : {}) },
+  };
+  const tasks = mapTasks(grid, settings);
+  const jobs = flags.jobs ?? Math.max(1, availableParallelism());
+  const interactive = process.stderr.isTTY;
+  const results = await runMapTasks(tasks, jobs, ({ done, total, task, wallMs }) => {
+    const c = task.cell;
+    const line = `map: ${String(done).padStart(3)}/${total}  ${task.policy} @ ${c.server}, ${c.tpotMs} ms, ${c.mix}, ${c.agreement} (${(wallMs / 1_000).toFixed(1)} s)`;
+    process.stderr.write(interactive ? `\r${line.padEnd(100)}` : `${line}\n`);
+  });
+  if (interactive) process.stderr.write('\n');
+  const cells = assembleCells(grid, results);
+  const wallS = (performance.now() - started) / 1_000;
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const dir = resolve(flags.out ?? join('reports', `map-${stamp}`));
+  await mkdir(dir, { recursive: true });
+  const heatmaps: { file: string; title: string }[] = [];
+  const pairs: [string, string][] = [];
+  if (grid.policies.includes('wisp') && grid.policies.includes('centralized')) pairs.push(['wisp', 'centralized']);
+  if (grid.policies.includes('wisp') && grid.policies.includes('sled')) pairs.push(['wisp', 'sled']);
+  for (const [a, b] of pairs) {
+    const file = `capacity-${a}-vs-${b}.svg`;
+    const title = `Capacity of ${a} ÷ ${b}`;
+    await writeFile(join(dir, file), svgRatioHeatmap(cells, grid, a, b, title));
+    heatmaps.push({ file, title });
+  }
+  const w = (await import('../../sim/scenarios.ts')).scenario('paper').workload;
+  const workload = `prompts ${w.promptTokens.min}–${w.promptTokens.max} tokens, answers ${w.outputTokens.min}–${w.outputTokens.max}, one session after another per device`;
+  const doc = { kind: 'map', grid, settings, cells, runs: results.map((r) => ({ cell: r.cell, policy: r.policy, runs: r.runs })), wallS };
+  await writeFile(join(dir, 'results.json'), `${JSON.stringify(doc, null, 2)}\n`);
+  await writeFile(join(dir, 'report.md'), mapMarkdown({ cells, grid, settings, heatmaps, wallS, workload }));
+  process.stdout.write(`${mapTable(cells, grid)}\n\n${cells.length} cells, ${tasks.length} capacity searches on ${Math.min(jobs, tasks.length)} thread(s) in ${wallS.toFixed(0)} s\nreport: ${dir}\n`);
+  if (flags.json) process.stdout.write(`${JSON.stringify({ cells: cells.map(({ server, tpotMs, mix, agreement, policies }) => ({ server, tpotMs, mix, agreement, policies })) })}\n`);
+}
+
 export function registerSim(program: Command): void {
-  program
+  const sim = program
     .command('sim')
+    // `sim map` has flags of the same names (--tpot-ms, --policies): the parent's are read only before `map`.
+    .enablePositionalOptions()
     .description('discrete-event simulator: capacity and goodput of wisp, sled and centralized on simulated time (same scheduler and policies as the live system)')
     .option('--scenario <name>', 'built-in scenario: paper | h100 | sled | hf-eager-h200 | tiny', 'paper')
     .option('--server <gpu/model>', 'serving-engine server, e.g. a100-80gb/34b (GPUs a40-48gb, a100-80gb, h100-80gb; models 34b, 7b)')
@@ -183,4 +266,21 @@ export function registerSim(program: Command): void {
       process.stdout.write(`${summaryTable(results)}\n${cmp ? `\nBeside the WISP paper (extras on/off):\n${cmp}\n` : ''}\nreport: ${dir}\n`);
       if (flags.json) process.stdout.write(`${JSON.stringify(results)}\n`);
     });
+  sim
+    .command('map')
+    .description('the regime map: capacity and goodput of each policy over servers × TPOT SLOs × device mixes × draft agreements; heatmaps of WISP over centralized and SLED')
+    .option('--servers <list>', `engines, gpu/model (default ${'a40-48gb/7b,a100-80gb/34b,h100-80gb/34b'})`)
+    .option('--tpot-ms <list>', 'TPOT SLOs, ms (default 40,60,100,150)')
+    .option('--mixes <list>', 'device mixes separated by ";", each in --device-mix form (default "jetson-orin-nano;jetson-orin-nano:1,raspberry-pi-5:1;phone")')
+    .option('--agreements <list>', 'draft agreements (default 0.7,0.85)')
+    .option('--policies <list>', 'policies (default wisp,sled,centralized)')
+    .option('--seed <n>', 'seed (same seed, same map)', nonNegInt)
+    .option('--duration-s <s>', 'simulated seconds per load (default 60)', positive)
+    .option('--warmup-s <s>', 'simulated seconds not measured per load (default 10)', nonNeg)
+    .option('--max-devices <n>', 'largest device count a search tries (default 512)', positiveInt)
+    .option('--precision <x>', 'bisection stops when the failing count is within this share of the passing one (default 0.125)', unitOpen)
+    .option('--jobs <n>', 'worker threads (default: the machine\'s cores)', positiveInt)
+    .option('--json', 'print {cells: [...]} as the last line')
+    .option('--out <dir>', 'report folder (default reports/map-<timestamp>)')
+    .action(async (flags: MapFlags) => map(flags));
 }

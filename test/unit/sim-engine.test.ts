@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { applySchedulerEvent, initialSchedulerContext, reduceScheduler, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
 import type { AcceptanceModel } from '../../sim/acceptance.ts';
+import { loadPoint } from '../../bench/metrics.ts';
 import { classOfDevice, runSimulation } from '../../sim/engine.ts';
 import { EventQueue } from '../../sim/event-queue.ts';
 import { DEFAULT_SERVER_PROFILE, loadServerProfile, runConfig, scenario, serverCostOf } from '../../sim/scenarios.ts';
@@ -131,6 +132,48 @@ describe('sim: runs', () => {
   it('spreads sessions over several workers with the scheduler\'s placement', () => {
     const r = runSimulation(tiny('wisp', 6, { workers: 3 }));
     expect(new Set(r.batches.map((b) => b.workerId))).to.deep.equal(new Set(['w0', 'w1', 'w2']));
+  });
+});
+
+describe('sim: where the time goes', () => {
+  for (const policy of ['wisp', 'sled', 'centralized'] as const) {
+    it(`${policy}: a session's time parts add up to its duration, each ≥ 0; server time by kind adds up to the window`, () => {
+      const r = runSimulation(tiny(policy, 4));
+      const done = r.records.filter((x) => x.finished);
+      expect(done.length).to.be.greaterThan(4);
+      for (const x of done) {
+        const t = x.timeMs!;
+        for (const v of Object.values(t)) expect(v).to.be.at.least(0);
+        const sum = t.drafting + t.network + t.queue + t.verify + t.memoryWait;
+        expect(sum, x.sessionId).to.be.closeTo(x.endedAtMs - x.startedAtMs, 1e-6);
+        // The remainder is the network: two one-way trips a round at most, never a large share.
+        expect(t.network, `${x.sessionId} network`).to.be.lessThan(0.5 * sum);
+        if (policy === 'centralized') expect(t.drafting).to.equal(0);
+        else expect(t.drafting).to.be.greaterThan(0);
+      }
+      const point = loadPoint(r.records, { devices: 4, windowMs: r.windowMs, batches: r.batches, workers: 1, kvCapacityTokens: 1_000 });
+      const st = point.serverMs!;
+      expect(st.verify + st.decode + st.prefill + st.idle).to.be.closeTo(r.windowMs, r.windowMs * 0.05);
+      expect(policy === 'centralized' ? st.decode : st.verify).to.be.greaterThan(0);
+      expect(st.prefill).to.be.greaterThan(0);
+      expect(point.sessionMsPerToken!.verify).to.be.greaterThan(0);
+    });
+  }
+
+  it('sessions whose KV cache does not fit wait before their prefill; the wait is reported, the cache never over-full', () => {
+    // Room for about two sessions (tiny: prompts ≤ 128 + answers ≤ 48 tokens).
+    const base = tiny('centralized', 6);
+    const cost = { ...base.server.cost, kvCapacityTokens: 360 };
+    const r = runSimulation({ ...base, server: { ...base.server, cost } });
+    const waited = r.records.filter((x) => (x.timeMs?.memoryWait ?? 0) > 0);
+    expect(waited.length).to.be.greaterThan(0);
+    expect(r.batches.every((b) => (b.kvReservedTokens ?? 0) <= 360)).to.equal(true);
+    expect(Math.max(...r.batches.map((b) => b.memoryWaiting ?? 0))).to.be.greaterThan(0);
+    const kv = loadPoint(r.records, { devices: 6, windowMs: r.windowMs, batches: r.batches, kvCapacityTokens: 360 }).kv!;
+    expect(kv.peakUtilisation).to.be.at.most(1);
+    expect(kv.meanWaiting).to.be.greaterThan(0);
+    const free = runSimulation(base);
+    expect(free.records.every((x) => (x.timeMs?.memoryWait ?? 0) === 0), 'the default tiny server has room for all').to.equal(true);
   });
 });
 
