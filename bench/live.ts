@@ -24,7 +24,7 @@ import type { PolicyName } from '../policies/types.ts';
 import { calibrate, type LiveCalibration } from './calibration.ts';
 import { writeReportFiles } from './report.ts';
 import { writeRunReport } from './write.ts';
-import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord } from './metrics.ts';
+import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from './metrics.ts';
 
 export interface LiveBenchOptions {
   policies: PolicyName[];
@@ -83,7 +83,22 @@ function toSessionRecord(s: ServedPrompt): SessionRecord {
     stats: s.stats,
     energyJ: s.energyJ,
     draftMs: s.draftMs,
+    timeMs: liveTimeParts(s),
   };
+}
+
+/**
+ * A live session's time by part, from what its device counted: drafting (all of it: the live
+ * device drafts on the critical path unless pipelining is on), the server's queueing and pass
+ * time as each result or stream chunk reported it; the rest of its duration is the network
+ * (emulated links, broker hops, device and worker overheads). No KV-cache limit live: no memory wait.
+ */
+function liveTimeParts(s: ServedPrompt): SessionTimeParts {
+  const total = Math.max(0, s.endedAtMs - s.startedAtMs);
+  const drafting = s.draftMs;
+  const queue = s.stats.queueMs;
+  const verify = s.stats.verifyMs;
+  return { drafting, network: Math.max(0, total - drafting - queue - verify), queue, verify, memoryWait: 0 };
 }
 
 function toBatchRecord(r: BatchReport, workerIdOf: string, atMs: number): BatchRecord {
@@ -95,6 +110,7 @@ function toBatchRecord(r: BatchReport, workerIdOf: string, atMs: number): BatchR
     size: r.shapes.length,
     startedAtMs: atMs - r.actualMs,
     actualMs: r.actualMs,
+    ...(r.busyMs !== undefined ? { busyMs: r.busyMs } : {}),
     predictedMs: step || r.predictedMs <= 0 ? null : r.predictedMs,
     truncatedTokens: 0,
   };
@@ -190,7 +206,7 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
       );
       const judged = served.filter((s) => s.startedAtMs >= windowStart && s.startedAtMs < windowEnd).map(toSessionRecord);
       const inWindow = batches.filter((b) => b.startedAtMs >= windowStart && b.startedAtMs < windowEnd);
-      points.push(loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow }));
+      points.push(loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow, workers: o.workers }));
       try {
         artifacts.calibrationByLoad.push({ policy, devices: k, calibration: calibrate(served, loadRounds, loadReports) });
       } catch {
@@ -254,6 +270,12 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
     slo: o.slo,
     attainmentTarget: ATTAINMENT_TARGET,
     timeScale: o.timeScale,
+    // Every report names its server: here the real target, on this machine's CPU.
+    scenario: {
+      name: 'live',
+      server: `live:${o.preset}`,
+      serverDescription: `the forged ${o.preset} target model run by ONNX Runtime on this machine's CPU (padded batches), ${o.workers} worker(s); devices emulated at time scale ${o.timeScale}`,
+    },
     preset: o.preset,
     profiles: o.profiles,
     devices: o.devices,

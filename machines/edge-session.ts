@@ -199,10 +199,13 @@ export const edgeSessionMachine = setup({
     applyStream: assign(({ context, event }) => {
       if (event.type !== 'STREAM') return {};
       const kept = commitTokens(context, event.chunk.tokens);
+      const c = context.counters;
       return {
         generated: [...context.generated, ...kept],
         streamSeq: context.streamSeq + 1,
         attempt: 0,
+        // The server's queueing and pass time for this chunk (prefill, then each decode step).
+        counters: { ...c, queueMs: c.queueMs + (event.chunk.queueMs ?? 0), verifyMs: c.verifyMs + (event.chunk.verifyMs ?? 0) },
         firstTokenAtMs: context.firstTokenAtMs ?? event.atMs,
         lastTokenAtMs: event.atMs,
       };

@@ -46,6 +46,8 @@ export interface WorkerSession {
   /** Centralized mode: next stream sequence number, and whether it still decodes. */
   streamSeq: number;
   decoding: boolean;
+  /** Centralized mode: when its last pass (prefill or decode step) ended, for the wait before its next step. */
+  lastStepEndMs?: number;
 }
 
 /** The durable per-session record a worker writes and, after a crash elsewhere, reads back. */
@@ -380,6 +382,7 @@ export class BatchExecutor {
       if (s.mode === 'centralized') {
         const finished = s.maxNewTokens <= 1 || token === this.deps.eosTokenId;
         s.decoding = !finished;
+        s.lastStepEndMs = doneMs;
         replies.push([s.replyTo, { ...this.streamChunk(s, [token], finished), queueMs: result.queueMs, verifyMs: result.verifyMs }, itemSpans?.get(job.item)]);
       } else {
         replies.push([s.replyTo, result, itemSpans?.get(job.item)]);
@@ -480,7 +483,11 @@ export class BatchExecutor {
     const modelMs = this.deps.now() - t0;
     const V = this.deps.runner.info.vocabSize;
     const replies: Promise<void>[] = [];
+    const doneMs = this.deps.now();
     active.forEach((s, i) => {
+      // Each chunk says how long the session waited for this step (other passes ran) and how long the step took.
+      const queueMs = Math.max(0, t0 - (s.lastStepEndMs ?? t0));
+      s.lastStepEndMs = doneMs;
       const row = logits[i];
       const token = sampleTargetToken(row.subarray(row.length - V), s.sampling, s.tokens.length);
       s.tokens.push(token);
@@ -488,7 +495,7 @@ export class BatchExecutor {
       const generated = s.tokens.length - s.promptLength;
       const finished = generated >= s.maxNewTokens || token === this.deps.eosTokenId || s.tokens.length >= this.deps.runner.info.maxPositions;
       if (finished) s.decoding = false;
-      replies.push(this.deps.reply(s.replyTo, this.streamChunk(s, [token], finished)));
+      replies.push(this.deps.reply(s.replyTo, { ...this.streamChunk(s, [token], finished), queueMs, verifyMs: modelMs }));
     });
     await this.#sendReplies(replies);
     if (active.length > 0) this.deps.metrics?.batchExecuted({ workerId: this.deps.workerId, size: active.length, tokens: active.length, modelMs, predictedMs: 0, prefillTokens: 0, verifyTokens: active.length });
