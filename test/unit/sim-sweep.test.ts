@@ -88,4 +88,22 @@ describe('sim: sweeps', () => {
     const empty = svgLineChart({ title: 'none', xLabel: 'x', yLabel: 'y', series: [] });
     expect(empty).to.contain('</svg>');
   });
+
+  it('keeps the measured naive server as scenario hf-eager-h200 (a padded profile), and names each server', () => {
+    const s = scenario('hf-eager-h200');
+    s.deviceCounts = [2];
+    s.durationMs = 6_000;
+    s.warmupMs = 1_000;
+    s.refineSteps = 0;
+    const r = runSweep({ scenario: s, policies: ['wisp'], extrasVariants: false });
+    const sc = r.scenario as { server: string; serverDescription: string; kvCapacityTokens: number | null };
+    expect(sc.server).to.equal('profile:qwen3-32b');
+    expect(sc.serverDescription).to.contain('Hugging Face transformers').and.contain('padded');
+    expect(sc.kvCapacityTokens).to.equal(null);
+    expect(r.policies.wisp!.points[0].sessions).to.be.greaterThan(0);
+    const paper = scenario('paper');
+    expect(paper.server).to.deep.equal({ kind: 'engine', id: 'a100-80gb/34b', kvLimit: true });
+    expect(scenario('h100').server).to.deep.include({ id: 'h100-80gb/34b' });
+    expect(scenario('sled').server).to.deep.include({ id: 'a40-48gb/7b' });
+  });
 });
