@@ -3,7 +3,7 @@
  * TokenChunks from its own result queue until the last one (or a typed error) arrives.
  */
 import { randomUUID } from 'node:crypto';
-import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo } from '../broker/contracts.ts';
+import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo } from '../protocol/messages.ts';
 import type { BrokerClient, ConsumerHandle } from '../broker/connection.ts';
 import { PROMPTS_QUEUE, clientQueue, devicePromptQueue } from '../broker/topology.ts';
 import { wallClock, type Clock } from './clock.ts';

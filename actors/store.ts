@@ -4,7 +4,7 @@
  * scheduler's estimator statistics. One RedisStore underneath.
  */
 import { z } from 'zod';
-import { SamplingSchema, VerifyResultSchema, type WorkerStatus } from '../broker/contracts.ts';
+import { SamplingSchema, VerifyResultSchema, type WorkerStatus } from '../protocol/messages.ts';
 import type { WispConfig } from '../config/schema.ts';
 import type { EstimatorState } from '../policies/estimator.ts';
 import { openRedisStore, type RedisStore } from '../store/redis-store.ts';

@@ -16,7 +16,7 @@ import type { JudgedToken, RoundTiming, ServedPrompt } from '../actors/edge/devi
 import { runUp } from '../actors/launch.ts';
 import { connectBroker } from '../broker/connection.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE } from '../broker/topology.ts';
-import type { Slo } from '../broker/contracts.ts';
+import type { Slo } from '../protocol/messages.ts';
 import { loadConfig, type DeepPartial } from '../config/load.ts';
 import type { WispConfig } from '../config/schema.ts';
 import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';

@@ -8,7 +8,7 @@
  * - System capacity: the largest number of concurrent devices at which at least 90 % of
  *   sessions attain their SLO.
  */
-import type { SessionStats, Slo } from '../broker/contracts.ts';
+import type { SessionStats, Slo } from '../protocol/messages.ts';
 
 /** One judged session (finished, or unfinished but already past its TTFT SLO). */
 export interface SessionRecord {

@@ -34,7 +34,7 @@ import { wallClock } from '../actors/clock.ts';
 import { runEdge, runScheduler, runVerifier, type Running } from '../actors/launch.ts';
 import { connectBroker, type BrokerClient } from '../broker/connection.ts';
 import { tapBroker } from '../broker/tap.ts';
-import type { VerifyBatch, VerifyRequest, VerifyResult } from '../broker/contracts.ts';
+import type { VerifyBatch, VerifyRequest, VerifyResult } from '../protocol/messages.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../broker/topology.ts';
 import { loadConfig } from '../config/load.ts';
 import { POLICIES, type PolicyName, type WispConfig } from '../config/schema.ts';

@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type RecoveringChannelModel } from 'amqplib';
 import type { z } from 'zod';
-import { ERROR_CODES, LIMITS, PROTOCOL_VERSION, parseMessage, type ErrorCode, type ErrorMessage } from './contracts.ts';
+import { ERROR_CODES, LIMITS, PROTOCOL_VERSION, parseMessage, type ErrorCode, type ErrorMessage } from '../protocol/messages.ts';
 import { BrokerClosedError, BrokerConnectError, BrokerUnavailableError, ForbiddenRouteError, MessageTooLargeError, PublishError, UnroutableError, redactUrl } from './errors.ts';
 import {
   DEAD_QUEUE,

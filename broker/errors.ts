@@ -2,7 +2,7 @@
  * Typed errors of the broker layer. Each has a stable `code`; messages name the queue and
  * the problem so a log line is enough to act on.
  */
-import type { ErrorCode } from './contracts.ts';
+import type { ErrorCode } from '../protocol/messages.ts';
 
 export type BrokerErrorCode =
   | 'broker_unreachable'

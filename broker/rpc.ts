@@ -11,7 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import type { z } from 'zod';
-import { ErrorMessageSchema, parseMessage } from './contracts.ts';
+import { ErrorMessageSchema, parseMessage } from '../protocol/messages.ts';
 import type { BrokerClient, ConsumeOptions, ConsumerHandle, DeliveryMeta } from './connection.ts';
 import {
   PublishError,

@@ -18,7 +18,7 @@ import { InferenceError } from './errors.ts';
 import { uniformFor } from './rng.ts';
 import { checkShaping, isGreedy, logitsToProbs, sampleIndex, sampleTargetToken } from './sampling.ts';
 
-/** Wire error codes (broker/contracts ERROR_CODES) a verification input can fail with. */
+/** Wire error codes (protocol/messages.ts ERROR_CODES) a verification input can fail with. */
 export type VerifyErrorCode = 'malformed' | 'token_out_of_vocab';
 
 /** A verification request that cannot be verified as sent; `code` is its wire error code. */

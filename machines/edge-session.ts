@@ -10,7 +10,7 @@
  * carries it (`atMs`), stamped by the adapter, so the simulator can drive the same machine.
  */
 import { assign, enqueueActions, fromPromise, setup } from 'xstate';
-import type { ErrorCode, ErrorMessage, ServingMode, TokenStream, VerifyResult } from '../broker/contracts.ts';
+import type { ErrorCode, ErrorMessage, ServingMode, TokenStream, VerifyResult } from '../protocol/messages.ts';
 import type { SparseDist } from '../inference/types.ts';
 import type { DraftTokenFeatures } from '../policies/types.ts';
 

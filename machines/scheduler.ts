@@ -8,8 +8,8 @@
  * Times are the `atMs` stamps on events (the scheduler's clock).
  */
 import { enqueueActions, setup } from 'xstate';
-import type { ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../broker/contracts.ts';
-import { PROTOCOL_VERSION } from '../broker/contracts.ts';
+import type { ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
+import { PROTOCOL_VERSION } from '../protocol/messages.ts';
 import type { PendingRequest } from '../policies/types.ts';
 import {
   estimatorForLayout,

@@ -8,7 +8,7 @@
  * provided promise actors; reporting is a provided action. Idle sessions are evicted on TICK.
  */
 import { assign, fromPromise, setup } from 'xstate';
-import type { VerifyBatch } from '../broker/contracts.ts';
+import type { VerifyBatch } from '../protocol/messages.ts';
 
 export interface WorkerModelSummary {
   model: string;

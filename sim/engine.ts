@@ -26,7 +26,7 @@ import {
   type VerifyRequest,
   type VerifyResult,
   type WorkerStatus,
-} from '../broker/contracts.ts';
+} from '../protocol/messages.ts';
 import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import { deviceEnergyJ, sessionStats } from '../actors/edge/device.ts';
 import { commitTokens, countRound, initialEdgeSessionContext, type DraftOutput, type EdgeSessionContext } from '../machines/edge-session.ts';

@@ -15,7 +15,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { Slo } from '../broker/contracts.ts';
+import type { Slo } from '../protocol/messages.ts';
 import { WispError } from '../common/errors.ts';
 import { DEVICE_PROFILES } from '../config/defaults.ts';
 import type { DeviceProfile } from '../config/schema.ts';

@@ -1,7 +1,7 @@
 /**
  * Configuration of one simulated run (one policy, one number of devices) and its result.
  */
-import type { Slo } from '../broker/contracts.ts';
+import type { Slo } from '../protocol/messages.ts';
 import type { DeviceProfile } from '../config/schema.ts';
 import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import type { PolicyName } from '../policies/types.ts';

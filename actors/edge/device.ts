@@ -14,7 +14,7 @@ import {
   type ServingMode,
   type SessionStats,
   type Slo,
-} from '../../broker/contracts.ts';
+} from '../../protocol/messages.ts';
 import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';

@@ -5,7 +5,7 @@
  * and profile (devices of one fleet may run different drafts).
  */
 import { join } from 'node:path';
-import { PromptRequestSchema, type ServingMode, type Slo } from '../../broker/contracts.ts';
+import { PromptRequestSchema, type ServingMode, type Slo } from '../../protocol/messages.ts';
 import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
 import { PROMPTS_QUEUE, devicePromptQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';

@@ -20,7 +20,7 @@ import {
   type VerifyBatch,
   type VerifyRequest,
   type VerifyResult,
-} from '../../broker/contracts.ts';
+} from '../../protocol/messages.ts';
 import type { DecoderRunner, KvCacheHandle } from '../../inference/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createActor, fromPromise } from 'xstate';
-import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
 import type { BrokerClient } from '../../broker/connection.ts';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';

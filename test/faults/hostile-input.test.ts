@@ -24,7 +24,7 @@ import {
   VerifyBatchSchema,
   parseMessage,
   type ErrorMessage,
-} from '../../broker/contracts.ts';
+} from '../../protocol/messages.ts';
 import { PROMPTS_QUEUE, QUEUE_HEADER, REASON_HEADER, SCHEDULER_QUEUE, clientQueue, deviceQueue, devicePromptQueue, workerQueue } from '../../broker/topology.ts';
 import { TEST_PROMPTS, targetTokens } from '../helpers/system.ts';
 import { ensureVhost, faultConfig, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';

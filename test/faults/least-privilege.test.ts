@@ -14,7 +14,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { connect, type ChannelModel } from 'amqplib';
 import { connectBroker, type BrokerClient } from '../../broker/connection.ts';
-import { PROTOCOL_VERSION, type SessionOpen, type VerifyRequest } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, type SessionOpen, type VerifyRequest } from '../../protocol/messages.ts';
 import { SCHEDULER_QUEUE, TOPOLOGY, UPLINK_EXCHANGE, deviceQueue, queueSpec, workerQueue } from '../../broker/topology.ts';
 import { WispClient } from '../../actors/client.ts';
 import { runEdge, runScheduler, runVerifier, type Running } from '../../actors/launch.ts';

@@ -9,7 +9,7 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { DeviceInboxSchema, PROTOCOL_VERSION, type SessionOpen, type VerifyRequest } from '../../broker/contracts.ts';
+import { DeviceInboxSchema, PROTOCOL_VERSION, type SessionOpen, type VerifyRequest } from '../../protocol/messages.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { ConsumerHandle } from '../../broker/connection.ts';
 import { TEST_PROMPTS, targetTokens } from '../helpers/system.ts';

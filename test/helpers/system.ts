@@ -9,7 +9,7 @@ import { WispClient } from '../../actors/client.ts';
 import { runUp, type UpOptions } from '../../actors/launch.ts';
 import { loadConfig, type DeepPartial } from '../../config/load.ts';
 import type { WispConfig } from '../../config/schema.ts';
-import { DeviceInboxSchema, type DeviceInbox, type Sampling } from '../../broker/contracts.ts';
+import { DeviceInboxSchema, type DeviceInbox, type Sampling } from '../../protocol/messages.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';

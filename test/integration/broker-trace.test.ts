@@ -20,7 +20,7 @@ import {
   type TextMapSetter,
 } from '@opentelemetry/api';
 import { connectBroker, type BrokerClient } from '../../broker/connection.ts';
-import { VerifyResultSchema, type VerifyResult } from '../../broker/contracts.ts';
+import { VerifyResultSchema, type VerifyResult } from '../../protocol/messages.ts';
 import { deviceQueue, DEAD_QUEUE } from '../../broker/topology.ts';
 import { extractTraceContext, injectTraceHeaders } from '../../broker/trace-context.ts';
 

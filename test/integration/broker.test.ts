@@ -20,7 +20,7 @@ import {
   type SchedulerInbox,
   type VerifyRequest,
   type VerifyResult,
-} from '../../broker/contracts.ts';
+} from '../../protocol/messages.ts';
 import { MessageTooLargeError, UnroutableError } from '../../broker/errors.ts';
 import {
   DEAD_QUEUE,

@@ -12,7 +12,7 @@
  */
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { PROTOCOL_VERSION, type DeviceInbox, type SessionOpen, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, type DeviceInbox, type SessionOpen, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../protocol/messages.ts';
 import { workerQueue } from '../../broker/topology.ts';
 import { openRedisStore, type RedisStore } from '../../store/redis-store.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';

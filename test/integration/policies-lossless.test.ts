@@ -21,7 +21,7 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import type { Sampling } from '../../broker/contracts.ts';
+import type { Sampling } from '../../protocol/messages.ts';
 import type { PolicyName } from '../../config/schema.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { connect, type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
 import { z } from 'zod';
 import { connectBroker, type BrokerClient, type ConsumerHandle } from '../../broker/connection.ts';
-import { ErrorMessageSchema, PROTOCOL_VERSION, type ErrorMessage, type SessionOpen, type VerifyBatch, type VerifyRequest } from '../../broker/contracts.ts';
+import { ErrorMessageSchema, PROTOCOL_VERSION, type ErrorMessage, type SessionOpen, type VerifyBatch, type VerifyRequest } from '../../protocol/messages.ts';
 import {
   PROMPTS_QUEUE,
   QUEUE_HEADER,

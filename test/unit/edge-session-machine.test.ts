@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { SimulatedClock, createActor, fromPromise } from 'xstate';
-import { PROTOCOL_VERSION, type VerifyResult } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, type VerifyResult } from '../../protocol/messages.ts';
 import { edgeSessionMachine, type DraftInput, type DraftOutput, type EdgeSessionInput } from '../../machines/edge-session.ts';
 
 const baseInput: EdgeSessionInput = {

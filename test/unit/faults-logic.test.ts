@@ -4,7 +4,7 @@
  * ownership and adoption after a restart.
  */
 import { expect } from 'chai';
-import { PROTOCOL_VERSION, type SessionOpen, type VerifyBatch, type VerifyRequest, type WorkerStatus } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, type SessionOpen, type VerifyBatch, type VerifyRequest, type WorkerStatus } from '../../protocol/messages.ts';
 import { HandlerError } from '../../broker/connection.ts';
 import { UPLINK_EXCHANGE, clientQueue, deviceQueue, devicePromptQueue, uplinkRoute, uplinkSender, workerQueue } from '../../broker/topology.ts';
 import { checkSender } from '../../actors/scheduler/role.ts';

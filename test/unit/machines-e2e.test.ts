@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { SimulatedClock, createActor, fromPromise, type Actor } from 'xstate';
-import { PROTOCOL_VERSION, type SessionOpen, type TokenStream, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, type SessionOpen, type TokenStream, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../protocol/messages.ts';
 import { edgeSessionMachine, type DraftInput, type DraftOutput } from '../../machines/edge-session.ts';
 import { schedulerMachine } from '../../machines/scheduler.ts';
 import { verifierWorkerMachine, type BatchReport } from '../../machines/verifier-worker.ts';

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import type { SessionStats } from '../../broker/contracts.ts';
+import type { SessionStats } from '../../protocol/messages.ts';
 import {
   acceptanceSummary,
   attainedSlo,

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { createActor } from 'xstate';
-import { PROTOCOL_VERSION, type SessionOpen, type VerifyBatch, type VerifyRequest, type WorkerStatus } from '../../broker/contracts.ts';
+import { PROTOCOL_VERSION, type SessionOpen, type VerifyBatch, type VerifyRequest, type WorkerStatus } from '../../protocol/messages.ts';
 import { initialSchedulerContext, reduceScheduler, schedulerMachine, type SchedulerSettings } from '../../machines/scheduler.ts';
 
 const settings = (policy: SchedulerSettings['policy']): SchedulerSettings => ({
