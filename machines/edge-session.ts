@@ -1,15 +1,18 @@
 /**
  * EdgeSession: one user request on one edge device, from open to done.
  *
- *   opening ─(round-0 result: first target token)─▶ deciding ─▶ drafting ─▶ awaiting ─(result)─▶ deciding …
- *      │                                              │                                   └▶ done | failed
+ *   opening ─(round-0 result: first target token)─▶ drafting ─▶ awaiting ─(result)─▶ drafting …
+ *      │                                                                     └▶ done | failed
  *      └─ centralized mode: streaming (the server decodes; tokens arrive as TokenStream chunks)
  *
- * No I/O here: sending (sendOpen/sendVerify/sendClose), emitting tokens and learning are
- * provided actions; drafting is a provided promise actor. Every event that carries a time
- * carries it (`atMs`), stamped by the adapter, so the simulator can drive the same machine.
+ * The whole behaviour is one pure transition, `reduceEdgeSession(context, event) → {context,
+ * effects}` (as machines/scheduler.ts has reduceScheduler): the XState machine below runs it
+ * for the live device, and the simulator (sim/engine.ts) runs it directly on simulated time —
+ * one session logic for both. Effects are what the adapter must do: send a message, emit
+ * tokens, let the controller learn, draft a round, (re)arm or clear the reply timer. No I/O
+ * here; every event that carries a time carries it (`atMs`), stamped by the adapter.
  */
-import { assign, enqueueActions, fromPromise, setup } from 'xstate';
+import { enqueueActions, fromPromise, setup } from 'xstate';
 import type { ErrorCode, ErrorMessage, ServingMode, TokenStream, VerifyResult } from '../protocol/messages.ts';
 import type { SparseDist } from '../inference/types.ts';
 import type { DraftTokenFeatures } from '../policies/types.ts';
@@ -66,7 +69,11 @@ export interface SessionCounters {
   acceptedByPosition: number[];
 }
 
+/** Where a session is: waiting for its first token, relaying a stream, drafting, waiting for a verdict, or over. */
+export type EdgePhase = 'opening' | 'streaming' | 'drafting' | 'awaiting' | 'done' | 'failed' | 'cancelled';
+
 export interface EdgeSessionContext extends EdgeSessionInput {
+  phase: EdgePhase;
   generated: number[];
   round: number;
   attempt: number;
@@ -85,7 +92,26 @@ export type EdgeSessionEvent =
   | { type: 'RESULT'; result: VerifyResult; atMs: number }
   | { type: 'STREAM'; chunk: TokenStream; atMs: number }
   | { type: 'ERROR'; error: ErrorMessage; atMs: number }
+  /** The draft of the current round is ready (the adapter drafted it). */
+  | { type: 'DRAFTED'; draft: DraftOutput; atMs: number }
+  | { type: 'DRAFT_FAILED'; message: string; atMs: number }
+  /** The reply timer armed by the last `timer` effect fired. */
+  | { type: 'TIMEOUT' }
   | { type: 'CANCEL' };
+
+/** What a transition asks the adapter to do, in order. */
+export type EdgeSessionEffect =
+  | { kind: 'sendOpen'; sessionId: string; attempt: number }
+  | { kind: 'sendVerify'; params: SendVerifyParams }
+  | { kind: 'sendClose'; sessionId: string; reason: 'done' | 'failed' | 'cancelled' }
+  | { kind: 'emitTokens'; tokens: number[] }
+  | { kind: 'roundVerified'; draft: DraftOutput; result: VerifyResult }
+  | { kind: 'draft'; input: DraftInput }
+  /** Stop drafting the round in progress (the session ended while it drafted). */
+  | { kind: 'cancelDraft'; round: number }
+  /** (Re)arm the reply timer: TIMEOUT after `ms` unless armed again or cleared first. */
+  | { kind: 'timer'; ms: number }
+  | { kind: 'clearTimer' };
 
 /** Parameters of the provided actions (what the adapter must send). */
 export interface SendVerifyParams {
@@ -119,6 +145,7 @@ function emptyCounters(): SessionCounters {
 export function initialEdgeSessionContext(input: EdgeSessionInput): EdgeSessionContext {
   return {
     ...input,
+    phase: 'opening',
     generated: [],
     round: 0,
     attempt: 0,
@@ -143,7 +170,7 @@ export function commitTokens(ctx: Pick<EdgeSessionContext, 'generated' | 'maxNew
   return kept;
 }
 
-function isFinished(ctx: EdgeSessionContext): boolean {
+export function isFinished(ctx: Pick<EdgeSessionContext, 'generated' | 'maxNewTokens' | 'eosTokenId'>): boolean {
   const last = ctx.generated[ctx.generated.length - 1];
   return ctx.generated.length >= ctx.maxNewTokens || (ctx.eosTokenId !== null && last === ctx.eosTokenId);
 }
@@ -182,6 +209,163 @@ export function countRound(c: SessionCounters, draft: DraftOutput, result: Verif
   };
 }
 
+/** Whether a phase is one a session never leaves. */
+export function isFinalPhase(phase: EdgePhase): boolean {
+  return phase === 'done' || phase === 'failed' || phase === 'cancelled';
+}
+
+/** The first transition: a new session sends its open and waits for the answer. */
+export function startEdgeSession(input: EdgeSessionInput): { context: EdgeSessionContext; effects: EdgeSessionEffect[] } {
+  const context = initialEdgeSessionContext(input);
+  return { context, effects: [{ kind: 'sendOpen', sessionId: context.sessionId, attempt: 0 }, { kind: 'timer', ms: context.verifyTimeoutMs }] };
+}
+
+/** Tokens committed since the last emission, as an effect (none when there are none). */
+function flush(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): EdgeSessionContext {
+  if (ctx.generated.length === ctx.emitted) return ctx;
+  effects.push({ kind: 'emitTokens', tokens: ctx.generated.slice(ctx.emitted) });
+  return { ...ctx, emitted: ctx.generated.length };
+}
+
+function end(ctx: EdgeSessionContext, phase: 'done' | 'failed' | 'cancelled', effects: EdgeSessionEffect[], error: EdgeSessionContext['error'] = ctx.error): EdgeSessionContext {
+  if (ctx.phase === 'drafting') effects.push({ kind: 'cancelDraft', round: ctx.round });
+  effects.push({ kind: 'clearTimer' }, { kind: 'sendClose', sessionId: ctx.sessionId, reason: phase });
+  return { ...ctx, phase, error };
+}
+
+/** After tokens were committed: finished, relay the stream, or draft the next round. */
+function decide(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): EdgeSessionContext {
+  if (isFinished(ctx)) return end(ctx, 'done', effects);
+  if (ctx.mode === 'centralized') {
+    effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
+    return { ...ctx, phase: 'streaming' };
+  }
+  const round = ctx.round + 1;
+  const input: DraftInput = {
+    sessionId: ctx.sessionId,
+    context: [...ctx.promptTokens, ...ctx.generated],
+    maxDraft: Math.max(0, Math.min(ctx.kMax, ctx.maxNewTokens - ctx.generated.length - 1)),
+    round,
+  };
+  effects.push({ kind: 'clearTimer' }, { kind: 'draft', input });
+  return { ...ctx, phase: 'drafting', round, attempt: 0, draft: null };
+}
+
+function sendVerify(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): void {
+  effects.push(
+    {
+      kind: 'sendVerify',
+      params: { sessionId: ctx.sessionId, round: ctx.round, committedLength: ctx.promptTokens.length + ctx.generated.length, draft: ctx.draft!, attempt: ctx.attempt },
+    },
+    { kind: 'timer', ms: ctx.verifyTimeoutMs },
+  );
+}
+
+/** A stream chunk folded in: its tokens, and the server's queueing and pass time for it. */
+function applyStream(ctx: EdgeSessionContext, chunk: TokenStream, atMs: number): EdgeSessionContext {
+  const kept = commitTokens(ctx, chunk.tokens);
+  const c = ctx.counters;
+  return {
+    ...ctx,
+    generated: [...ctx.generated, ...kept],
+    streamSeq: ctx.streamSeq + 1,
+    attempt: 0,
+    counters: { ...c, queueMs: c.queueMs + (chunk.queueMs ?? 0), verifyMs: c.verifyMs + (chunk.verifyMs ?? 0) },
+    firstTokenAtMs: ctx.firstTokenAtMs ?? atMs,
+    lastTokenAtMs: atMs,
+  };
+}
+
+/**
+ * The whole transition function of a session: event → (new context, effects). Pure.
+ * - opening: a round-0 result commits the first target token; a first stream chunk starts
+ *   relaying; the timer resends the open, then fails the session.
+ * - drafting → awaiting when the draft is ready (the verification is sent).
+ * - awaiting: the current round's result commits the accepted drafts and the target's token;
+ *   results of other rounds (duplicates, stale retries) change nothing; the timer resends.
+ * - streaming (centralized): chunks in sequence; the timer waits again, then fails.
+ * - anywhere: the server's typed error for this session fails it; CANCEL cancels it.
+ */
+export function reduceEdgeSession(ctx: EdgeSessionContext, event: EdgeSessionEvent): { context: EdgeSessionContext; effects: EdgeSessionEffect[] } {
+  const effects: EdgeSessionEffect[] = [];
+  if (isFinalPhase(ctx.phase)) return { context: ctx, effects };
+  let next = ctx;
+  switch (event.type) {
+    case 'CANCEL':
+      next = end(ctx, 'cancelled', effects);
+      break;
+    case 'ERROR':
+      if (event.error.sessionId === undefined || event.error.sessionId === ctx.sessionId) next = end(ctx, 'failed', effects, { code: event.error.code, message: event.error.message });
+      break;
+    case 'RESULT': {
+      const r = event.result;
+      if (ctx.phase === 'opening' && r.round === 0) {
+        const kept = commitTokens(ctx, [r.token]);
+        next = { ...ctx, generated: [...ctx.generated, ...kept], firstTokenAtMs: event.atMs, lastTokenAtMs: event.atMs, counters: { ...ctx.counters, queueMs: r.queueMs, verifyMs: r.verifyMs } };
+        next = decide(flush(next, effects), effects);
+      } else if (ctx.phase === 'awaiting' && r.round === ctx.round) {
+        const draft = ctx.draft!;
+        effects.push({ kind: 'roundVerified', draft, result: r });
+        const accepted = Math.min(r.accepted, r.verified, draft.tokens.length);
+        const kept = commitTokens(ctx, [...draft.tokens.slice(0, accepted), r.token]);
+        next = { ...ctx, generated: [...ctx.generated, ...kept], lastTokenAtMs: event.atMs, counters: countRound(ctx.counters, draft, r) };
+        next = decide(flush(next, effects), effects);
+      }
+      break;
+    }
+    case 'STREAM':
+      if ((ctx.phase === 'opening' || ctx.phase === 'streaming') && event.chunk.seq === ctx.streamSeq) {
+        next = flush(applyStream(ctx, event.chunk, event.atMs), effects);
+        if (isFinished(next)) next = end(next, 'done', effects);
+        else {
+          effects.push({ kind: 'timer', ms: next.verifyTimeoutMs });
+          next = { ...next, phase: 'streaming' };
+        }
+      }
+      break;
+    case 'DRAFTED':
+      if (ctx.phase === 'drafting') {
+        next = { ...ctx, phase: 'awaiting', draft: event.draft };
+        sendVerify(next, effects);
+      }
+      break;
+    case 'DRAFT_FAILED':
+      if (ctx.phase === 'drafting') next = end(ctx, 'failed', effects, { code: 'internal', message: `drafting failed: ${event.message}` });
+      break;
+    case 'TIMEOUT': {
+      const retry = ctx.attempt < ctx.maxRetries;
+      if (ctx.phase === 'opening') {
+        if (retry) {
+          next = { ...ctx, attempt: ctx.attempt + 1 };
+          effects.push({ kind: 'sendOpen', sessionId: ctx.sessionId, attempt: next.attempt }, { kind: 'timer', ms: ctx.verifyTimeoutMs });
+        } else next = end(ctx, 'failed', effects, { code: 'timeout', message: 'no answer to SessionOpen after all retries' });
+      } else if (ctx.phase === 'awaiting') {
+        if (retry) {
+          // Every retry re-sends the same draft, so a late answer to any of them is still valid.
+          next = { ...ctx, attempt: ctx.attempt + 1 };
+          sendVerify(next, effects);
+        } else next = end(ctx, 'failed', effects, { code: 'timeout', message: 'no VerifyResult after all retries' });
+      } else if (ctx.phase === 'streaming') {
+        if (retry) {
+          next = { ...ctx, attempt: ctx.attempt + 1 };
+          effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
+        } else next = end(ctx, 'failed', effects, { code: 'timeout', message: 'token stream stalled' });
+      }
+      break;
+    }
+  }
+  return { context: next, effects };
+}
+
+const DRAFT_CHILD = 'draft';
+const REPLY_TIMER = 'reply-timer';
+
+/**
+ * The live session: reduceEdgeSession in a machine. Effects become provided actions (sending,
+ * emitting, learning), a spawned draft actor (its done/error events come back as DRAFTED /
+ * DRAFT_FAILED) and a delayed TIMEOUT event on the actor's clock. The machine reaches its final
+ * state when the session's phase is final.
+ */
 export const edgeSessionMachine = setup({
   types: {
     context: {} as EdgeSessionContext,
@@ -192,185 +376,93 @@ export const edgeSessionMachine = setup({
     sendOpen: notProvided('sendOpen') as (args: unknown, params: { sessionId: string; attempt: number }) => void,
     sendVerify: notProvided('sendVerify') as (args: unknown, params: SendVerifyParams) => void,
     sendClose: notProvided('sendClose') as (args: unknown, params: { sessionId: string; reason: 'done' | 'failed' | 'cancelled' }) => void,
-    /** New tokens for the client; `done` on the last call. */
+    /** New tokens for the client. */
     emitTokens: notProvided('emitTokens') as (args: unknown, params: { tokens: number[] }) => void,
     /** A verified round, for the speculation controller to learn from. */
     roundVerified: notProvided('roundVerified') as (args: unknown, params: { draft: DraftOutput; result: VerifyResult }) => void,
-    applyStream: assign(({ context, event }) => {
-      if (event.type !== 'STREAM') return {};
-      const kept = commitTokens(context, event.chunk.tokens);
-      const c = context.counters;
-      return {
-        generated: [...context.generated, ...kept],
-        streamSeq: context.streamSeq + 1,
-        attempt: 0,
-        // The server's queueing and pass time for this chunk (prefill, then each decode step).
-        counters: { ...c, queueMs: c.queueMs + (event.chunk.queueMs ?? 0), verifyMs: c.verifyMs + (event.chunk.verifyMs ?? 0) },
-        firstTokenAtMs: context.firstTokenAtMs ?? event.atMs,
-        lastTokenAtMs: event.atMs,
-      };
-    }),
-    /** Hands tokens committed since the last flush to emitTokens. */
-    flushTokens: enqueueActions(({ context, enqueue }) => {
-      const tokens = context.generated.slice(context.emitted);
-      if (tokens.length === 0) return;
-      enqueue({ type: 'emitTokens', params: { tokens } });
-      enqueue.assign({ emitted: context.generated.length });
-    }),
   },
   actors: {
     draft: fromPromise<DraftOutput, DraftInput>(async () => {
       throw new Error('EdgeSession: draft actor was not provided by the adapter');
     }),
   },
-  delays: {
-    verifyTimeout: ({ context }) => context.verifyTimeoutMs,
-  },
-  guards: {
-    isCurrentRound: ({ context, event }) => event.type === 'RESULT' && event.result.round === context.round,
-    isOpenResult: ({ event }) => event.type === 'RESULT' && event.result.round === 0,
-    canRetry: ({ context }) => context.attempt < context.maxRetries,
-    finished: ({ context }) => isFinished(context),
-    isNextStreamChunk: ({ context, event }) => event.type === 'STREAM' && event.chunk.seq === context.streamSeq,
-    isCentralized: ({ context }) => context.mode === 'centralized',
-    errorForThisSession: ({ context, event }) =>
-      event.type === 'ERROR' && (event.error.sessionId === undefined || event.error.sessionId === context.sessionId),
-  },
 }).createMachine({
   id: 'edgeSession',
   context: ({ input }) => initialEdgeSessionContext(input),
-  initial: 'opening',
-  on: {
-    CANCEL: { target: '.cancelled' },
-    ERROR: {
-      guard: 'errorForThisSession',
-      target: '.failed',
-      actions: assign({ error: ({ event }) => (event.type === 'ERROR' ? { code: event.error.code, message: event.error.message } : null) }),
-    },
-  },
+  initial: 'running',
   states: {
-    opening: {
-      entry: { type: 'sendOpen', params: ({ context }) => ({ sessionId: context.sessionId, attempt: context.attempt }) },
+    running: {
+      entry: enqueueActions(({ context, enqueue }) => {
+        const { effects } = startEdgeSession(context);
+        for (const e of effects) runEffect(e, enqueue);
+      }),
+      always: { guard: ({ context }) => isFinalPhase(context.phase), target: 'ended' },
       on: {
-        RESULT: {
-          guard: 'isOpenResult',
-          target: 'deciding',
-          actions: [
-            assign(({ context, event }) => {
-              if (event.type !== 'RESULT') return {};
-              const kept = commitTokens(context, [event.result.token]);
-              return {
-                generated: [...context.generated, ...kept],
-                firstTokenAtMs: event.atMs,
-                lastTokenAtMs: event.atMs,
-                counters: { ...context.counters, queueMs: event.result.queueMs, verifyMs: event.result.verifyMs },
-              };
-            }),
-            'flushTokens',
-          ],
-        },
-        STREAM: {
-          guard: 'isNextStreamChunk',
-          target: 'streaming',
-          reenter: true,
-          actions: ['applyStream', 'flushTokens'],
-        },
-      },
-      after: {
-        verifyTimeout: [
-          { guard: 'canRetry', target: 'opening', reenter: true, actions: assign({ attempt: ({ context }) => context.attempt + 1 }) },
-          { target: 'failed', actions: assign({ error: () => ({ code: 'timeout' as const, message: 'no answer to SessionOpen after all retries' }) }) },
-        ],
-      },
-    },
-    /** Centralized baseline: the server streams every token; the device only relays them. */
-    streaming: {
-      always: { guard: 'finished', target: 'done' },
-      on: {
-        STREAM: { guard: 'isNextStreamChunk', target: 'streaming', reenter: true, actions: ['applyStream', 'flushTokens'] },
-      },
-      after: {
-        verifyTimeout: [
-          { guard: 'canRetry', target: 'streaming', reenter: true, actions: assign({ attempt: ({ context }) => context.attempt + 1 }) },
-          { target: 'failed', actions: assign({ error: () => ({ code: 'timeout' as const, message: 'token stream stalled' }) }) },
-        ],
-      },
-    },
-    deciding: {
-      always: [
-        { guard: 'finished', target: 'done' },
-        { guard: 'isCentralized', target: 'streaming' },
-        { target: 'drafting', actions: assign({ round: ({ context }) => context.round + 1, attempt: 0, draft: null }) },
-      ],
-    },
-    drafting: {
-      invoke: {
-        src: 'draft',
-        input: ({ context }) => ({
-          sessionId: context.sessionId,
-          context: [...context.promptTokens, ...context.generated],
-          maxDraft: Math.max(0, Math.min(context.kMax, context.maxNewTokens - context.generated.length - 1)),
-          round: context.round,
-        }),
-        onDone: { target: 'awaiting', actions: assign({ draft: ({ event }) => event.output }) },
-        onError: {
-          target: 'failed',
-          actions: assign({ error: ({ event }) => ({ code: 'internal' as const, message: `drafting failed: ${String((event.error as Error)?.message ?? event.error)}` }) }),
+        '*': {
+          actions: enqueueActions(({ context, event, enqueue }) => {
+            const e = fromMachineEvent(event as EdgeSessionEvent | { type: string; output?: unknown; error?: unknown }, context);
+            if (!e) return;
+            const { context: next, effects } = reduceEdgeSession(context, e);
+            enqueue.assign(() => next);
+            for (const effect of effects) runEffect(effect, enqueue);
+          }),
         },
       },
     },
-    awaiting: {
-      entry: {
-        type: 'sendVerify',
-        params: ({ context }) => ({
-          sessionId: context.sessionId,
-          round: context.round,
-          committedLength: context.promptTokens.length + context.generated.length,
-          draft: context.draft!,
-          attempt: context.attempt,
-        }),
-      },
-      on: {
-        // Results of other rounds (duplicates, stale retries) fall through: no transition.
-        RESULT: {
-          guard: 'isCurrentRound',
-          target: 'deciding',
-          actions: [
-            { type: 'roundVerified', params: ({ context, event }) => ({ draft: context.draft!, result: (event as { result: VerifyResult }).result }) },
-            assign(({ context, event }) => {
-              if (event.type !== 'RESULT') return {};
-              const draft = context.draft!;
-              const r = event.result;
-              const accepted = Math.min(r.accepted, r.verified, draft.tokens.length);
-              const kept = commitTokens(context, [...draft.tokens.slice(0, accepted), r.token]);
-              return {
-                generated: [...context.generated, ...kept],
-                lastTokenAtMs: event.atMs,
-                counters: countRound(context.counters, draft, r),
-              };
-            }),
-            'flushTokens',
-          ],
-        },
-      },
-      after: {
-        verifyTimeout: [
-          { guard: 'canRetry', target: 'awaiting', reenter: true, actions: assign({ attempt: ({ context }) => context.attempt + 1 }) },
-          { target: 'failed', actions: assign({ error: () => ({ code: 'timeout' as const, message: 'no VerifyResult after all retries' }) }) },
-        ],
-      },
-    },
-    done: {
-      type: 'final',
-      entry: { type: 'sendClose', params: ({ context }) => ({ sessionId: context.sessionId, reason: 'done' as const }) },
-    },
-    failed: {
-      type: 'final',
-      entry: { type: 'sendClose', params: ({ context }) => ({ sessionId: context.sessionId, reason: 'failed' as const }) },
-    },
-    cancelled: {
-      type: 'final',
-      entry: { type: 'sendClose', params: ({ context }) => ({ sessionId: context.sessionId, reason: 'cancelled' as const }) },
-    },
+    ended: { type: 'final' },
   },
 });
+
+/** The session event a machine event stands for (the draft child's completion included). */
+function fromMachineEvent(event: EdgeSessionEvent | { type: string; output?: unknown; error?: unknown }, ctx: EdgeSessionContext): EdgeSessionEvent | null {
+  if (event.type === `xstate.done.actor.${DRAFT_CHILD}-${ctx.round}`) return { type: 'DRAFTED', draft: (event as { output: DraftOutput }).output, atMs: ctx.lastTokenAtMs ?? ctx.startedAtMs };
+  if (event.type === `xstate.error.actor.${DRAFT_CHILD}-${ctx.round}`) {
+    const err = (event as { error?: unknown }).error;
+    return { type: 'DRAFT_FAILED', message: String((err as Error)?.message ?? err), atMs: ctx.lastTokenAtMs ?? ctx.startedAtMs };
+  }
+  if (event.type.startsWith('xstate.')) return null; // a stale draft child, or XState's own events
+  return event as EdgeSessionEvent;
+}
+
+// The enqueue object of enqueueActions, as far as runEffect uses it.
+type Enqueue = {
+  (action: { type: 'sendOpen'; params: { sessionId: string; attempt: number } } | { type: 'sendVerify'; params: SendVerifyParams } | { type: 'sendClose'; params: { sessionId: string; reason: 'done' | 'failed' | 'cancelled' } } | { type: 'emitTokens'; params: { tokens: number[] } } | { type: 'roundVerified'; params: { draft: DraftOutput; result: VerifyResult } }): void;
+  raise: (event: EdgeSessionEvent, options: { id: string; delay: number }) => void;
+  cancel: (id: string) => void;
+  spawnChild: (src: 'draft', options: { id: string; input: DraftInput }) => void;
+  stopChild: (id: string) => void;
+};
+
+function runEffect(e: EdgeSessionEffect, enqueueAny: unknown): void {
+  const enqueue = enqueueAny as Enqueue;
+  switch (e.kind) {
+    case 'sendOpen':
+      enqueue({ type: 'sendOpen', params: { sessionId: e.sessionId, attempt: e.attempt } });
+      break;
+    case 'sendVerify':
+      enqueue({ type: 'sendVerify', params: e.params });
+      break;
+    case 'sendClose':
+      enqueue({ type: 'sendClose', params: { sessionId: e.sessionId, reason: e.reason } });
+      break;
+    case 'emitTokens':
+      enqueue({ type: 'emitTokens', params: { tokens: e.tokens } });
+      break;
+    case 'roundVerified':
+      enqueue({ type: 'roundVerified', params: { draft: e.draft, result: e.result } });
+      break;
+    case 'draft':
+      enqueue.spawnChild('draft', { id: `${DRAFT_CHILD}-${e.input.round}`, input: e.input });
+      break;
+    case 'cancelDraft':
+      enqueue.stopChild(`${DRAFT_CHILD}-${e.round}`);
+      break;
+    case 'timer':
+      enqueue.cancel(REPLY_TIMER);
+      if (Number.isFinite(e.ms)) enqueue.raise({ type: 'TIMEOUT' }, { id: REPLY_TIMER, delay: e.ms });
+      break;
+    case 'clearTimer':
+      enqueue.cancel(REPLY_TIMER);
+      break;
+  }
+}

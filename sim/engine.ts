@@ -20,18 +20,22 @@
  */
 import {
   PROTOCOL_VERSION,
+  type ErrorCode,
   type SessionOpen,
   type Slo,
+  type TokenStream,
   type VerifyBatch,
   type VerifyRequest,
   type VerifyResult,
   type WorkerStatus,
 } from '../protocol/messages.ts';
 import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
-import { deviceEnergyJ, sessionStats } from '../actors/edge/device.ts';
-import { commitTokens, countRound, initialEdgeSessionContext, type DraftOutput, type EdgeSessionContext } from '../machines/edge-session.ts';
+import { controllerFor, emptyDraft, keepDraftedToken, reuseLookahead, stopRuleOf, type DraftedToken } from '../edge/drafting.ts';
+import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../edge/link.ts';
+import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';
+import { reduceEdgeSession, startEdgeSession, type DraftInput, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
-import { createControllerState, decideDraftStep, learnFromRound, predictAcceptance, type ControllerState } from '../policies/controller.ts';
+import { learnFromRound, type ControllerState } from '../policies/controller.ts';
 import type { BatchShape } from '../policies/types.ts';
 import type { DraftedTokenDraw } from './acceptance.ts';
 import { EventQueue } from './event-queue.ts';
@@ -58,6 +62,8 @@ interface SimSession {
   /** The last verified round accepted its whole draft (pipelined look-ahead may continue it). */
   allAccepted: boolean;
   lookahead: { startMs: number; limit: number } | null;
+  /** When the round being drafted is sent (its drafting ends then). */
+  verifyAtMs: number;
   /** Where the session's time went so far, ms (network is what remains of its duration). */
   time: { drafting: number; queue: number; verify: number; memoryWait: number };
 }
@@ -108,29 +114,11 @@ type SimEvent =
   | { k: 'batchDone'; w: SimWorker }
   | { k: 'stepDone'; w: SimWorker; shapes: BatchShape[]; startedAtMs: number; actualMs: number }
   | { k: 'result'; dev: SimDevice; sessionId: string; result: VerifyResult }
-  | { k: 'stream'; dev: SimDevice; sessionId: string }
-  | { k: 'failed'; dev: SimDevice; sessionId: string };
+  | { k: 'stream'; dev: SimDevice; sessionId: string; seq: number }
+  | { k: 'failed'; dev: SimDevice; sessionId: string; code: ErrorCode; message: string };
 
-/**
- * Keeps drafted token `d` at the next position of `out` unless the controller stops first (its
- * time is then discarded) — SessionDrafter's #keep. Returns whether drafting may go on.
- */
-function keepDraft(out: DraftOutput, outcomes: boolean[], ctl: ControllerState, roundOverheadMs: number, d: DraftedTokenDraw, ms: number): boolean {
-  const f = d.features;
-  f.position = out.tokens.length;
-  const prediction = predictAcceptance(ctl, f);
-  const step = decideDraftStep(ctl, { prediction, position: f.position, keptPredictions: out.predictedAcceptance, draftMsPerToken: ms, roundOverheadMs });
-  if (step === 'dropAndStop') {
-    out.discardedDraftMs = (out.discardedDraftMs ?? 0) + ms;
-    return false;
-  }
-  out.tokens.push(TOKEN);
-  out.features.push(f);
-  out.predictedAcceptance.push(prediction);
-  out.draftMsPerToken.push(ms);
-  outcomes.push(d.accepted);
-  return step === 'keep';
-}
+/** A drafted token of the simulator: the draft's features and whether the target accepts it. */
+type SimDraftedToken = DraftedToken & { accepted: boolean };
 
 /** @throws SimConfigError on a configuration that cannot run */
 export function checkRunConfig(c: SimRunConfig): void {
@@ -227,13 +215,9 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     const dev: SimDevice = {
       id: `d${i}`,
       cls,
-      controller: !speculative
-        ? null
-        : c.policy === 'sled'
-          ? createControllerState({ kind: 'sled', kMax: c.controller.kMax, confidenceThreshold: c.controller.threshold })
-          : createControllerState({ kind: 'wisp', kMax: c.controller.kMax, minThreshold: c.controller.minAcceptance }),
-      // The live device's starting guess: round trip plus 50 ms of server time (times are real-world here).
-      roundOverheadMs: cls.profile.rttMs + 50,
+      controller: controllerFor(c.policy, c.controller),
+      // The live device's starting guess (times are real-world here: time scale 1).
+      roundOverheadMs: initialRoundOverheadMs(cls.profile.rttMs, 1),
       verifySentAtMs: 0,
       workload: new Rng(deriveSeed(c.seed, STREAMS.workload, i)),
       tokens: new Rng(deriveSeed(c.seed, STREAMS.tokens, i)),
@@ -256,10 +240,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
 
   // ---- transport ----
   /** One-way delay as actors/edge/device.ts draws it: rtt/2 ± jitter/2, never negative. */
-  const oneWayMs = (dev: SimDevice): number => {
-    const { rttMs, jitterMs } = dev.cls.profile;
-    return Math.max(0, rttMs / 2 + ((dev.network.uniform() * 2 - 1) * jitterMs) / 2);
-  };
+  const oneWayMs = (dev: SimDevice): number => oneWayDelayMs(dev.cls.profile, 1, dev.network.uniform());
   /** Arrival time at the scheduler of a message the device sends at `atMs`. */
   const link = c.server.linkHopMs;
   const upArrival = (dev: SimDevice, atMs: number): number => {
@@ -292,7 +273,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       } else if (e.kind === 'refuse') {
         refused++;
         const dev = byId.get(e.params.replyTo);
-        if (dev) sendDown(dev, now, { k: 'failed', dev, sessionId: e.params.sessionId });
+        if (dev) sendDown(dev, now, { k: 'failed', dev, sessionId: e.params.sessionId, code: e.params.code, message: e.params.message });
       }
       // 'persist': the simulated scheduler keeps its estimator in memory only.
     }
@@ -376,7 +357,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       if (r.type === 'open') {
         if (r.mode === 'centralized') {
           if (r.maxNewTokens > 1 && mine) w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });
-          sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId });
+          sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId, seq: 0 });
         } else {
           sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, 0, 0, 0, r.promptTokens.length + 1, queueMs, verifyMs, size, w.id) });
         }
@@ -405,7 +386,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     for (const d of w.decoding) {
       d.session.time.verify += now - startedAtMs;
       d.produced++;
-      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId });
+      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.produced - 1 });
       if (d.produced < d.maxNewTokens) still.push(d);
     }
     w.decoding = still;
@@ -439,6 +420,41 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     }
     return p;
   };
+  /** Runs one session event through the edge session's own transition and carries out its effects. */
+  const apply = (dev: SimDevice, s: SimSession, event: EdgeSessionEvent): void => {
+    const { context, effects } = reduceEdgeSession(s.ctx, event);
+    s.ctx = context;
+    for (const e of effects) {
+      switch (e.kind) {
+        case 'sendOpen':
+          sendOpen(dev, s);
+          break;
+        case 'draft':
+          draftRound(dev, s, e.input);
+          break;
+        case 'sendVerify':
+          sendVerify(dev, s);
+          break;
+        case 'roundVerified': {
+          // The controller learns; the expected round overhead follows the measured rounds.
+          dev.controller = learnFromRound(dev.controller!, e.draft.features, e.result.accepted, e.result.verified);
+          dev.roundOverheadMs = nextRoundOverheadMs(dev.roundOverheadMs, now - dev.verifySentAtMs);
+          s.allAccepted = Math.min(e.result.accepted, e.result.verified, e.draft.tokens.length) === e.draft.tokens.length;
+          break;
+        }
+        case 'sendClose':
+          endSession(dev, s, e.reason);
+          break;
+        // Tokens go to no client here, and no reply timer is needed: simulated messages are never lost.
+        case 'emitTokens':
+        case 'timer':
+        case 'clearTimer':
+        case 'cancelDraft':
+          break;
+      }
+    }
+  };
+
   const startSession = (dev: SimDevice): void => {
     const w = c.workload;
     const promptLength = dev.workload.int(w.promptTokens.min, w.promptTokens.max);
@@ -447,13 +463,12 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     const sessionId = `${dev.id}.s${dev.sessions++}`;
     sessionsStarted++;
     if (inWindow(now)) judgedOpen++;
-    const promptTokens = promptOf(promptLength);
-    const ctx: EdgeSessionContext = initialEdgeSessionContext({
+    const { context, effects } = startEdgeSession({
       sessionId,
       deviceId: dev.id,
       requestId: sessionId,
       mode: speculative ? 'speculative' : 'centralized',
-      promptTokens,
+      promptTokens: promptOf(promptLength),
       maxNewTokens,
       eosTokenId: null,
       verifyTimeoutMs: Infinity,
@@ -461,18 +476,24 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       kMax: c.controller.kMax,
       startedAtMs: now,
     });
-    dev.session = { ctx, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 } };
+    const s: SimSession = { ctx: context, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, verifyAtMs: now, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 } };
+    dev.session = s;
+    if (effects.some((e) => e.kind === 'sendOpen')) sendOpen(dev, s);
+  };
+
+  const sendOpen = (dev: SimDevice, s: SimSession): void => {
+    const ctx = s.ctx;
     const open: SessionOpen = {
       v: PROTOCOL_VERSION,
       type: 'open',
-      sessionId,
+      sessionId: ctx.sessionId,
       deviceId: dev.id,
-      requestId: sessionId,
+      requestId: ctx.requestId,
       draftModel: dev.cls.profile.draftModel,
       targetModel: c.server.model,
       mode: ctx.mode,
-      promptTokens,
-      maxNewTokens,
+      promptTokens: ctx.promptTokens,
+      maxNewTokens: ctx.maxNewTokens,
       slo: c.slo,
       sampling: { temperature: 0, topP: 1, seed: 0 },
       replyTo: dev.id,
@@ -483,23 +504,9 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     q.push(arrive, { k: 'sched', ev: { type: 'OPEN', message: open, atMs: arrive } });
   };
 
-  const finished = (ctx: EdgeSessionContext): boolean => ctx.generated.length >= ctx.maxNewTokens;
-
-  const endSession = (dev: SimDevice, ok: boolean): void => {
-    const s = dev.session!;
-    const ctx = ok ? s.ctx : { ...s.ctx, error: { code: 'internal' as const, message: 'refused by the scheduler' } };
-    if (inWindow(ctx.startedAtMs)) {
-      records.push(toRecord(dev, s, ctx, true));
-      judgedOpen--;
-    }
-    const arrive = upArrival(dev, now);
-    q.push(arrive, { k: 'sched', ev: { type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: ctx.sessionId, deviceId: dev.id, reason: ok ? 'done' : 'failed' }, atMs: arrive } });
-    dev.session = null;
-    const next = now + c.workload.thinkMs;
-    if (next < drainLimitMs) q.push(next, { k: 'start', dev });
-  };
-
-  const toRecord = (dev: SimDevice, s: SimSession, ctx: EdgeSessionContext, done: boolean): SessionRecord => {
+  /** The session's record: judged by its own stats, its time by part (network is the rest of its duration). */
+  const toRecord = (dev: SimDevice, s: SimSession, done: boolean): SessionRecord => {
+    const ctx = s.ctx;
     const stats = sessionStats(ctx, s.slo, ctx.startedAtMs);
     const t = s.time;
     const network = Math.max(0, now - ctx.startedAtMs - t.drafting - t.queue - t.verify - t.memoryWait);
@@ -518,18 +525,39 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     };
   };
 
-  /** Drafts one round (reusing a matching look-ahead) and sends it; mirrors SessionDrafter.draftRound. */
-  const startRound = (dev: SimDevice, s: SimSession): void => {
+  const endSession = (dev: SimDevice, s: SimSession, reason: 'done' | 'failed' | 'cancelled'): void => {
     const ctx = s.ctx;
-    ctx.round += 1;
+    if (inWindow(ctx.startedAtMs)) {
+      records.push(toRecord(dev, s, true));
+      judgedOpen--;
+    }
+    const arrive = upArrival(dev, now);
+    q.push(arrive, { k: 'sched', ev: { type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: ctx.sessionId, deviceId: dev.id, reason }, atMs: arrive } });
+    dev.session = null;
+    const next = now + c.workload.thinkMs;
+    if (next < drainLimitMs) q.push(next, { k: 'start', dev });
+  };
+
+  /**
+   * Drafts one round with the device's rules (edge/drafting.ts: keep/stop, look-ahead reuse) on
+   * the class's acceptance model, on simulated time, and hands the draft to the session.
+   */
+  const draftRound = (dev: SimDevice, s: SimSession, input: DraftInput): void => {
     const ctl = dev.controller!;
     const acc = dev.cls.acceptance;
     const msPerToken = dev.cls.profile.draftMsPerToken;
-    const maxDraft = Math.max(0, Math.min(ctx.kMax, ctx.maxNewTokens - ctx.generated.length - 1));
-    const out: DraftOutput = { tokens: [], predictedAcceptance: [], features: [], draftMsPerToken: [] };
+    const rule = stopRuleOf(() => ctl, msPerToken, () => dev.roundOverheadMs);
+    const out = emptyDraft();
     const outcomes: boolean[] = [];
+    const token = (d: DraftedTokenDraw): SimDraftedToken => ({ token: TOKEN, features: d.features, ms: msPerToken, accepted: d.accepted });
+    const keep = (t: SimDraftedToken, position: number): boolean => {
+      const before = out.tokens.length;
+      const goOn = keepDraftedToken(out, t, position, rule, null);
+      if (out.tokens.length > before) outcomes.push(t.accepted);
+      return goOn;
+    };
     let t = now;
-    let carryOn = maxDraft > 0;
+    let carryOn = input.maxDraft > 0;
     const la = s.lookahead;
     if (la) {
       s.lookahead = null;
@@ -540,29 +568,34 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       // Usable when the whole draft was accepted and the target's bonus token equals the first
       // look-ahead token (drawn only when it matters; later ones only as they are reused).
       const matches = s.allAccepted && drafted > 0 && acc.draw(dev.tokens, s.offset, 0).accepted;
-      let usedMs = 0;
-      if (matches) {
-        usedMs += msPerToken;
-        const reusable = Math.min(drafted - 1, maxDraft);
-        for (let i = 0; i < reusable && carryOn; i++) {
-          const before = out.tokens.length;
-          carryOn = keepDraft(out, outcomes, ctl, dev.roundOverheadMs, acc.draw(dev.tokens, s.offset, i), msPerToken);
-          if (out.tokens.length > before) usedMs += msPerToken;
-        }
-        if (out.tokens.length < reusable) carryOn = false;
-        if (out.tokens.length > 0) lookahead.reused++;
-      }
-      out.discardedDraftMs = drafted * msPerToken - usedMs;
+      const bonusGuess: SimDraftedToken = { token: TOKEN, features: { top1Prob: 1, entropy: 0, margin: 1, logitSpread: 0 }, ms: msPerToken, accepted: true };
+      const reuse = reuseLookahead(
+        { count: drafted, totalMs: drafted * msPerToken, matches, tokenAt: (i) => (i === 0 ? bonusGuess : token(acc.draw(dev.tokens, s.offset, i - 1))) },
+        input.maxDraft,
+        out,
+        keep,
+      );
+      carryOn = reuse.carryOn;
+      if (out.tokens.length > 0) lookahead.reused++;
+      out.discardedDraftMs = reuse.discardedMs;
     }
-    while (carryOn && out.tokens.length < maxDraft) {
+    while (carryOn && out.tokens.length < input.maxDraft) {
       const d = acc.draw(dev.tokens, s.offset, out.tokens.length);
       t += msPerToken;
-      carryOn = keepDraft(out, outcomes, ctl, dev.roundOverheadMs, d, msPerToken);
+      carryOn = keep(token(d), out.tokens.length);
     }
-    ctx.draft = out;
     s.outcomes = outcomes;
     // Drafting on the session's critical path: from the result to the next request (a reused look-ahead shortens it).
     s.time.drafting += t - now;
+    s.verifyAtMs = t;
+    apply(dev, s, { type: 'DRAFTED', draft: out, atMs: t });
+  };
+
+  /** Sends the round the session asks to verify, at the time its drafting ended; starts the look-ahead. */
+  const sendVerify = (dev: SimDevice, s: SimSession): void => {
+    const ctx = s.ctx;
+    const draft = ctx.draft!;
+    const t = s.verifyAtMs;
     // Predictions are probabilities already (the live device clamps them; nothing to clamp here).
     const request: VerifyRequest = {
       v: PROTOCOL_VERSION,
@@ -571,17 +604,17 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       deviceId: dev.id,
       round: ctx.round,
       committedLength: ctx.promptTokens.length + ctx.generated.length,
-      draftTokens: out.tokens,
-      predictedAcceptance: out.predictedAcceptance,
+      draftTokens: draft.tokens,
+      predictedAcceptance: draft.predictedAcceptance,
       replyTo: dev.id,
       sentAtMs: t,
     };
     dev.verifySentAtMs = t;
     const arrive = upArrival(dev, t);
     q.push(arrive, { k: 'sched', ev: { type: 'VERIFY', message: request, atMs: arrive } });
-    if (pipelining && out.tokens.length > 0) {
+    if (pipelining && draft.tokens.length > 0) {
       // Room left after this round commits everything plus the bonus token (as the live device computes it).
-      const room = ctx.maxNewTokens - ctx.generated.length - out.tokens.length - 1;
+      const room = ctx.maxNewTokens - ctx.generated.length - draft.tokens.length - 1;
       const limit = Math.min(ctx.kMax + 1, room);
       if (limit > 0) {
         s.lookahead = { startMs: t, limit };
@@ -592,42 +625,14 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
 
   const onResult = (dev: SimDevice, sessionId: string, r: VerifyResult): void => {
     const s = dev.session;
-    if (!s || s.ctx.sessionId !== sessionId) return;
-    const ctx = s.ctx;
-    if (r.round === 0) {
-      if (ctx.firstTokenAtMs !== null) return;
-      ctx.generated.push(...commitTokens(ctx, [r.token]));
-      ctx.firstTokenAtMs = now;
-      ctx.lastTokenAtMs = now;
-      ctx.counters = { ...ctx.counters, queueMs: r.queueMs, verifyMs: r.verifyMs };
-    } else {
-      if (r.round !== ctx.round || !ctx.draft) return;
-      const draft = ctx.draft;
-      // roundVerified: the controller learns; the expected queueing delay follows the reports.
-      dev.controller = learnFromRound(dev.controller!, draft.features, r.accepted, r.verified);
-      dev.roundOverheadMs = 0.8 * dev.roundOverheadMs + 0.2 * (now - dev.verifySentAtMs);
-      const accepted = Math.min(r.accepted, r.verified, draft.tokens.length);
-      s.allAccepted = accepted === draft.tokens.length;
-      // The simulator owns this context, so it appends in place (the machine copies).
-      const fresh = draft.tokens.slice(0, accepted);
-      fresh.push(r.token);
-      ctx.generated.push(...commitTokens(ctx, fresh));
-      ctx.lastTokenAtMs = now;
-      ctx.counters = countRound(ctx.counters, draft, r);
-    }
-    if (finished(ctx)) endSession(dev, true);
-    else startRound(dev, s);
+    if (s && s.ctx.sessionId === sessionId) apply(dev, s, { type: 'RESULT', result: r, atMs: now });
   };
 
-  const onStream = (dev: SimDevice, sessionId: string): void => {
+  const onStream = (dev: SimDevice, sessionId: string, seq: number): void => {
     const s = dev.session;
     if (!s || s.ctx.sessionId !== sessionId) return;
-    const ctx = s.ctx;
-    ctx.generated.push(...commitTokens(ctx, [TOKEN]));
-    ctx.firstTokenAtMs ??= now;
-    ctx.lastTokenAtMs = now;
-    ctx.streamSeq++;
-    if (finished(ctx)) endSession(dev, true);
+    const chunk: TokenStream = { v: PROTOCOL_VERSION, type: 'stream', sessionId, seq, tokens: [TOKEN], committedLength: 1, done: false, workerId: 'sim' };
+    apply(dev, s, { type: 'STREAM', chunk, atMs: now });
   };
 
   // ---- run ----
@@ -661,11 +666,12 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         onResult(event.dev, event.sessionId, event.result);
         break;
       case 'stream':
-        onStream(event.dev, event.sessionId);
+        onStream(event.dev, event.sessionId, event.seq);
         break;
       case 'failed': {
         const s = event.dev.session;
-        if (s && s.ctx.sessionId === event.sessionId) endSession(event.dev, false);
+        // The scheduler refused the session: the device gets its typed error, as a live one would.
+        if (s && s.ctx.sessionId === event.sessionId) apply(event.dev, s, { type: 'ERROR', error: { v: PROTOCOL_VERSION, type: 'error', code: event.code, message: event.message, sessionId: event.sessionId }, atMs: now });
         break;
       }
     }
@@ -675,7 +681,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const endMs = now;
   for (const dev of devices) {
     const s = dev.session;
-    if (s && inWindow(s.ctx.startedAtMs)) records.push(toRecord(dev, s, s.ctx, false));
+    if (s && inWindow(s.ctx.startedAtMs)) records.push(toRecord(dev, s, false));
   }
 
   return {

@@ -22,12 +22,15 @@ import type { DecoderRunner } from '../../inference/types.ts';
 import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
-import { createControllerState, decideDraftStep, learnFromRound, predictAcceptance, type ControllerState } from '../../policies/controller.ts';
+import { learnFromRound, type ControllerState } from '../../policies/controller.ts';
+import { stopRuleOf } from '../../edge/drafting.ts';
+import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../../edge/link.ts';
+import { deviceEnergyJ, emptySessionStats, sessionStats } from '../../edge/session-stats.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startDraftSpan, startRoundSpan, startSessionSpan, type SpanHandle } from '../../telemetry/spans.ts';
 import type { Clock } from '../clock.ts';
-import { SessionDrafter, type DraftStopRule } from './drafter.ts';
+import { SessionDrafter } from './drafter.ts';
 
 export interface EdgeDeviceOptions {
   deviceId: string;
@@ -124,7 +127,7 @@ export class EdgeDevice {
     this.#opts = opts;
     this.#controller = opts.controller;
     this.#random = opts.random ?? Math.random;
-    this.#roundOverheadMs = (opts.profile.rttMs + 50) * opts.timeScale;
+    this.#roundOverheadMs = initialRoundOverheadMs(opts.profile.rttMs, opts.timeScale);
   }
 
   async start(): Promise<void> {
@@ -140,10 +143,9 @@ export class EdgeDevice {
     return this.#controller;
   }
 
-  /** One-way network delay, ms: half the round trip plus jitter, scaled. */
+  /** One-way network delay, ms (edge/link.ts). */
   #oneWayMs(): number {
-    const { rttMs, jitterMs } = this.#opts.profile;
-    return Math.max(0, (rttMs / 2 + (this.#random() * 2 - 1) * jitterMs / 2) * this.#opts.timeScale);
+    return oneWayDelayMs(this.#opts.profile, this.#opts.timeScale, this.#random());
   }
 
   #onReply(m: DeviceInbox): void {
@@ -196,7 +198,7 @@ export class EdgeDevice {
     } catch (err) {
       const message = (err as Error).message;
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'malformed', message, requestId: prompt.requestId });
-      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
       o.onServed?.(served);
       return served;
     }
@@ -206,7 +208,7 @@ export class EdgeDevice {
     if (maxNewTokens < 1) {
       const message = `prompt of ${promptTokens.length} tokens leaves no room in the ${o.draft.info.maxPositions}-token context`;
       await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'prompt_too_long', message, requestId: prompt.requestId });
-      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptyStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
       o.onServed?.(served);
       return served;
     }
@@ -233,12 +235,8 @@ export class EdgeDevice {
     };
     o.metrics?.sessionStarted();
 
-    const stopRule: DraftStopRule = {
-      predict: (f) => predictAcceptance(this.#controller, f),
-      decide: (prediction, f, keptPredictions) =>
-        decideDraftStep(this.#controller, { prediction, position: f.position, keptPredictions, draftMsPerToken: paceMsPerToken, roundOverheadMs: this.#roundOverheadMs }),
-    };
     const paceMsPerToken = o.profile.draftMsPerToken * o.timeScale;
+    const stopRule = stopRuleOf(() => this.#controller, paceMsPerToken, () => this.#roundOverheadMs);
     const drafter = new SessionDrafter({ runner: o.draft, sampling, stopRule, paceMsPerToken, sleep: (ms) => clock.sleep(ms), now: () => clock.now(), eosTokenId: o.draft.info.eosTokenId });
     /** Context of the round being drafted/verified (prompt + generated). */
     let roundContext: number[] = promptTokens;
@@ -318,7 +316,7 @@ export class EdgeDevice {
           }
           if (verifySentAtMs !== null) {
             const roundTripMs = clock.now() - verifySentAtMs;
-            this.#roundOverheadMs = 0.8 * this.#roundOverheadMs + 0.2 * roundTripMs;
+            this.#roundOverheadMs = nextRoundOverheadMs(this.#roundOverheadMs, roundTripMs);
             o.onRoundTimed?.({
               profileName: o.profileName,
               roundTripMs,
@@ -461,44 +459,4 @@ async function publishUntilConfirmed(broker: BrokerClient, queue: string, messag
       await new Promise((resolve) => setTimeout(resolve, delayMs));
     }
   }
-}
-
-function emptyStats(): SessionStats {
-  return { ttftMs: 0, tpotMs: 0, sloAttained: false, rounds: 0, drafted: 0, accepted: 0, wastedDraftTokens: 0, wastedDraftMs: 0, queueMs: 0, verifyMs: 0, acceptedByPosition: [], draftedByPosition: [] };
-}
-
-/** DESIGN §6: TTFT from the prompt's arrival at the device; TPOT over the tokens after the first. */
-export function sessionStats(ctx: EdgeSessionContext, slo: Slo, startedAtMs: number): SessionStats {
-  const ttftMs = ctx.firstTokenAtMs === null ? 0 : ctx.firstTokenAtMs - startedAtMs;
-  const n = ctx.generated.length;
-  const tpotMs = n > 1 && ctx.firstTokenAtMs !== null && ctx.lastTokenAtMs !== null ? (ctx.lastTokenAtMs - ctx.firstTokenAtMs) / (n - 1) : 0;
-  const c = ctx.counters;
-  return {
-    ttftMs,
-    tpotMs,
-    sloAttained: ctx.error === null && ctx.firstTokenAtMs !== null && ttftMs <= slo.ttftMs && tpotMs <= slo.tpotMs,
-    rounds: c.rounds,
-    drafted: c.drafted,
-    accepted: c.accepted,
-    wastedDraftTokens: c.wastedDraftTokens,
-    wastedDraftMs: c.wastedDraftMs,
-    queueMs: c.queueMs,
-    verifyMs: c.verifyMs,
-    acceptedByPosition: c.acceptedByPosition,
-    draftedByPosition: c.draftedByPosition,
-  };
-}
-
-/**
- * Device energy of one session, J, in real-world units: emulated times are divided by
- * `timeScale` first. Drafting at drafting power, radio time (one one-way latency per message,
- * an assumption) at transmitting power, the rest idle.
- */
-export function deviceEnergyJ(profile: DeviceProfile, ctx: EdgeSessionContext, wallMs: number, timeScale = 1): number {
-  const unscale = timeScale > 0 ? 1 / timeScale : 1;
-  const draftS = (ctx.counters.draftMs * unscale) / 1_000;
-  const messages = ctx.counters.rounds * 2 + 2;
-  const txS = (messages * profile.rttMs) / 2 / 1_000;
-  const idleS = Math.max(0, (wallMs * unscale) / 1_000 - draftS - txS);
-  return draftS * profile.powerW.drafting + txS * profile.powerW.transmitting + idleS * profile.powerW.idle;
 }

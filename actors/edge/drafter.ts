@@ -12,17 +12,10 @@
 import type { DecoderRunner, KvCacheHandle, SamplingParams, SparseDist } from '../../inference/types.ts';
 import { rngFor } from '../../inference/rng.ts';
 import { DEFAULT_DRAFT_TOP_K, sampleDraftToken } from '../../inference/sampling.ts';
+import { emptyDraft, keepDraftedToken, reuseLookahead, type DraftedToken, type DraftStopRule } from '../../edge/drafting.ts';
 import type { DraftInput, DraftOutput } from '../../machines/edge-session.ts';
-import type { DraftTokenFeatures } from '../../policies/types.ts';
-import type { DraftStep } from '../../policies/controller.ts';
 
-/** The controller as the drafter sees it (WISP's learned predictor or SLED's threshold). */
-export interface DraftStopRule {
-  /** Predicted probability that this token is accepted (given the earlier ones were). */
-  predict(features: DraftTokenFeatures): number;
-  /** What to do with the token just drafted, given the predictions of those kept before it. */
-  decide(prediction: number, features: DraftTokenFeatures, keptPredictions: readonly number[]): DraftStep;
-}
+export type { DraftStopRule };
 
 export interface DrafterDeps {
   runner: DecoderRunner;
@@ -37,17 +30,10 @@ export interface DrafterDeps {
   topK?: number;
 }
 
-interface DraftedToken {
-  token: number;
-  dist: SparseDist;
-  features: Omit<DraftTokenFeatures, 'position'>;
-  ms: number;
-}
-
 interface Lookahead {
   /** Context the look-ahead continues: committed tokens + the draft under verification. */
   base: number[];
-  tokens: DraftedToken[];
+  tokens: (DraftedToken & { dist: SparseDist })[];
   cancelled: boolean;
   done: Promise<void>;
 }
@@ -80,7 +66,7 @@ export class SessionDrafter {
   }
 
   /** Draws the token after `context` (feeding what the cache lacks), paced to the device profile. */
-  async #next(context: readonly number[]): Promise<DraftedToken> {
+  async #next(context: readonly number[]): Promise<DraftedToken & { dist: SparseDist }> {
     const d = this.#deps;
     const started = d.now();
     // Re-feed at least the last context token: its logits are what the next token comes from.
@@ -99,31 +85,11 @@ export class SessionDrafter {
     return { token: s.token, dist: s.dist, features: s.features, ms: Math.max(d.now() - started, d.paceMsPerToken) };
   }
 
-  /**
-   * Adds `t` at `position` of the round to `out` unless the controller drops it.
-   * Returns false when drafting should end (the controller stops, or EOS).
-   */
-  #keep(out: DraftOutput, dists: SparseDist[], t: DraftedToken, position: number): boolean {
-    const features: DraftTokenFeatures = { ...t.features, position };
-    const prediction = this.#deps.stopRule.predict(features);
-    const step = this.#deps.stopRule.decide(prediction, features, out.predictedAcceptance);
-    if (step === 'dropAndStop') {
-      // The controller expects a rejection: drop the token; its time is wasted.
-      out.discardedDraftMs = (out.discardedDraftMs ?? 0) + t.ms;
-      return false;
-    }
-    out.tokens.push(t.token);
-    out.features.push(features);
-    out.predictedAcceptance.push(prediction);
-    out.draftMsPerToken.push(t.ms);
-    dists.push(t.dist);
-    return step === 'keep' && !(this.#deps.eosTokenId !== null && t.token === this.#deps.eosTokenId);
-  }
-
   /** Drafts up to `input.maxDraft` tokens on top of `input.context`, reusing a matching look-ahead. */
   async draftRound(input: DraftInput): Promise<DraftOutput> {
-    const out: DraftOutput = { tokens: [], predictedAcceptance: [], features: [], draftMsPerToken: [] };
+    const out = emptyDraft();
     const dists: SparseDist[] = [];
+    const keep = (t: DraftedToken, position: number): boolean => keepDraftedToken(out, t, position, this.#deps.stopRule, this.#deps.eosTokenId, dists);
     const ahead = await this.#stopLookahead();
     let carryOn = input.maxDraft > 0;
     if (ahead) {
@@ -134,26 +100,15 @@ export class SessionDrafter {
         ahead.tokens.length > 0 &&
         ahead.tokens[0].token === input.context[base.length] &&
         commonPrefix(base, input.context) === base.length;
-      let usedMs = 0;
-      if (matches) {
-        usedMs += ahead.tokens[0].ms;
-        const reusable = ahead.tokens.slice(1, 1 + input.maxDraft);
-        for (const t of reusable) {
-          if (!carryOn) break;
-          const before = out.tokens.length;
-          carryOn = this.#keep(out, dists, t, before);
-          if (out.tokens.length > before) usedMs += t.ms;
-        }
-        if (out.tokens.length < reusable.length) carryOn = false;
-      }
-      // Every look-ahead token not used (including one the controller dropped) was wasted time.
-      out.discardedDraftMs = ahead.tokens.reduce((a, t) => a + t.ms, 0) - usedMs;
+      const reuse = reuseLookahead({ count: ahead.tokens.length, totalMs: ahead.tokens.reduce((a, t) => a + t.ms, 0), matches, tokenAt: (i) => ahead.tokens[i] }, input.maxDraft, out, keep);
+      carryOn = reuse.carryOn;
+      out.discardedDraftMs = reuse.discardedMs;
       this.pipelined.reused += out.tokens.length;
       this.pipelined.discarded += ahead.tokens.length - out.tokens.length - (matches ? 1 : 0);
     }
     while (carryOn && out.tokens.length < input.maxDraft) {
       const t = await this.#next([...input.context, ...out.tokens]);
-      carryOn = this.#keep(out, dists, t, out.tokens.length);
+      carryOn = keep(t, out.tokens.length);
     }
     if (this.#deps.sampling.temperature > 0) out.dists = dists;
     return out;

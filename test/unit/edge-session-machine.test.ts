@@ -78,7 +78,7 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     h.actor.send({ type: 'RESULT', result: result(2, 1, 77, 1), atMs: 30 });
     await settle();
     const snap = h.actor.getSnapshot();
-    expect(snap.value).to.equal('done');
+    expect(snap.context.phase).to.equal('done');
     expect(snap.context.generated).to.deep.equal([42, 100, 101, 55, 103, 77]);
     expect(h.emitted).to.deep.equal([42, 100, 101, 55, 103, 77]);
     expect(h.learned).to.deep.equal([2, 1]);
@@ -97,7 +97,7 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     h.actor.send({ type: 'RESULT', result: result(0, 0, 43), atMs: 11 }); // duplicate open answer
     h.actor.send({ type: 'RESULT', result: result(5, 3, 44), atMs: 12 }); // a round not asked for
     await settle();
-    expect(h.actor.getSnapshot().value).to.equal('awaiting');
+    expect(h.actor.getSnapshot().context.phase).to.equal('awaiting');
     expect(h.actor.getSnapshot().context.generated).to.deep.equal([42]);
     h.actor.send({ type: 'RESULT', result: result(1, 3, 9, 3), atMs: 20 });
     await settle();
@@ -117,14 +117,14 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     // Every retry re-sends the same draft, so a late answer to any of them is still valid.
     expect(verifies[2].draft!.tokens).to.deep.equal(verifies[0].draft!.tokens);
     h.clock.increment(100);
-    expect(h.actor.getSnapshot().value).to.equal('failed');
+    expect(h.actor.getSnapshot().context.phase).to.equal('failed');
     expect(h.actor.getSnapshot().context.error?.code).to.equal('timeout');
   });
 
   it('fails with the typed error the server sent', async () => {
     const h = harness();
     h.actor.send({ type: 'ERROR', error: { v: PROTOCOL_VERSION, type: 'error', code: 'prompt_too_long', message: 'too long', sessionId: 's1' }, atMs: 3 });
-    expect(h.actor.getSnapshot().value).to.equal('failed');
+    expect(h.actor.getSnapshot().context.phase).to.equal('failed');
     expect(h.actor.getSnapshot().context.error).to.deep.equal({ code: 'prompt_too_long', message: 'too long' });
   });
 
@@ -136,7 +136,7 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     h.actor.send({ type: 'RESULT', result: result(1, 3, 9, 3), atMs: 20 });
     await settle();
     const snap = h.actor.getSnapshot();
-    expect(snap.value).to.equal('done');
+    expect(snap.context.phase).to.equal('done');
     expect(snap.context.generated).to.deep.equal([42, 100, 101]);
   });
 
@@ -147,7 +147,7 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     h.actor.send({ type: 'STREAM', chunk: chunk(0, [11]), atMs: 6 }); // duplicate
     h.actor.send({ type: 'STREAM', chunk: chunk(1, [12, 13]), atMs: 7 });
     h.actor.send({ type: 'STREAM', chunk: chunk(2, [14, 15]), atMs: 8 });
-    expect(h.actor.getSnapshot().value).to.equal('done');
+    expect(h.actor.getSnapshot().context.phase).to.equal('done');
     expect(h.emitted).to.deep.equal([11, 12, 13, 14]);
     expect(h.drafts).to.have.length(0);
   });
