@@ -106,7 +106,8 @@ export type EdgeSessionEffect =
   | { kind: 'sendClose'; sessionId: string; reason: 'done' | 'failed' | 'cancelled' }
   | { kind: 'emitTokens'; tokens: number[] }
   | { kind: 'roundVerified'; draft: DraftOutput; result: VerifyResult }
-  | { kind: 'draft'; input: DraftInput }
+  /** Draft round `round`, at most `maxDraft` tokens, on the session's context (draftInputOf). */
+  | { kind: 'draft'; round: number; maxDraft: number }
   /** Stop drafting the round in progress (the session ended while it drafted). */
   | { kind: 'cancelDraft'; round: number }
   /** (Re)arm the reply timer: TIMEOUT after `ms` unless armed again or cleared first. */
@@ -221,34 +222,42 @@ export function startEdgeSession(input: EdgeSessionInput): { context: EdgeSessio
 }
 
 /** Tokens committed since the last emission, as an effect (none when there are none). */
-function flush(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): EdgeSessionContext {
-  if (ctx.generated.length === ctx.emitted) return ctx;
+function flush(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): void {
+  if (ctx.generated.length === ctx.emitted) return;
   effects.push({ kind: 'emitTokens', tokens: ctx.generated.slice(ctx.emitted) });
-  return { ...ctx, emitted: ctx.generated.length };
+  ctx.emitted = ctx.generated.length;
 }
 
-function end(ctx: EdgeSessionContext, phase: 'done' | 'failed' | 'cancelled', effects: EdgeSessionEffect[], error: EdgeSessionContext['error'] = ctx.error): EdgeSessionContext {
+function end(ctx: EdgeSessionContext, phase: 'done' | 'failed' | 'cancelled', effects: EdgeSessionEffect[], error: EdgeSessionContext['error'] = ctx.error): void {
   if (ctx.phase === 'drafting') effects.push({ kind: 'cancelDraft', round: ctx.round });
   effects.push({ kind: 'clearTimer' }, { kind: 'sendClose', sessionId: ctx.sessionId, reason: phase });
-  return { ...ctx, phase, error };
+  ctx.phase = phase;
+  ctx.error = error;
+}
+
+/** The draft input of the session's current round: its whole context and how far it may draft. */
+export function draftInputOf(ctx: EdgeSessionContext): DraftInput {
+  return { sessionId: ctx.sessionId, context: [...ctx.promptTokens, ...ctx.generated], maxDraft: maxDraftOf(ctx), round: ctx.round };
+}
+
+/** Most tokens worth drafting now: the remaining budget − 1 (the target adds one), capped by K_max. */
+export function maxDraftOf(ctx: Pick<EdgeSessionContext, 'kMax' | 'maxNewTokens' | 'generated'>): number {
+  return Math.max(0, Math.min(ctx.kMax, ctx.maxNewTokens - ctx.generated.length - 1));
 }
 
 /** After tokens were committed: finished, relay the stream, or draft the next round. */
-function decide(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): EdgeSessionContext {
+function decide(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): void {
   if (isFinished(ctx)) return end(ctx, 'done', effects);
   if (ctx.mode === 'centralized') {
     effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
-    return { ...ctx, phase: 'streaming' };
+    ctx.phase = 'streaming';
+    return;
   }
-  const round = ctx.round + 1;
-  const input: DraftInput = {
-    sessionId: ctx.sessionId,
-    context: [...ctx.promptTokens, ...ctx.generated],
-    maxDraft: Math.max(0, Math.min(ctx.kMax, ctx.maxNewTokens - ctx.generated.length - 1)),
-    round,
-  };
-  effects.push({ kind: 'clearTimer' }, { kind: 'draft', input });
-  return { ...ctx, phase: 'drafting', round, attempt: 0, draft: null };
+  ctx.phase = 'drafting';
+  ctx.round += 1;
+  ctx.attempt = 0;
+  ctx.draft = null;
+  effects.push({ kind: 'clearTimer' }, { kind: 'draft', round: ctx.round, maxDraft: maxDraftOf(ctx) });
 }
 
 function sendVerify(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): void {
@@ -261,19 +270,8 @@ function sendVerify(ctx: EdgeSessionContext, effects: EdgeSessionEffect[]): void
   );
 }
 
-/** A stream chunk folded in: its tokens, and the server's queueing and pass time for it. */
-function applyStream(ctx: EdgeSessionContext, chunk: TokenStream, atMs: number): EdgeSessionContext {
-  const kept = commitTokens(ctx, chunk.tokens);
-  const c = ctx.counters;
-  return {
-    ...ctx,
-    generated: [...ctx.generated, ...kept],
-    streamSeq: ctx.streamSeq + 1,
-    attempt: 0,
-    counters: { ...c, queueMs: c.queueMs + (chunk.queueMs ?? 0), verifyMs: c.verifyMs + (chunk.verifyMs ?? 0) },
-    firstTokenAtMs: ctx.firstTokenAtMs ?? atMs,
-    lastTokenAtMs: atMs,
-  };
+function commit(ctx: EdgeSessionContext, tokens: number[]): void {
+  for (const t of commitTokens(ctx, tokens)) ctx.generated.push(t);
 }
 
 /**
@@ -287,74 +285,102 @@ function applyStream(ctx: EdgeSessionContext, chunk: TokenStream, atMs: number):
  * - anywhere: the server's typed error for this session fails it; CANCEL cancels it.
  */
 export function reduceEdgeSession(ctx: EdgeSessionContext, event: EdgeSessionEvent): { context: EdgeSessionContext; effects: EdgeSessionEffect[] } {
+  if (isFinalPhase(ctx.phase)) return { context: ctx, effects: [] };
+  const next: EdgeSessionContext = { ...ctx, generated: [...ctx.generated], counters: { ...ctx.counters } };
+  return { context: next, effects: applyEdgeSessionEvent(next, event) };
+}
+
+/**
+ * The same transition applied in place: mutates `ctx` and returns the effects. For a caller
+ * that owns its context exclusively — the simulator — so it skips the copy reduceEdgeSession
+ * makes of the context and its token list on every event.
+ */
+export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessionEvent): EdgeSessionEffect[] {
   const effects: EdgeSessionEffect[] = [];
-  if (isFinalPhase(ctx.phase)) return { context: ctx, effects };
-  let next = ctx;
+  if (isFinalPhase(ctx.phase)) return effects;
   switch (event.type) {
     case 'CANCEL':
-      next = end(ctx, 'cancelled', effects);
+      end(ctx, 'cancelled', effects);
       break;
     case 'ERROR':
-      if (event.error.sessionId === undefined || event.error.sessionId === ctx.sessionId) next = end(ctx, 'failed', effects, { code: event.error.code, message: event.error.message });
+      if (event.error.sessionId === undefined || event.error.sessionId === ctx.sessionId) end(ctx, 'failed', effects, { code: event.error.code, message: event.error.message });
       break;
     case 'RESULT': {
       const r = event.result;
       if (ctx.phase === 'opening' && r.round === 0) {
-        const kept = commitTokens(ctx, [r.token]);
-        next = { ...ctx, generated: [...ctx.generated, ...kept], firstTokenAtMs: event.atMs, lastTokenAtMs: event.atMs, counters: { ...ctx.counters, queueMs: r.queueMs, verifyMs: r.verifyMs } };
-        next = decide(flush(next, effects), effects);
+        commit(ctx, [r.token]);
+        ctx.firstTokenAtMs = event.atMs;
+        ctx.lastTokenAtMs = event.atMs;
+        ctx.counters = { ...ctx.counters, queueMs: r.queueMs, verifyMs: r.verifyMs };
+        flush(ctx, effects);
+        decide(ctx, effects);
       } else if (ctx.phase === 'awaiting' && r.round === ctx.round) {
         const draft = ctx.draft!;
         effects.push({ kind: 'roundVerified', draft, result: r });
         const accepted = Math.min(r.accepted, r.verified, draft.tokens.length);
-        const kept = commitTokens(ctx, [...draft.tokens.slice(0, accepted), r.token]);
-        next = { ...ctx, generated: [...ctx.generated, ...kept], lastTokenAtMs: event.atMs, counters: countRound(ctx.counters, draft, r) };
-        next = decide(flush(next, effects), effects);
+        const fresh = draft.tokens.slice(0, accepted);
+        fresh.push(r.token);
+        commit(ctx, fresh);
+        ctx.lastTokenAtMs = event.atMs;
+        ctx.counters = countRound(ctx.counters, draft, r);
+        flush(ctx, effects);
+        decide(ctx, effects);
       }
       break;
     }
     case 'STREAM':
       if ((ctx.phase === 'opening' || ctx.phase === 'streaming') && event.chunk.seq === ctx.streamSeq) {
-        next = flush(applyStream(ctx, event.chunk, event.atMs), effects);
-        if (isFinished(next)) next = end(next, 'done', effects);
+        // The chunk's tokens, and the server's queueing and pass time for it (prefill, then each decode step).
+        commit(ctx, event.chunk.tokens);
+        ctx.streamSeq += 1;
+        ctx.attempt = 0;
+        if (event.chunk.queueMs !== undefined || event.chunk.verifyMs !== undefined) {
+          const c = ctx.counters;
+          ctx.counters = { ...c, queueMs: c.queueMs + (event.chunk.queueMs ?? 0), verifyMs: c.verifyMs + (event.chunk.verifyMs ?? 0) };
+        }
+        ctx.firstTokenAtMs ??= event.atMs;
+        ctx.lastTokenAtMs = event.atMs;
+        flush(ctx, effects);
+        if (isFinished(ctx)) end(ctx, 'done', effects);
         else {
-          effects.push({ kind: 'timer', ms: next.verifyTimeoutMs });
-          next = { ...next, phase: 'streaming' };
+          effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
+          ctx.phase = 'streaming';
         }
       }
       break;
     case 'DRAFTED':
       if (ctx.phase === 'drafting') {
-        next = { ...ctx, phase: 'awaiting', draft: event.draft };
-        sendVerify(next, effects);
+        ctx.phase = 'awaiting';
+        ctx.draft = event.draft;
+        sendVerify(ctx, effects);
       }
       break;
     case 'DRAFT_FAILED':
-      if (ctx.phase === 'drafting') next = end(ctx, 'failed', effects, { code: 'internal', message: `drafting failed: ${event.message}` });
+      if (ctx.phase === 'drafting') end(ctx, 'failed', effects, { code: 'internal', message: `drafting failed: ${event.message}` });
       break;
     case 'TIMEOUT': {
       const retry = ctx.attempt < ctx.maxRetries;
       if (ctx.phase === 'opening') {
         if (retry) {
-          next = { ...ctx, attempt: ctx.attempt + 1 };
-          effects.push({ kind: 'sendOpen', sessionId: ctx.sessionId, attempt: next.attempt }, { kind: 'timer', ms: ctx.verifyTimeoutMs });
-        } else next = end(ctx, 'failed', effects, { code: 'timeout', message: 'no answer to SessionOpen after all retries' });
+          ctx.attempt += 1;
+          effects.push({ kind: 'sendOpen', sessionId: ctx.sessionId, attempt: ctx.attempt }, { kind: 'timer', ms: ctx.verifyTimeoutMs });
+        } else end(ctx, 'failed', effects, { code: 'timeout', message: 'no answer to SessionOpen after all retries' });
       } else if (ctx.phase === 'awaiting') {
         if (retry) {
           // Every retry re-sends the same draft, so a late answer to any of them is still valid.
-          next = { ...ctx, attempt: ctx.attempt + 1 };
-          sendVerify(next, effects);
-        } else next = end(ctx, 'failed', effects, { code: 'timeout', message: 'no VerifyResult after all retries' });
+          ctx.attempt += 1;
+          sendVerify(ctx, effects);
+        } else end(ctx, 'failed', effects, { code: 'timeout', message: 'no VerifyResult after all retries' });
       } else if (ctx.phase === 'streaming') {
         if (retry) {
-          next = { ...ctx, attempt: ctx.attempt + 1 };
+          ctx.attempt += 1;
           effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
-        } else next = end(ctx, 'failed', effects, { code: 'timeout', message: 'token stream stalled' });
+        } else end(ctx, 'failed', effects, { code: 'timeout', message: 'token stream stalled' });
       }
       break;
     }
   }
-  return { context: next, effects };
+  return effects;
 }
 
 const DRAFT_CHILD = 'draft';
@@ -394,7 +420,7 @@ export const edgeSessionMachine = setup({
     running: {
       entry: enqueueActions(({ context, enqueue }) => {
         const { effects } = startEdgeSession(context);
-        for (const e of effects) runEffect(e, enqueue);
+        for (const e of effects) runEffect(e, context, enqueue);
       }),
       always: { guard: ({ context }) => isFinalPhase(context.phase), target: 'ended' },
       on: {
@@ -404,7 +430,7 @@ export const edgeSessionMachine = setup({
             if (!e) return;
             const { context: next, effects } = reduceEdgeSession(context, e);
             enqueue.assign(() => next);
-            for (const effect of effects) runEffect(effect, enqueue);
+            for (const effect of effects) runEffect(effect, next, enqueue);
           }),
         },
       },
@@ -433,7 +459,7 @@ type Enqueue = {
   stopChild: (id: string) => void;
 };
 
-function runEffect(e: EdgeSessionEffect, enqueueAny: unknown): void {
+function runEffect(e: EdgeSessionEffect, ctx: EdgeSessionContext, enqueueAny: unknown): void {
   const enqueue = enqueueAny as Enqueue;
   switch (e.kind) {
     case 'sendOpen':
@@ -452,7 +478,7 @@ function runEffect(e: EdgeSessionEffect, enqueueAny: unknown): void {
       enqueue({ type: 'roundVerified', params: { draft: e.draft, result: e.result } });
       break;
     case 'draft':
-      enqueue.spawnChild('draft', { id: `${DRAFT_CHILD}-${e.input.round}`, input: e.input });
+      enqueue.spawnChild('draft', { id: `${DRAFT_CHILD}-${e.round}`, input: draftInputOf(ctx) });
       break;
     case 'cancelDraft':
       enqueue.stopChild(`${DRAFT_CHILD}-${e.round}`);

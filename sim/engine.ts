@@ -33,7 +33,7 @@ import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import { controllerFor, emptyDraft, keepDraftedToken, reuseLookahead, stopRuleOf, type DraftedToken } from '../edge/drafting.ts';
 import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../edge/link.ts';
 import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';
-import { reduceEdgeSession, startEdgeSession, type DraftInput, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
+import { applyEdgeSessionEvent, startEdgeSession, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
 import { learnFromRound, type ControllerState } from '../policies/controller.ts';
 import type { BatchShape } from '../policies/types.ts';
@@ -422,15 +422,15 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   };
   /** Runs one session event through the edge session's own transition and carries out its effects. */
   const apply = (dev: SimDevice, s: SimSession, event: EdgeSessionEvent): void => {
-    const { context, effects } = reduceEdgeSession(s.ctx, event);
-    s.ctx = context;
+    // The simulator owns each session's context: the in-place form of the transition.
+    const effects = applyEdgeSessionEvent(s.ctx, event);
     for (const e of effects) {
       switch (e.kind) {
         case 'sendOpen':
           sendOpen(dev, s);
           break;
         case 'draft':
-          draftRound(dev, s, e.input);
+          draftRound(dev, s, e.maxDraft);
           break;
         case 'sendVerify':
           sendVerify(dev, s);
@@ -542,7 +542,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
    * Drafts one round with the device's rules (edge/drafting.ts: keep/stop, look-ahead reuse) on
    * the class's acceptance model, on simulated time, and hands the draft to the session.
    */
-  const draftRound = (dev: SimDevice, s: SimSession, input: DraftInput): void => {
+  const draftRound = (dev: SimDevice, s: SimSession, maxDraft: number): void => {
     const ctl = dev.controller!;
     const acc = dev.cls.acceptance;
     const msPerToken = dev.cls.profile.draftMsPerToken;
@@ -557,7 +557,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       return goOn;
     };
     let t = now;
-    let carryOn = input.maxDraft > 0;
+    let carryOn = maxDraft > 0;
     const la = s.lookahead;
     if (la) {
       s.lookahead = null;
@@ -571,7 +571,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const bonusGuess: SimDraftedToken = { token: TOKEN, features: { top1Prob: 1, entropy: 0, margin: 1, logitSpread: 0 }, ms: msPerToken, accepted: true };
       const reuse = reuseLookahead(
         { count: drafted, totalMs: drafted * msPerToken, matches, tokenAt: (i) => (i === 0 ? bonusGuess : token(acc.draw(dev.tokens, s.offset, i - 1))) },
-        input.maxDraft,
+        maxDraft,
         out,
         keep,
       );
@@ -579,7 +579,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       if (out.tokens.length > 0) lookahead.reused++;
       out.discardedDraftMs = reuse.discardedMs;
     }
-    while (carryOn && out.tokens.length < input.maxDraft) {
+    while (carryOn && out.tokens.length < maxDraft) {
       const d = acc.draw(dev.tokens, s.offset, out.tokens.length);
       t += msPerToken;
       carryOn = keep(token(d), out.tokens.length);
