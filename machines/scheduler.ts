@@ -10,6 +10,7 @@
 import { enqueueActions, setup } from 'xstate';
 import type { ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
 import { PROTOCOL_VERSION } from '../protocol/messages.ts';
+import { requestKey } from '../protocol/builders.ts';
 import type { PendingRequest } from '../policies/types.ts';
 import {
   estimatorForLayout,
@@ -169,7 +170,7 @@ function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntr
   return {
     message: m,
     request: {
-      requestId: `${m.sessionId}:0`,
+      requestId: requestKey(m.sessionId, 0),
       sessionId: m.sessionId,
       kind: 'prefill',
       round: 0,
@@ -341,7 +342,7 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, eff
   addPending(ctx, s.workerId, {
     message: m,
     request: {
-      requestId: `${m.sessionId}:${m.round}`,
+      requestId: requestKey(m.sessionId, m.round),
       sessionId: m.sessionId,
       kind: 'verify',
       round: m.round,

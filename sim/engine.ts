@@ -29,6 +29,7 @@ import {
   type VerifyResult,
   type WorkerStatus,
 } from '../protocol/messages.ts';
+import { errorMessage, verifyResult, workerStatus } from '../protocol/builders.ts';
 import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import { controllerFor, emptyDraft, keepDraftedToken, reuseLookahead, stopRuleOf, type DraftedToken } from '../edge/drafting.ts';
 import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../edge/link.ts';
@@ -278,27 +279,26 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       // 'persist': the simulated scheduler keeps its estimator in memory only.
     }
   };
-  const workerStatus = (w: SimWorker, report: { batch: VerifyBatch; shapes: BatchShape[]; actualMs: number } | null): WorkerStatus => ({
-    v: PROTOCOL_VERSION,
-    type: 'worker',
-    workerId: w.id,
-    model: c.server.model,
-    vocabSize: c.server.vocabSize,
-    maxPositions: c.server.maxPositions,
-    state: 'ready',
-    sessions: 0,
-    kvBytes: 0,
-    passLayout: c.server.cost.layout,
-    ...(c.server.cost.kvCapacityTokens !== null ? { kvCapacityTokens: c.server.cost.kvCapacityTokens } : {}),
-    incarnation: 'sim',
-    ...(report
-      ? {
-          doneBatchId: report.batch.batchId,
-          lastBatch: { batchId: report.batch.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.batch.predictedMs },
-        }
-      : {}),
-    sentAtMs: now,
-  });
+  const statusOf = (w: SimWorker, report: { batch: VerifyBatch; shapes: BatchShape[]; actualMs: number } | null): WorkerStatus =>
+    workerStatus({
+      workerId: w.id,
+      model: c.server.model,
+      vocabSize: c.server.vocabSize,
+      maxPositions: c.server.maxPositions,
+      state: 'ready',
+      sessions: 0,
+      kvBytes: 0,
+      passLayout: c.server.cost.layout,
+      ...(c.server.cost.kvCapacityTokens !== null ? { kvCapacityTokens: c.server.cost.kvCapacityTokens } : {}),
+      incarnation: 'sim',
+      ...(report
+        ? {
+            doneBatchId: report.batch.batchId,
+            lastBatch: { batchId: report.batch.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.batch.predictedMs },
+          }
+        : {}),
+      sentAtMs: now,
+    });
 
   /** The scheduler's view of a worker's KV cache when a pass ends: reserved tokens and sessions waiting for memory. */
   const kvSnapshot = (w: SimWorker): { kvReservedTokens: number; memoryWaiting: number } => ({
@@ -377,7 +377,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     // Like the live worker: pick the next work (a decode step) before reporting ready.
     w.busy = false;
     startNext(w);
-    const status = workerStatus(w, { batch: cur.batch, shapes: cur.shapes, actualMs: cur.actualMs });
+    const status = statusOf(w, { batch: cur.batch, shapes: cur.shapes, actualMs: cur.actualMs });
     if (c.server.hopMs > 0) q.push(now + c.server.hopMs, { k: 'sched', ev: { type: 'WORKER_STATUS', message: status, atMs: now + c.server.hopMs } });
     else toScheduler({ type: 'WORKER_STATUS', message: status, atMs: now });
   };
@@ -394,20 +394,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     w.busy = false;
     startNext(w);
   };
-  const result = (sessionId: string, round: number, accepted: number, verified: number, committedLength: number, queueMs: number, verifyMs: number, batchSize: number, workerId: string): VerifyResult => ({
-    v: PROTOCOL_VERSION,
-    type: 'result',
-    sessionId,
-    round,
-    accepted,
-    token: TOKEN,
-    verified,
-    committedLength,
-    queueMs,
-    verifyMs,
-    batchSize,
-    workerId,
-  });
+  const result = (sessionId: string, round: number, accepted: number, verified: number, committedLength: number, queueMs: number, verifyMs: number, batchSize: number, workerId: string): VerifyResult =>
+    verifyResult({ sessionId, round, accepted, token: TOKEN, verified, committedLength, queueMs, verifyMs, batchSize, workerId });
 
   // ---- devices ----
   /** One read-only prompt array per length, shared by every session of that length (only lengths matter). */
@@ -636,7 +624,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   };
 
   // ---- run ----
-  for (const w of workers) toScheduler({ type: 'WORKER_STATUS', message: workerStatus(w, null), atMs: 0 });
+  for (const w of workers) toScheduler({ type: 'WORKER_STATUS', message: statusOf(w, null), atMs: 0 });
   for (const dev of devices) q.push(dev.workload.uniform() * c.workload.startSpreadMs, { k: 'start', dev });
 
   while (q.size > 0 && (q.peekTime() <= c.durationMs || (judgedOpen > 0 && q.peekTime() <= drainLimitMs))) {
@@ -671,7 +659,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       case 'failed': {
         const s = event.dev.session;
         // The scheduler refused the session: the device gets its typed error, as a live one would.
-        if (s && s.ctx.sessionId === event.sessionId) apply(event.dev, s, { type: 'ERROR', error: { v: PROTOCOL_VERSION, type: 'error', code: event.code, message: event.message, sessionId: event.sessionId }, atMs: now });
+        if (s && s.ctx.sessionId === event.sessionId) apply(event.dev, s, { type: 'ERROR', error: errorMessage(event.code, event.message, { sessionId: event.sessionId }), atMs: now });
         break;
       }
     }

@@ -15,6 +15,7 @@ import {
   type SessionStats,
   type Slo,
 } from '../../protocol/messages.ts';
+import { errorMessage } from '../../protocol/builders.ts';
 import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
@@ -197,7 +198,7 @@ export class EdgeDevice {
       if (bad !== undefined) throw new Error(`prompt token ${bad} is outside the vocabulary (size ${o.draft.info.vocabSize})`);
     } catch (err) {
       const message = (err as Error).message;
-      await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'malformed', message, requestId: prompt.requestId });
+      await reply(errorMessage('malformed', message, { requestId: prompt.requestId }));
       const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
       o.onServed?.(served);
       return served;
@@ -207,7 +208,7 @@ export class EdgeDevice {
     const maxNewTokens = Math.min(prompt.maxNewTokens, o.draft.info.maxPositions - promptTokens.length);
     if (maxNewTokens < 1) {
       const message = `prompt of ${promptTokens.length} tokens leaves no room in the ${o.draft.info.maxPositions}-token context`;
-      await reply({ v: PROTOCOL_VERSION, type: 'error', code: 'prompt_too_long', message, requestId: prompt.requestId });
+      await reply(errorMessage('prompt_too_long', message, { requestId: prompt.requestId }));
       const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
       o.onServed?.(served);
       return served;
@@ -429,7 +430,7 @@ export class EdgeDevice {
     });
     if (ctx.error) {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
-      await reply({ v: PROTOCOL_VERSION, type: 'error', code: ctx.error.code, message: ctx.error.message, requestId: prompt.requestId, sessionId });
+      await reply(errorMessage(ctx.error.code, ctx.error.message, { requestId: prompt.requestId, sessionId }));
     } else {
       await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', offset: emitted.length, textOffset: text.length, done: true, stats });
     }

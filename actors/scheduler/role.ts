@@ -9,6 +9,7 @@
 import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { createActor } from 'xstate';
 import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../protocol/messages.ts';
+import { errorMessage, requestKey, requestKeyOf } from '../../protocol/builders.ts';
 import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
 import { UnroutableError } from '../../broker/errors.ts';
 import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
@@ -75,10 +76,8 @@ export function checkSender(m: SchedulerInbox, meta: Pick<DeliveryMeta, 'exchang
  * The deadline the machine gave a dispatched item (machines/scheduler.ts computes it the same
  * way, from the session entry, with policies/deadline.ts); null when the session is gone.
  */
-function requestKey(m: SchedulerInbox): string | null {
-  if (m.type === 'open') return `${m.sessionId}:0`;
-  if (m.type === 'verify') return `${m.sessionId}:${m.round}`;
-  return null;
+function keyOf(m: SchedulerInbox): string | null {
+  return m.type === 'open' || m.type === 'verify' ? requestKeyOf(m) : null;
 }
 
 export async function startScheduler(opts: SchedulerRoleOptions): Promise<SchedulerRole> {
@@ -108,7 +107,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
   const machine = schedulerMachine.provide({
     actions: {
       dispatchBatch: (_, { batch }) => {
-        const keys = batch.items.map((i) => `${i.request.sessionId}:${i.request.type === 'open' ? 0 : i.request.round}`);
+        const keys = batch.items.map((i) => requestKeyOf(i.request));
         for (const k of keys) publishing.add(k);
         let publish: Promise<void>;
         if (opts.metrics || tracingOn()) {
@@ -156,13 +155,11 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
       },
       refuseRequest: (_, p) => {
         opts.metrics?.refusedRequest(p.code);
-        if (queued.size > 0) endQueued(`${p.sessionId}:${p.round ?? 0}`, { [ATTR.outcome]: 'refused' }, { message: p.message, code: p.code });
-        void opts.broker
-          .publish(p.replyTo, { v: PROTOCOL_VERSION, type: 'error', code: p.code, message: p.message, sessionId: p.sessionId, ...(p.round !== undefined ? { round: p.round } : {}) })
-          .catch(() => {});
+        if (queued.size > 0) endQueued(requestKey(p.sessionId, p.round ?? 0), { [ATTR.outcome]: 'refused' }, { message: p.message, code: p.code });
+        void opts.broker.publish(p.replyTo, errorMessage(p.code, p.message, { sessionId: p.sessionId, ...(p.round !== undefined ? { round: p.round } : {}) })).catch(() => {});
         // Refused requests are kept with their reason, like malformed ones (DESIGN §3).
         if (p.request) void opts.broker.deadLetter(SCHEDULER_QUEUE, p.request, `${p.code}: ${p.message}`).catch((err: Error) => log.warn({ err: err.message }, 'refused request not dead-lettered'));
-        release(`${p.sessionId}:${p.round ?? 0}`);
+        release(requestKey(p.sessionId, p.round ?? 0));
       },
       persistEstimator: (_, p) => {
         if (!opts.estimators) return;
@@ -208,7 +205,9 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
     const ctx = actor.getSnapshot().context;
     const kept = new Set<string>();
     for (const list of Object.values(ctx.pending)) for (const p of list) kept.add(p.request.requestId);
-    for (const u of ctx.unplaced) kept.add(`${u.message.sessionId}:${u.message.type === 'open' ? 0 : u.message.round}`);
+    for (const u of ctx.unplaced) kept.add(requestKeyOf(u.message));
+    // Opens waiting for KV-cache memory are still the scheduler's: their deliveries stay unacknowledged.
+    for (const list of Object.values(ctx.memoryWait)) for (const q of list) kept.add(requestKeyOf(q.message));
     for (const key of [...held.keys()]) if (!kept.has(key) && !publishing.has(key)) release(key);
   };
 
@@ -230,7 +229,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
             if (owner && owner.deviceId !== m.deviceId) throw new HandlerError('not_owner', `session ${m.sessionId} belongs to another device`);
             if (owner) workerHint = owner.workerId;
           }
-          const key = requestKey(m)!;
+          const key = keyOf(m)!;
           release(key); // a redelivered or retried copy supersedes the one held
           const done = new Promise<void>((resolve) => held.set(key, resolve));
           if (tracingOn()) {

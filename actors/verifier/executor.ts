@@ -21,6 +21,7 @@ import {
   type VerifyRequest,
   type VerifyResult,
 } from '../../protocol/messages.ts';
+import { errorMessage, verifyResult } from '../../protocol/builders.ts';
 import type { DecoderRunner, KvCacheHandle } from '../../inference/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
@@ -137,14 +138,7 @@ export class BatchExecutor {
     const r = item.request;
     // Kept for inspection beside malformed messages; a failure here must not cost the answer.
     void this.deps.deadLetter?.(r, `${code}: ${message}`).catch(() => {});
-    await this.deps.reply(r.replyTo, {
-      v: PROTOCOL_VERSION,
-      type: 'error',
-      code,
-      message,
-      sessionId: r.sessionId,
-      round: r.type === 'open' ? 0 : r.round,
-    });
+    await this.deps.reply(r.replyTo, errorMessage(code, message, { sessionId: r.sessionId, round: r.type === 'open' ? 0 : r.round }));
   }
 
   private outOfVocab(tokens: readonly number[]): number | undefined {
@@ -454,9 +448,7 @@ export class BatchExecutor {
   }
 
   private result(job: Job, round: number, accepted: number, token: number, verified: number, startedMs: number, doneMs: number, batchSize: number): VerifyResult {
-    return {
-      v: PROTOCOL_VERSION,
-      type: 'result',
+    return verifyResult({
       sessionId: job.session.sessionId,
       round,
       accepted,
@@ -467,7 +459,7 @@ export class BatchExecutor {
       verifyMs: Math.max(0, doneMs - startedMs),
       batchSize,
       workerId: this.deps.workerId,
-    };
+    });
   }
 
   private streamChunk(s: WorkerSession, tokens: number[], done: boolean): TokenStream {

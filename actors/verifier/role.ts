@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { createActor, fromPromise } from 'xstate';
 import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
+import { errorMessage, workerStatus } from '../../protocol/builders.ts';
 import type { BrokerClient } from '../../broker/connection.ts';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
@@ -56,22 +57,21 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
   const waiting = new Map<string, () => void>();
   let stopped = false;
 
-  const status = (state: WorkerStatus['state'], report: BatchReport | null, doneBatchId?: string): WorkerStatus => ({
-    v: PROTOCOL_VERSION,
-    type: 'worker',
-    workerId: opts.workerId,
-    model: model?.model ?? 'loading',
-    vocabSize: model?.vocabSize ?? 1,
-    maxPositions: model?.maxPositions ?? 1,
-    state,
-    sessions: executor?.sessions.size ?? 0,
-    kvBytes: executor?.kvBytes ?? 0,
-    ...(runner?.passLayout ? { passLayout: runner.passLayout } : {}),
-    incarnation,
-    ...(doneBatchId ? { doneBatchId } : {}),
-    ...(report && report.shapes.length > 0 ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs } } : {}),
-    sentAtMs: clock.now(),
-  });
+  const status = (state: WorkerStatus['state'], report: BatchReport | null, doneBatchId?: string): WorkerStatus =>
+    workerStatus({
+      workerId: opts.workerId,
+      model: model?.model ?? 'loading',
+      vocabSize: model?.vocabSize ?? 1,
+      maxPositions: model?.maxPositions ?? 1,
+      state,
+      sessions: executor?.sessions.size ?? 0,
+      kvBytes: executor?.kvBytes ?? 0,
+      ...(runner?.passLayout ? { passLayout: runner.passLayout } : {}),
+      incarnation,
+      ...(doneBatchId ? { doneBatchId } : {}),
+      ...(report && report.shapes.length > 0 ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs } } : {}),
+      sentAtMs: clock.now(),
+    });
 
   const publishStatus = (s: WorkerStatus) =>
     opts.broker.publish(SCHEDULER_QUEUE, s).catch((err: Error) => log.warn({ err: err.message }, 'status not sent'));
@@ -127,9 +127,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
         log.error({ batchId: p.batch.batchId, err: p.message }, 'batch failed');
         for (const item of p.batch.items) {
           const r = item.request;
-          void opts.broker
-            .publish(r.replyTo, { v: PROTOCOL_VERSION, type: 'error', code: 'internal', message: `verification failed: ${p.message}`, sessionId: r.sessionId, round: r.type === 'open' ? 0 : r.round })
-            .catch(() => {});
+          void opts.broker.publish(r.replyTo, errorMessage('internal', `verification failed: ${p.message}`, { sessionId: r.sessionId, round: r.type === 'open' ? 0 : r.round })).catch(() => {});
         }
         finish(p.batch.batchId);
         void publishStatus(status('ready', null, p.batch.batchId));
