@@ -8,6 +8,7 @@
  * - System capacity: the largest number of concurrent devices at which at least 90 % of
  *   sessions attain their SLO.
  */
+import type { PolicyName } from '../config/schema.ts';
 import type { SessionStats, Slo } from '../protocol/messages.ts';
 
 /** One judged session (finished, or unfinished but already past its TTFT SLO). */
@@ -173,7 +174,7 @@ export interface Ratio {
  */
 export interface BenchResults {
   kind: 'sim' | 'bench';
-  policies: Partial<Record<'wisp' | 'sled' | 'centralized', PolicyResult>>;
+  policies: Partial<Record<PolicyName, PolicyResult>>;
   /** WISP's ratios to each baseline present. */
   ratios: { vsCentralized?: Ratio; vsSled?: Ratio };
   slo: Slo;

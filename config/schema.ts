@@ -71,10 +71,46 @@ export const DeviceProfileSchema = z.strictObject({
 });
 export type DeviceProfile = z.infer<typeof DeviceProfileSchema>;
 
+/** The batch policies: the one list config, simulator, benchmarks and CLI read. */
 export const POLICIES = ['wisp', 'sled', 'centralized'] as const;
 export type PolicyName = (typeof POLICIES)[number];
+
+/** Whether `name` is one of POLICIES. */
+export function isPolicyName(name: string): name is PolicyName {
+  return (POLICIES as readonly string[]).includes(name);
+}
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export const MODEL_PRESETS = ['tiny', 'small'] as const;
+
+/** The scheduler's knobs (config `scheduler` without the policy): the shape the simulator's scenarios use too. */
+export const SchedulerKnobsSchema = z.strictObject({
+  /** SLED: dispatch when this many requests wait; all policies: most members per batch. */
+  bMax: posInt(),
+  /** SLED: dispatch when the oldest request waited this long, ms. */
+  waitMs: nonNegNum(),
+  /** Cap on tokens fed in one batch (sum of n_i). */
+  maxBatchTokens: posInt(),
+  /** No request waits longer than this before it is served regardless of density, ms. */
+  ageBoundMs: posNum(),
+  /** WISP: may verify fewer draft tokens than sent when that keeps deadlines. */
+  truncation: bool(),
+  /** Device drafts the next round while the current one is being verified. */
+  pipelinedDrafting: bool(),
+});
+export type SchedulerKnobs = z.infer<typeof SchedulerKnobsSchema>;
+
+export const SchedulerSettingsSchema = SchedulerKnobsSchema.extend({ policy: oneOf(POLICIES) });
+
+/** The speculation controller's knobs (config `controller`). */
+export const ControllerKnobsSchema = z.strictObject({
+  /** Most draft tokens per round. */
+  kMax: posInt(),
+  /** SLED: stop drafting when a token's top-1 probability is below this (confidence threshold). */
+  threshold: unit(),
+  /** WISP: drop a drafted token whose predicted acceptance is below this (the rest is decided by rate). */
+  minAcceptance: unit(),
+});
+export type ControllerKnobs = z.infer<typeof ControllerKnobsSchema>;
 
 export const WispConfigSchema = z
   .strictObject({
@@ -106,29 +142,8 @@ export const WispConfigSchema = z
     devices: z.record(z.string(), DeviceProfileSchema),
     /** Default SLO of a prompt that brings none. */
     slo: z.strictObject({ ttftMs: posNum(), tpotMs: posNum() }),
-    scheduler: z.strictObject({
-      policy: oneOf(POLICIES),
-      /** SLED: dispatch when this many requests wait; all policies: most members per batch. */
-      bMax: posInt(),
-      /** SLED: dispatch when the oldest request waited this long, ms. */
-      waitMs: nonNegNum(),
-      /** Cap on tokens fed in one batch (sum of n_i). */
-      maxBatchTokens: posInt(),
-      /** No request waits longer than this before it is served regardless of density, ms. */
-      ageBoundMs: posNum(),
-      /** WISP: may verify fewer draft tokens than sent when that keeps deadlines. */
-      truncation: bool(),
-      /** Device drafts the next round while the current one is being verified. */
-      pipelinedDrafting: bool(),
-    }),
-    controller: z.strictObject({
-      /** Most draft tokens per round. */
-      kMax: posInt(),
-      /** SLED: stop drafting when a token's top-1 probability is below this (confidence threshold). */
-      threshold: unit(),
-      /** WISP: drop a drafted token whose predicted acceptance is below this (the rest is decided by rate). */
-      minAcceptance: unit(),
-    }),
+    scheduler: SchedulerSettingsSchema,
+    controller: ControllerKnobsSchema,
     worker: z.strictObject({
       /** Stable id of this verifier worker (names its queue); unset: the role makes one. */
       id: str().optional(),

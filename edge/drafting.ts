@@ -7,18 +7,14 @@
 import type { SparseDist } from '../inference/types.ts';
 import type { DraftOutput } from '../machines/edge-session.ts';
 import { createControllerState, decideDraftStep, predictAcceptance, type ControllerState, type DraftStep } from '../policies/controller.ts';
+import type { ControllerKnobs } from '../config/schema.ts';
 import type { DraftTokenFeatures, PolicyName } from '../policies/types.ts';
 
-/** The controller knobs of the config (`controller`). */
-export interface ControllerKnobs {
-  kMax: number;
-  threshold: number;
-  minAcceptance: number;
-}
-
-/** The speculation controller a policy's devices run: SLED's threshold, WISP's learned predictor; none when the server decodes. */
-export function controllerFor(policy: PolicyName, k: ControllerKnobs): ControllerState | null {
-  if (policy === 'centralized') return null;
+/**
+ * The speculation controller a policy's devices run: SLED's confidence threshold, else WISP's
+ * learned predictor (a centralized device never drafts; its controller only gives K_max).
+ */
+export function controllerFor(policy: PolicyName, k: ControllerKnobs): ControllerState {
   return policy === 'sled'
     ? createControllerState({ kind: 'sled', kMax: k.kMax, confidenceThreshold: k.threshold })
     : createControllerState({ kind: 'wisp', kMax: k.kMax, minThreshold: k.minAcceptance });

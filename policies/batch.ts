@@ -6,10 +6,11 @@ import type { BatchPolicyState } from './batch-common.ts';
 import { selectBatchCentralized } from './batch-centralized.ts';
 import { selectBatchSled } from './batch-sled.ts';
 import { selectBatchWisp } from './batch-wisp.ts';
+import { POLICIES } from '../config/schema.ts';
 import { PolicyConfigError } from './errors.ts';
 import type { BatchDecision, PolicyName } from './types.ts';
 
-export const POLICY_NAMES: readonly PolicyName[] = ['wisp', 'sled', 'centralized'];
+export const POLICY_NAMES: readonly PolicyName[] = POLICIES;
 
 /**
  * What `policy` would dispatch now on one worker.

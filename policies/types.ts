@@ -62,5 +62,5 @@ export interface DraftTokenFeatures {
   position: number;
 }
 
-/** The batch policies available by config (DESIGN §5 baselines plus WISP). */
-export type PolicyName = 'wisp' | 'sled' | 'centralized';
+/** The batch policies available by config (config/schema.ts POLICIES: the baselines plus WISP). */
+export type { PolicyName } from '../config/schema.ts';

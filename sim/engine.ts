@@ -216,7 +216,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     const dev: SimDevice = {
       id: `d${i}`,
       cls,
-      controller: controllerFor(c.policy, c.controller),
+      controller: speculative ? controllerFor(c.policy, c.controller) : null,
       // The live device's starting guess (times are real-world here: time scale 1).
       roundOverheadMs: initialRoundOverheadMs(cls.profile.rttMs, 1),
       verifySentAtMs: 0,

@@ -8,7 +8,7 @@
  * (sim/map-worker.ts); each search is deterministic for the seed, so the map does not depend
  * on how many threads ran it.
  */
-import type { PolicyName } from '../policies/types.ts';
+import { POLICIES, type PolicyName } from '../config/schema.ts';
 import { WispError } from '../common/errors.ts';
 import { applyScenarioOptions, parseMix } from './scenario-options.ts';
 import { scenario, type Scenario } from './scenarios.ts';
@@ -43,7 +43,7 @@ export const DEFAULT_MAP_GRID: MapGrid = {
   tpotMs: [40, 60, 100, 150],
   mixes: ['jetson-orin-nano', 'jetson-orin-nano:1,raspberry-pi-5:1', 'phone'],
   agreements: [0.7, 0.85],
-  policies: ['wisp', 'sled', 'centralized'],
+  policies: [...POLICIES],
   seed: 1,
 };
 

@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { DeviceProfileSchema } from '../config/schema.ts';
+import { DeviceProfileSchema, POLICIES } from '../config/schema.ts';
 import { LiveCalibrationSchema, type LiveCalibration } from '../bench/calibration.ts';
 import { percentile } from '../bench/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';
@@ -49,7 +49,7 @@ const LiveReportSchema = z.object({
     devices: z.record(z.string(), DeviceProfileSchema),
   }),
   calibration: LiveCalibrationSchema,
-  calibrationByLoad: z.array(z.object({ policy: z.enum(['wisp', 'sled', 'centralized']), devices: z.number().int().positive(), calibration: LiveCalibrationSchema })).default([]),
+  calibrationByLoad: z.array(z.object({ policy: z.enum(POLICIES), devices: z.number().int().positive(), calibration: LiveCalibrationSchema })).default([]),
 });
 export type LiveReport = z.infer<typeof LiveReportSchema>;
 
@@ -253,7 +253,7 @@ export interface RunFigures {
 /** Compares each policy the two runs share. */
 export function compareWithLive(live: RunFigures, sim: RunFigures): Validation {
   const out: PolicyValidation[] = [];
-  for (const policy of ['wisp', 'sled', 'centralized'] as const) {
+  for (const policy of POLICIES) {
     const l = live.policies[policy];
     const s = sim.policies[policy];
     if (!l || !s) continue;

@@ -17,8 +17,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Slo } from '../protocol/messages.ts';
 import { WispError } from '../common/errors.ts';
-import { DEVICE_PROFILES } from '../config/defaults.ts';
-import type { DeviceProfile } from '../config/schema.ts';
+import { DEFAULT_CONFIG, DEVICE_PROFILES } from '../config/defaults.ts';
+import type { ControllerKnobs, DeviceProfile } from '../config/schema.ts';
 import { loadEngine } from '../physics/engines.ts';
 import { parseProfileCsv, type ProfileRow } from '../policies/profile-csv.ts';
 import { parametricAcceptance, type AcceptanceModel, type ParametricAcceptanceParams } from './acceptance.ts';
@@ -114,7 +114,7 @@ export interface Scenario {
   stepOverheadMs: number;
   scheduler: SchedulerKnobs;
   pipelinedDrafting: boolean;
-  controller: { kMax: number; threshold: number; minAcceptance: number };
+  controller: ControllerKnobs;
   classes: ClassTemplate[];
   workload: WorkloadSpec;
   /** Bisection steps between the last passing and first failing device count (finer capacity). */
@@ -123,7 +123,12 @@ export interface Scenario {
   adjust?: (run: SimRunConfig) => SimRunConfig;
 }
 
-const DEFAULT_SCHEDULER: SchedulerKnobs = { bMax: 32, waitMs: 5, maxBatchTokens: 512, ageBoundMs: 1_000, truncation: true };
+/**
+ * The scheduler knobs of the built-in scenarios: the config's defaults (config/defaults.ts), but
+ * up to 32 requests per batch — a GPU engine verifies 32 sessions' rounds in one memory-bound
+ * pass, where the config's 16 suits the CPU-sized live verifier.
+ */
+const DEFAULT_SCHEDULER: SchedulerKnobs = (({ pipelinedDrafting: _pipelined, policy: _policy, ...knobs }) => ({ ...knobs, bMax: 32 }))(DEFAULT_CONFIG.scheduler);
 
 const QWEN_DRAFT = 'Qwen3-0.6B-class draft (4-bit)';
 
@@ -158,7 +163,7 @@ export function scenario(name: ScenarioName): Scenario {
       stepOverheadMs: 0,
       scheduler: { ...DEFAULT_SCHEDULER, bMax: 8 },
       pipelinedDrafting: true,
-      controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
+      controller: { ...DEFAULT_CONFIG.controller },
       classes: jetsonAndPi(0.7),
       workload: { promptTokens: { min: 32, max: 128 }, outputTokens: { min: 16, max: 48 }, thinkMs: 0, startSpreadMs: 500 },
       refineSteps: 0,
@@ -207,7 +212,7 @@ export function scenario(name: ScenarioName): Scenario {
     stepOverheadMs: 0,
     scheduler: { ...DEFAULT_SCHEDULER },
     pipelinedDrafting: true,
-    controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
+    controller: { ...DEFAULT_CONFIG.controller },
     classes: jetsonAndPi(0.7),
     workload: { promptTokens: { min: 64, max: 512 }, outputTokens: { min: 64, max: 256 }, thinkMs: 0, startSpreadMs: 2_000 },
     refineSteps: 2,

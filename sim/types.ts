@@ -2,7 +2,7 @@
  * Configuration of one simulated run (one policy, one number of devices) and its result.
  */
 import type { Slo } from '../protocol/messages.ts';
-import type { DeviceProfile } from '../config/schema.ts';
+import type { ControllerKnobs, DeviceProfile, SchedulerKnobs as ConfigSchedulerKnobs } from '../config/schema.ts';
 import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
 import type { PolicyName } from '../policies/types.ts';
 import type { AcceptanceModel } from './acceptance.ts';
@@ -34,14 +34,8 @@ export interface WorkloadSpec {
   startSpreadMs: number;
 }
 
-export interface SchedulerKnobs {
-  bMax: number;
-  waitMs: number;
-  maxBatchTokens: number;
-  ageBoundMs: number;
-  /** WISP: server-side draft truncation (an extra of ours; a switch). */
-  truncation: boolean;
-}
+/** The scheduler's knobs as the config has them (config/schema.ts); pipelined drafting is a run setting here. */
+export type SchedulerKnobs = Omit<ConfigSchedulerKnobs, 'pipelinedDrafting'>;
 
 export interface ServerSpec {
   cost: ServerCostModel;
@@ -75,7 +69,7 @@ export interface SimRunConfig {
   scheduler: SchedulerKnobs;
   /** Device drafts the next round while the current one is verified (an extra of ours; WISP only). */
   pipelinedDrafting: boolean;
-  controller: { kMax: number; threshold: number; minAcceptance: number };
+  controller: ControllerKnobs;
   classes: DeviceClassSpec[];
   workload: WorkloadSpec;
   server: ServerSpec;

@@ -13,7 +13,8 @@ import { checkTokenizerMatchesModel } from '../../inference/model-dir.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer, type WispTokenizer } from '../../inference/tokenizer.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
-import { createControllerState } from '../../policies/controller.ts';
+import type { ControllerKnobs, PolicyName } from '../../config/schema.ts';
+import { controllerFor } from '../../edge/drafting.ts';
 import { rngFor } from '../../inference/rng.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
@@ -30,9 +31,9 @@ export interface EdgeFleetOptions {
   /** Folder with target/ (for its tokenizer and name) and the draft folders. */
   modelRoot: string;
   timeScale: number;
-  policy: 'wisp' | 'sled' | 'centralized';
+  policy: PolicyName;
   pipelinedDrafting: boolean;
-  controller: { kMax: number; threshold: number; minAcceptance: number };
+  controller: ControllerKnobs;
   defaultSlo: Slo;
   verifyTimeoutMs: number;
   maxRetries: number;
@@ -83,10 +84,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       timeScale: opts.timeScale,
       mode,
       pipelinedDrafting: opts.pipelinedDrafting && opts.policy !== 'centralized',
-      controller:
-        opts.policy === 'sled'
-          ? createControllerState({ kind: 'sled', kMax: opts.controller.kMax, confidenceThreshold: opts.controller.threshold })
-          : createControllerState({ kind: 'wisp', kMax: opts.controller.kMax, minThreshold: opts.controller.minAcceptance }),
+      controller: controllerFor(opts.policy, opts.controller),
       draft: drafts.get(profile.draftModel)!,
       draftModelName: draftModelName(profile.draftModel),
       tokenizer,
