@@ -4,7 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo } from '../protocol/messages.ts';
-import type { BrokerClient, ConsumerHandle } from '../broker/connection.ts';
+import type { BrokerTransport as BrokerClient, ConsumerHandle } from '../broker/transport.ts';
 import { PROMPTS_QUEUE, clientQueue, devicePromptQueue } from '../broker/topology.ts';
 import { wallClock, type Clock } from './clock.ts';
 

@@ -15,7 +15,7 @@ import {
   type SessionStats,
   type Slo,
 } from '../../protocol/messages.ts';
-import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
+import type { BrokerTransport as BrokerClient, ConsumerHandle } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
 import type { DecoderRunner } from '../../inference/types.ts';

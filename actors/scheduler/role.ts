@@ -9,7 +9,8 @@
 import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { createActor } from 'xstate';
 import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../protocol/messages.ts';
-import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
+import { HandlerError } from '../../broker/refusals.ts';
+import type { BrokerTransport as BrokerClient, DeliveryMeta } from '../../broker/transport.ts';
 import { UnroutableError } from '../../broker/errors.ts';
 import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
 import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';

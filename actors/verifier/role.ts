@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { createActor, fromPromise } from 'xstate';
 import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
-import type { BrokerClient } from '../../broker/connection.ts';
+import type { BrokerTransport as BrokerClient } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
