@@ -4,7 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo } from '../protocol/messages.ts';
-import type { BrokerClient, ConsumerHandle } from '../broker/connection.ts';
+import type { BrokerTransport, ConsumerHandle } from '../broker/transport.ts';
 import { PROMPTS_QUEUE, clientQueue, devicePromptQueue } from '../broker/topology.ts';
 import { wallClock, type Clock } from './clock.ts';
 
@@ -42,12 +42,12 @@ interface Pending {
 
 export class WispClient {
   readonly clientId: string;
-  #broker: BrokerClient;
+  #broker: BrokerTransport;
   #clock: Clock;
   #pending = new Map<string, Pending>();
   #consumer: ConsumerHandle | null = null;
 
-  constructor(broker: BrokerClient, clientId = `c${randomUUID().slice(0, 12)}`, clock: Clock = wallClock) {
+  constructor(broker: BrokerTransport, clientId = `c${randomUUID().slice(0, 12)}`, clock: Clock = wallClock) {
     this.clientId = clientId;
     this.#broker = broker;
     this.#clock = clock;

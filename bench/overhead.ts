@@ -36,9 +36,9 @@ import { connectBroker, type BrokerClient } from '../broker/connection.ts';
 import { tapBroker } from '../broker/tap.ts';
 import type { VerifyBatch, VerifyRequest, VerifyResult } from '../protocol/messages.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../broker/topology.ts';
+import { privateAmqpUrl } from '../broker/vhost.ts';
 import { loadConfig } from '../config/load.ts';
 import { POLICIES, type PolicyName, type WispConfig } from '../config/schema.ts';
-import { testAmqpUrl } from '../test/helpers/vhost.ts';
 import { summarize, type Summary } from './metrics.ts';
 import { SHORT_PROMPTS } from './live.ts';
 
@@ -208,7 +208,7 @@ interface Figures {
 async function measure(devices: number, policy: PolicyName, maxNewTokens: number, sessionsPerDevice: number, inProcess: boolean): Promise<Figures> {
   const run = randomUUID().slice(0, 8);
   // A private vhost: nothing else on this broker (a `wisp up`, tests) can take our messages.
-  const amqpUrl = process.env.WISP_AMQP_URL ?? testAmqpUrl();
+  const amqpUrl = process.env.WISP_AMQP_URL ?? privateAmqpUrl();
   const config = benchConfig(run, policy, amqpUrl);
   const server = new Map<string, ServerRound>();
   const modelMs = new Map<string, number>();

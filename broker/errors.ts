@@ -2,8 +2,6 @@
  * Typed errors of the broker layer. Each has a stable `code`; messages name the queue and
  * the problem so a log line is enough to act on.
  */
-import type { ErrorCode } from '../protocol/messages.ts';
-
 export type BrokerErrorCode =
   | 'broker_unreachable'
   | 'broker_closed'
@@ -12,12 +10,7 @@ export type BrokerErrorCode =
   | 'forbidden_route'
   | 'too_large'
   | 'publish_failed'
-  | 'consume_failed'
-  | 'rpc_timeout'
-  | 'rpc_closed'
-  | 'rpc_disconnected'
-  | 'rpc_remote'
-  | 'rpc_bad_reply';
+  | 'consume_failed';
 
 export class BrokerError extends Error {
   readonly code: BrokerErrorCode;
@@ -84,52 +77,6 @@ export class PublishError extends BrokerError {
   constructor(queue: string, cause: unknown) {
     super('publish_failed', `broker: publish to ${queue} not confirmed: ${(cause as Error)?.message ?? String(cause)}`, { cause });
     this.name = 'PublishError';
-  }
-}
-
-/** An RPC reply did not arrive in time. Created where the request starts (useful stack). */
-export class RpcTimeoutError extends BrokerError {
-  readonly queue: string;
-  readonly timeoutMs: number;
-  constructor(queue: string, timeoutMs: number) {
-    super('rpc_timeout', `rpc: request to ${queue} got no reply within ${timeoutMs} ms`);
-    this.name = 'RpcTimeoutError';
-    this.queue = queue;
-    this.timeoutMs = timeoutMs;
-  }
-}
-
-/** The RPC client was closed while the request was pending. */
-export class RpcClosedError extends BrokerError {
-  constructor(queue: string) {
-    super('rpc_closed', `rpc: request to ${queue} cancelled: rpc client closed`);
-    this.name = 'RpcClosedError';
-  }
-}
-
-/** The connection dropped while the request was pending; its reply can never arrive (direct reply-to). */
-export class RpcDisconnectedError extends BrokerError {
-  constructor(queue: string) {
-    super('rpc_disconnected', `rpc: request to ${queue} lost: connection dropped before the reply`);
-    this.name = 'RpcDisconnectedError';
-  }
-}
-
-/** The responder answered with a typed ErrorMessage. */
-export class RpcRemoteError extends BrokerError {
-  readonly remoteCode: ErrorCode;
-  constructor(queue: string, remoteCode: ErrorCode, remoteMessage: string) {
-    super('rpc_remote', `rpc: ${queue} answered ${remoteCode}: ${remoteMessage}`);
-    this.name = 'RpcRemoteError';
-    this.remoteCode = remoteCode;
-  }
-}
-
-/** The reply did not validate against the expected schema. */
-export class RpcBadReplyError extends BrokerError {
-  constructor(queue: string, reason: string) {
-    super('rpc_bad_reply', `rpc: reply from ${queue} refused: ${reason}`);
-    this.name = 'RpcBadReplyError';
   }
 }
 

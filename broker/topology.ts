@@ -1,11 +1,13 @@
 /**
- * The whole RabbitMQ topology as data (DESIGN.md §2–§3). Every role declares it at start and
+ * The whole RabbitMQ topology as data, and its declaration. Every role declares it at start and
  * again after each reconnect; declaring is idempotent because every queue's arguments are
- * constants here (RabbitMQ refuses a redeclaration with different arguments: 406).
+ * constants here (RabbitMQ refuses a redeclaration with different arguments: 406). Under
+ * per-role credentials (ops/rabbitmq/definitions.json) a role may not declare the shared parts:
+ * `ensureTopology` and `declaredChannel` then check that they exist instead.
  *
  * Queue names are made only by the helpers below, so no queue name is written twice.
  */
-import type { Channel } from 'amqplib';
+import type { Channel, ChannelModel } from 'amqplib';
 
 /** Dead-letter exchange: refused messages and expired ones go here. */
 export const DLX_EXCHANGE = 'wisp.dlx';
@@ -182,4 +184,93 @@ export async function declareTopology(channel: Channel, extraQueues: readonly Qu
   for (const ex of topology.exchanges) await channel.assertExchange(ex.name, ex.type, { durable: ex.durable });
   for (const q of [...topology.queues, ...extraQueues]) await declareQueue(channel, q);
   for (const b of topology.bindings) await channel.bindQueue(b.queue, b.exchange, b.routingKey);
+}
+
+/**
+ * What one broker client declares at every (re)connect: the shared topology, the queues its
+ * role owns, and its dead-letter queue when that is a private one (bound to the DLX under its
+ * own name).
+ */
+export function clientTopology(ownQueues: Iterable<string>, deadLetterQueue: string): Topology {
+  const queues = [...TOPOLOGY.queues, ...[...ownQueues].map(queueSpec)];
+  if (deadLetterQueue !== DEAD_QUEUE) queues.push(queueSpec(deadLetterQueue));
+  const bindings = [...TOPOLOGY.bindings];
+  if (deadLetterQueue !== DEAD_QUEUE) bindings.push({ queue: deadLetterQueue, exchange: DLX_EXCHANGE, routingKey: deadLetterQueue });
+  return { exchanges: TOPOLOGY.exchanges, queues, bindings };
+}
+
+/** AMQP reply code of a refused access (the credential lacks the permission). */
+const ACCESS_REFUSED = 403;
+
+function isAccessRefused(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return e?.code === ACCESS_REFUSED || (typeof e?.message === 'string' && e.message.includes('ACCESS_REFUSED'));
+}
+
+async function scratchChannel(model: ChannelModel): Promise<Channel> {
+  const ch = await model.createChannel();
+  ch.on('error', () => {}); // a refused declaration closes the channel with an error event
+  return ch;
+}
+
+/**
+ * Declares exchanges, queues (with their uplink bindings) and bindings on a scratch channel.
+ * A declaration the credential may not make (403: per-role users, whose shared topology comes
+ * from ops/rabbitmq/definitions.json) becomes a passive check that the thing exists; a binding
+ * it may not make is left to the definitions.
+ */
+export async function ensureTopology(model: ChannelModel, topology: Topology): Promise<void> {
+  let ch = await scratchChannel(model);
+  const attempt = async (what: string, declare: (c: Channel) => Promise<unknown>, check?: (c: Channel) => Promise<unknown>) => {
+    try {
+      await declare(ch);
+    } catch (err) {
+      if (!isAccessRefused(err)) throw err;
+      ch = await scratchChannel(model);
+      if (!check) return;
+      try {
+        await check(ch);
+      } catch (checkErr) {
+        ch = await scratchChannel(model);
+        throw new Error(`${what} does not exist and this credential may not declare it (apply ops/rabbitmq/definitions.json): ${(checkErr as Error).message}`);
+      }
+    }
+  };
+  try {
+    for (const ex of topology.exchanges) {
+      await attempt(`exchange ${ex.name}`, (c) => c.assertExchange(ex.name, ex.type, { durable: ex.durable }), (c) => c.checkExchange(ex.name));
+    }
+    for (const q of topology.queues) {
+      await attempt(`queue ${q.name}`, (c) => c.assertQueue(q.name, { durable: q.durable, arguments: q.arguments }), (c) => c.checkQueue(q.name));
+      const key = q.uplinkKey;
+      if (key !== undefined) await attempt(`binding of ${q.name}`, (c) => c.bindQueue(q.name, UPLINK_EXCHANGE, key));
+    }
+    for (const b of topology.bindings) await attempt(`binding of ${b.queue}`, (c) => c.bindQueue(b.queue, b.exchange, b.routingKey));
+  } finally {
+    await ch.close().catch(() => {});
+  }
+}
+
+/**
+ * A channel on which `spec`'s queue is declared (with its uplink binding), or, when this
+ * credential may not declare it, a fresh channel on which the queue was checked to exist.
+ */
+export async function declaredChannel(model: ChannelModel, spec: QueueSpec): Promise<Channel> {
+  const ch = await scratchChannel(model);
+  try {
+    await declareQueue(ch, spec);
+    return ch;
+  } catch (err) {
+    if (!isAccessRefused(err)) {
+      await ch.close().catch(() => {});
+      throw err;
+    }
+  }
+  const checked = await scratchChannel(model);
+  try {
+    await checked.checkQueue(spec.name);
+  } catch (err) {
+    throw new Error(`queue ${spec.name} does not exist and this credential may not declare it (apply ops/rabbitmq/definitions.json): ${(err as Error).message}`);
+  }
+  return checked;
 }

@@ -16,7 +16,7 @@ import {
   type Slo,
 } from '../../protocol/messages.ts';
 import { errorMessage } from '../../protocol/builders.ts';
-import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
+import type { BrokerTransport, ConsumerHandle } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
@@ -47,7 +47,7 @@ export interface EdgeDeviceOptions {
   draftModelName: string;
   targetModel?: string;
   tokenizer: WispTokenizer;
-  broker: BrokerClient;
+  broker: BrokerTransport;
   defaultSlo: Slo;
   verifyTimeoutMs: number;
   maxRetries: number;
@@ -444,7 +444,7 @@ export class EdgeDevice {
  * Publishes until the broker confirms (waiting out a broker restart), in at most `giveUpMs`.
  * Gives up at once where resending cannot help: the queue is gone or may not be reached.
  */
-async function publishUntilConfirmed(broker: BrokerClient, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<void> {
+async function publishUntilConfirmed(broker: BrokerTransport, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<void> {
   const deadline = Date.now() + giveUpMs;
   for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2_000)) {
     try {

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { PromptRequestSchema, type ServingMode, type Slo } from '../../protocol/messages.ts';
-import type { BrokerClient, ConsumerHandle } from '../../broker/connection.ts';
+import type { BrokerTransport, ConsumerHandle } from '../../broker/transport.ts';
 import { PROMPTS_QUEUE, devicePromptQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
 import { checkTokenizerMatchesModel } from '../../inference/model-dir.ts';
@@ -38,7 +38,7 @@ export interface EdgeFleetOptions {
   verifyTimeoutMs: number;
   maxRetries: number;
   threads: number;
-  broker: BrokerClient;
+  broker: BrokerTransport;
   logger: Logger;
   clock?: Clock;
   /** Seed for the devices' network jitter (reproducible runs). */

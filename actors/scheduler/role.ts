@@ -10,7 +10,8 @@ import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemet
 import { createActor } from 'xstate';
 import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../protocol/messages.ts';
 import { errorMessage, requestKey, requestKeyOf } from '../../protocol/builders.ts';
-import { HandlerError, type BrokerClient, type DeliveryMeta } from '../../broker/connection.ts';
+import { HandlerError } from '../../broker/refusals.ts';
+import type { BrokerTransport, DeliveryMeta } from '../../broker/transport.ts';
 import { UnroutableError } from '../../broker/errors.ts';
 import { SCHEDULER_QUEUE, UPLINK_EXCHANGE, deviceQueue, uplinkSender, workerQueue } from '../../broker/topology.ts';
 import { schedulerMachine, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
@@ -31,7 +32,7 @@ export interface SessionOwners {
 }
 
 export interface SchedulerRoleOptions {
-  broker: BrokerClient;
+  broker: BrokerTransport;
   settings: SchedulerSettings;
   estimators?: EstimatorStore;
   /** Session owners in Redis; without it an unknown session is adopted on the sender's word. */

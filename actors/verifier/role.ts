@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { createActor, fromPromise } from 'xstate';
 import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
 import { errorMessage, workerStatus } from '../../protocol/builders.ts';
-import type { BrokerClient } from '../../broker/connection.ts';
+import type { BrokerTransport } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
@@ -21,7 +21,7 @@ import { BatchExecutor, type SessionLedger } from './executor.ts';
 
 export interface VerifierRoleOptions {
   workerId: string;
-  broker: BrokerClient;
+  broker: BrokerTransport;
   ledger: SessionLedger;
   /** Target model folder (Optimum ONNX layout). */
   targetDir: string;
