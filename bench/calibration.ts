@@ -8,39 +8,11 @@
  * costs up (a median of skewed overheads undercounts them), but without the slowest 2 %, so
  * that a few stalls (a GC pause, a broker hiccup) do not move a per-message constant.
  */
-import { z } from 'zod';
+import type { LiveCalibration } from '../results/schema.ts';
 import type { RoundTiming, ServedPrompt } from '../actors/edge/device.ts';
 import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';
 
-const nonNeg = z.number().finite().min(0);
-const tokenRange = z.object({ min: z.number().int().positive(), max: z.number().int().positive() });
-
-/** The calibration as results.json holds it (the replay validates what it reads with this). */
-export const LiveCalibrationSchema = z.object({
-  /** Prompt lengths the devices sent, tokens. */
-  promptTokens: tokenRange,
-  /** Tokens each finished session generated (the cap, or less at the model's context end). */
-  outputTokens: tokenRange,
-  /** Pause between a device's session ending and its next one starting, ms (client → broker → device). */
-  thinkMs: nonNeg,
-  /** Worker time per batch beyond the model: sampling, ledger writes, publishing replies, ms. */
-  batchOverheadMs: nonNeg,
-  /** A centralized decode step's cycle beyond the model (start to next start, less model time), ms. */
-  stepOverheadMs: nonNeg,
-  /**
-   * A verified round's time not accounted for by the emulated network, queueing and the model,
-   * ms: broker hops device → scheduler and worker → device, the worker's overhead before replying,
-   * event-loop delays.
-   */
-  roundResidualMs: nonNeg,
-  /** Broker latency per device ↔ server message implied by the residual, ms. */
-  linkHopMs: nonNeg,
-  /** Device time per kept draft token, per device profile, ms (≥ the paced profile time). */
-  draftMsPerToken: z.record(z.string(), nonNeg),
-  /** How many observations each figure rests on. */
-  counts: z.object({ sessions: nonNeg, rounds: nonNeg, batches: nonNeg, steps: nonNeg }),
-});
-export type LiveCalibration = z.infer<typeof LiveCalibrationSchema>;
+export { LiveCalibrationSchema, type LiveCalibration } from '../results/schema.ts';
 
 export class CalibrationError extends Error {
   readonly code = 'bad_calibration';

@@ -22,9 +22,9 @@ import type { WispConfig } from '../config/schema.ts';
 import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';
 import type { PolicyName } from '../policies/types.ts';
 import { calibrate, type LiveCalibration } from './calibration.ts';
-import { writeReportFiles } from './report.ts';
-import { writeRunReport } from './write.ts';
-import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from './metrics.ts';
+import { writeReportFiles } from '../results/report.ts';
+import { writeRunReport } from '../results/write.ts';
+import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from '../results/metrics.ts';
 
 export interface LiveBenchOptions {
   policies: PolicyName[];

@@ -39,7 +39,7 @@ import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../broker/topology.
 import { privateAmqpUrl } from '../broker/vhost.ts';
 import { loadConfig } from '../config/load.ts';
 import { POLICIES, type PolicyName, type WispConfig } from '../config/schema.ts';
-import { summarize, type Summary } from './metrics.ts';
+import { summarize, type Summary } from '../results/metrics.ts';
 import { SHORT_PROMPTS } from './live.ts';
 
 const { values } = parseArgs({

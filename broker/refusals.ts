@@ -6,7 +6,8 @@
  * is the "Hostile input" row of docs/guarantees.md.
  */
 import type { ConsumeMessage } from 'amqplib';
-import { ERROR_CODES, PROTOCOL_VERSION, type ErrorCode, type ErrorMessage } from '../protocol/messages.ts';
+import { ERROR_CODES, type ErrorCode, type ErrorMessage } from '../protocol/messages.ts';
+import { errorMessage } from '../protocol/builders.ts';
 import type { ConfirmedPublisher } from './publish.ts';
 import type { BrokerReport } from './report.ts';
 import { DLX_EXCHANGE, QUEUE_HEADER, REASON_HEADER, deviceQueue, uplinkSender } from './topology.ts';
@@ -76,7 +77,7 @@ export class Refusals {
     const sender = uplinkSender(msg.fields.exchange, msg.fields.routingKey);
     const target = sender !== null ? deviceQueue(sender) : replyTarget(raw, msg.properties.replyTo);
     if (!target || target === queue || (isObject(raw) && raw.type === 'error')) return void (await deadLettered);
-    const error: ErrorMessage = { v: PROTOCOL_VERSION, type: 'error', code, message: oneLine(reason), ...idsOf(raw) };
+    const error = errorMessage(code, oneLine(reason), idsOf(raw));
     // The typed error goes out alongside the dead letter (not after it): half the latency per refusal.
     const replied = this.#publisher.publish(target, error, { correlationId: msg.properties.correlationId, mandatory: false }).catch((err: Error) =>
       this.#report.logger.warn('error reply not sent', { to: target, reason: err.message }),

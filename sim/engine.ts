@@ -30,7 +30,7 @@ import {
   type WorkerStatus,
 } from '../protocol/messages.ts';
 import { errorMessage, verifyResult, workerStatus } from '../protocol/builders.ts';
-import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
+import type { BatchRecord, SessionRecord } from '../results/metrics.ts';
 import { controllerFor, emptyDraft, keepDraftedToken, reuseLookahead, stopRuleOf, type DraftedToken } from '../edge/drafting.ts';
 import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../edge/link.ts';
 import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';

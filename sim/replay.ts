@@ -13,8 +13,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { DeviceProfileSchema, POLICIES } from '../config/schema.ts';
-import { LiveCalibrationSchema, type LiveCalibration } from '../bench/calibration.ts';
-import { percentile } from '../bench/metrics.ts';
+import { BenchResultsSchema, LiveCalibrationSchema, type LiveCalibration } from '../results/schema.ts';
+import { percentile } from '../results/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';
 import { rowShapes, type ProfileRow } from '../policies/profile-csv.ts';
 import type { PolicyName } from '../policies/types.ts';
@@ -31,11 +31,9 @@ const pos = num.positive();
 const nonNeg = num.min(0);
 
 
-/** What the replay reads of a bench report's results.json (the rest is ignored). */
-const LiveReportSchema = z.object({
+/** What the replay reads of a bench report's results.json: the results document plus what a live run records for it. */
+const LiveReportSchema = BenchResultsSchema.extend({
   kind: z.literal('bench'),
-  policies: z.record(z.string(), z.object({ capacity: nonNeg, goodputTokS: nonNeg, points: z.array(z.object({ devices: pos, attainment: nonNeg, goodputTokS: nonNeg })) })),
-  slo: z.object({ ttftMs: pos, tpotMs: pos }),
   timeScale: pos,
   profiles: z.array(z.string()).min(1),
   devices: z.array(z.number().int().positive()).min(1),

@@ -4,7 +4,7 @@
  * by bisection between the last passing and the first failing count; WISP's ratios. The result
  * has the shape of `wisp bench` (bench/metrics.ts BenchResults).
  */
-import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BenchResults, type LoadPoint, type PolicyResult } from '../bench/metrics.ts';
+import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BenchResults, type LoadPoint, type PolicyResult } from '../results/metrics.ts';
 import type { PolicyName } from '../policies/types.ts';
 import { runSimulation } from './engine.ts';
 import { describeServer, PAPER_FIGURES, runConfig, serverCostOf, type AcceptanceOverride, type Scenario } from './scenarios.ts';

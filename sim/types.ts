@@ -3,7 +3,7 @@
  */
 import type { Slo } from '../protocol/messages.ts';
 import type { ControllerKnobs, DeviceProfile, SchedulerKnobs as ConfigSchedulerKnobs } from '../config/schema.ts';
-import type { BatchRecord, SessionRecord } from '../bench/metrics.ts';
+import type { BatchRecord, SessionRecord } from '../results/metrics.ts';
 import type { PolicyName } from '../policies/types.ts';
 import type { AcceptanceModel } from './acceptance.ts';
 import type { ServerCostModel } from './server-cost.ts';

@@ -59,7 +59,7 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'report folder (default reports/<timestamp>)')
     .action(async (flags: BenchFlags) => {
       const { runLiveBench, writeLiveReport } = await import('../../bench/live.ts');
-      const { summaryTable } = await import('../../bench/table.ts');
+      const { summaryTable } = await import('../../results/table.ts');
       const policies = flags.policies.split(',').map((s) => s.trim()) as PolicyName[];
       for (const p of policies) if (!['wisp', 'sled', 'centralized'].includes(p)) throw new Error(`--policies: unknown policy "${p}"`);
       const devices = list('devices', flags.devices ?? (flags.quick ? '2,4,8,16' : '2,4,8,16,32,64'), (n) => Number.isInteger(n) && n >= 1);

@@ -98,9 +98,9 @@ function deviceList(v: string): number[] {
 async function replay(flags: SimFlags): Promise<void> {
   const { loadLiveRun, replayScenario, compareWithLive, validationTable } = await import('../../sim/replay.ts');
   const { runSweep } = await import('../../sim/sweep.ts');
-  const { summaryTable } = await import('../../bench/table.ts');
-  const { writeRunReport } = await import('../../bench/write.ts');
-  const { writeReportFiles } = await import('../../bench/report.ts');
+  const { summaryTable } = await import('../../results/table.ts');
+  const { writeRunReport } = await import('../../results/write.ts');
+  const { writeReportFiles } = await import('../../results/report.ts');
   const run = loadLiveRun(flags.replay!);
   const { scenario, acceptance } = replayScenario(run, { perLoad: flags.perLoad });
   const policies = (['wisp', 'sled', 'centralized'] as const).filter((p) => run.report.policies[p]);
@@ -146,7 +146,7 @@ async function map(flags: MapFlags): Promise<void> {
   const { join, resolve } = await import('node:path');
   const { DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS, assembleCells, mapTasks } = await import('../../sim/map.ts');
   const { runMapTasks } = await import('../../sim/map-runner.ts');
-  const { mapMarkdown, mapTable, svgRatioHeatmap } = await import('../../bench/map-report.ts');
+  const { mapMarkdown, mapTable, svgRatioHeatmap } = await import('../../sim/map-report.ts');
   const { loadEngine } = await import('../../physics/engines.ts');
   const started = performance.now();
   const grid = {
@@ -236,9 +236,9 @@ export function registerSim(program: Command): void {
       const { applyScenarioOptions } = await import('../../sim/scenario-options.ts');
       const { runSweep } = await import('../../sim/sweep.ts');
       const { empiricalAcceptance, parseAcceptanceSamples } = await import('../../sim/acceptance.ts');
-      const { summaryTable } = await import('../../bench/table.ts');
-      const { writeRunReport } = await import('../../bench/write.ts');
-      const { writeReportFiles, paperComparisonTable } = await import('../../bench/report.ts');
+      const { summaryTable } = await import('../../results/table.ts');
+      const { writeRunReport } = await import('../../results/write.ts');
+      const { writeReportFiles, paperComparisonTable } = await import('../../results/report.ts');
       const { readFile } = await import('node:fs/promises');
 
       if (!(SCENARIO_NAMES as readonly string[]).includes(flags.scenario)) throw new Error(`--scenario: unknown scenario "${flags.scenario}" (known: ${SCENARIO_NAMES.join(', ')})`);

@@ -16,7 +16,7 @@ import {
   wastedDraftSummary,
   type LoadPoint,
   type SessionRecord,
-} from '../../bench/metrics.ts';
+} from '../../results/metrics.ts';
 
 const SLO = { ttftMs: 1_000, tpotMs: 100 };
 

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { applySchedulerEvent, initialSchedulerContext, reduceScheduler, type SchedulerEvent, type SchedulerSettings } from '../../machines/scheduler.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
 import type { AcceptanceModel } from '../../sim/acceptance.ts';
-import { loadPoint } from '../../bench/metrics.ts';
+import { loadPoint } from '../../results/metrics.ts';
 import { classOfDevice, runSimulation } from '../../sim/engine.ts';
 import { EventQueue } from '../../sim/event-queue.ts';
 import { DEFAULT_SERVER_PROFILE, loadServerProfile, runConfig, scenario, serverCostOf } from '../../sim/scenarios.ts';

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { ATTAINMENT_TARGET } from '../../bench/metrics.ts';
-import { bestPolicy, mapTable, ratioText, svgRatioHeatmap } from '../../bench/map-report.ts';
+import { ATTAINMENT_TARGET } from '../../results/metrics.ts';
+import { bestPolicy, mapTable, ratioText, svgRatioHeatmap } from '../../sim/map-report.ts';
 import { assembleCells, capacityRatio, cellScenario, checkGrid, DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS, mapCells, mapTasks, type MapCell, type MapGrid, type MapTaskResult } from '../../sim/map.ts';
 import { runMapTasks } from '../../sim/map-runner.ts';
 import { scenario } from '../../sim/scenarios.ts';

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { capacity, type BenchResults, type PolicyResult } from '../../bench/metrics.ts';
-import { charts, paperComparisonTable, reportMarkdown, svgLineChart } from '../../bench/report.ts';
+import { capacity, type BenchResults, type PolicyResult } from '../../results/metrics.ts';
+import { charts, paperComparisonTable, reportMarkdown, svgLineChart } from '../../results/report.ts';
 import { scenario, type Scenario } from '../../sim/scenarios.ts';
 import { runSweep, sweepVariants } from '../../sim/sweep.ts';
 

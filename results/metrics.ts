@@ -1,6 +1,7 @@
 /**
- * Run metrics (DESIGN §6), shared by the simulator (`wisp sim`) and the live benchmark
- * (`wisp bench`): pure functions of per-session records and per-batch records, no I/O.
+ * Run metrics (docs/design.md §6), shared by the simulator (`wisp sim`) and the live benchmark
+ * (`wisp bench`): pure functions of per-session records and per-batch records, no I/O. What
+ * they produce is persisted in results.json, whose shapes are results/schema.ts.
  *
  * - SLO attainment: a session attains its SLO when TTFT ≤ ttftMs and its mean time per output
  *   token (after the first) ≤ tpotMs.
@@ -8,8 +9,8 @@
  * - System capacity: the largest number of concurrent devices at which at least 90 % of
  *   sessions attain their SLO.
  */
-import type { PolicyName } from '../config/schema.ts';
 import type { SessionStats, Slo } from '../protocol/messages.ts';
+import type { AcceptanceSummary, KvMemorySummary, LoadPoint, PolicyResult, Ratio, ServerTimeParts, SessionTimeParts, Summary, WastedDraftSummary } from './schema.ts';
 
 /** One judged session (finished, or unfinished but already past its TTFT SLO). */
 export interface SessionRecord {
@@ -40,14 +41,6 @@ export interface SessionRecord {
   timeMs?: SessionTimeParts;
 }
 
-export interface SessionTimeParts {
-  drafting: number;
-  network: number;
-  queue: number;
-  verify: number;
-  memoryWait: number;
-}
-
 /** One executed server batch (a verification/prefill batch, or a centralized decode step). */
 export interface BatchRecord {
   workerId: string;
@@ -67,124 +60,20 @@ export interface BatchRecord {
   memoryWaiting?: number;
 }
 
-/** Server time in the measured window by kind, ms (summed over workers). */
-export interface ServerTimeParts {
-  verify: number;
-  decode: number;
-  prefill: number;
-  idle: number;
-}
+export type {
+  AcceptanceSummary,
+  BenchResults,
+  KvMemorySummary,
+  LoadPoint,
+  PolicyResult,
+  Ratio,
+  ServerTimeParts,
+  SessionTimeParts,
+  Summary,
+  WastedDraftSummary,
+} from './schema.ts';
 
-/** KV-cache memory over a load, from the workers' state after each pass. */
-export interface KvMemorySummary {
-  /** Tokens the server holds per worker; null = no limit modelled. */
-  capacityTokens: number | null;
-  /** Mean and peak share of the capacity reserved (0 without a limit). */
-  meanUtilisation: number;
-  peakUtilisation: number;
-  /** Mean and peak number of sessions waiting for memory. */
-  meanWaiting: number;
-  peakWaiting: number;
-}
-
-/** Percentile summary of a sample. All fields are 0 for an empty sample. */
-export interface Summary {
-  count: number;
-  mean: number;
-  p50: number;
-  p90: number;
-  p99: number;
-  max: number;
-}
-
-/** Everything measured at one load (one number of concurrent devices). */
-export interface LoadPoint {
-  devices: number;
-  /** Sessions judged. */
-  sessions: number;
-  /** Fraction of judged sessions that attained their SLO (0 when none were judged). */
-  attainment: number;
-  goodputTokS: number;
-  /** Output tokens per second of all finished sessions. */
-  throughputTokS: number;
-  ttftMs: Summary;
-  tpotMs: Summary;
-  /** Device energy per generated token, J (finished sessions). */
-  energyJPerToken: number;
-  acceptance: AcceptanceSummary;
-  wastedDraft: WastedDraftSummary;
-  batchSize: Summary;
-  /** Estimator absolute percentage error over scheduled batches (0.05 = 5 %). */
-  estimatorApe: Summary;
-  /** Mean queueing delay per server request (verification round or prefill), ms. */
-  queueMsPerRound: number;
-  /** Draft tokens cut by server-side truncation per verification round. */
-  truncatedPerRound: number;
-  /** Attainment by device class. */
-  attainmentByClass: Record<string, number>;
-  /** Where the server's time went in the window (present when batches were given). */
-  serverMs?: ServerTimeParts;
-  /** Mean session time per output token by part, ms (finished sessions that report their parts). */
-  sessionMsPerToken?: SessionTimeParts;
-  kv?: KvMemorySummary;
-}
-
-export interface AcceptanceSummary {
-  /** Accepted drafts / drafts the target judged. */
-  rate: number;
-  /** Mean drafts accepted per verification round. */
-  acceptedPerRound: number;
-  /** Mean drafts sent per verification round. */
-  draftedPerRound: number;
-  /** Acceptance rate at each draft position (given it was judged). */
-  byPosition: number[];
-}
-
-export interface WastedDraftSummary {
-  /** Device time spent on drafts that were rejected, cut or discarded, ms (all sessions). */
-  totalMs: number;
-  /** Share of all drafting time that was wasted. */
-  fraction: number;
-  /** Wasted drafting time per generated token, ms. */
-  msPerOutputToken: number;
-}
-
-/** Results of one policy over a load sweep. */
-export interface PolicyResult {
-  /** Largest swept device count with attainment ≥ the target (0 when none). */
-  capacity: number;
-  /** Best goodput over the sweep, tokens/s. */
-  goodputTokS: number;
-  /** Device count at which the best goodput was reached. */
-  goodputAtDevices: number;
-  /** Device energy per generated token at capacity (or the smallest load when capacity is 0), J. */
-  energyJPerToken: number;
-  points: LoadPoint[];
-}
-
-/** WISP over a baseline: capacity and best-goodput ratios (null when the baseline's is 0). */
-export interface Ratio {
-  capacity: number | null;
-  goodput: number | null;
-}
-
-/**
- * The result document of `wisp sim` and `wisp bench` (`--json` prints it as the last line):
- * `{"policies":{"wisp":{"capacity":…,"goodputTokS":…},"sled":{…},"centralized":{…}},…}`.
- */
-export interface BenchResults {
-  kind: 'sim' | 'bench';
-  policies: Partial<Record<PolicyName, PolicyResult>>;
-  /** WISP's ratios to each baseline present. */
-  ratios: { vsCentralized?: Ratio; vsSled?: Ratio };
-  slo: Slo;
-  /** Attainment a load must reach to count toward capacity (0.9). */
-  attainmentTarget: number;
-  /** Anything else the producer records (scenario, seed, variants, timings). */
-  [extra: string]: unknown;
-}
-
-/** The capacity criterion of DESIGN §6. */
+/** The capacity criterion of docs/design.md §6. */
 export const ATTAINMENT_TARGET = 0.9;
 
 /** Whether a record attained `slo` (default: the SLO the session was judged by, `stats.sloAttained`). */

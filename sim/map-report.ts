@@ -2,7 +2,7 @@
  * Rendering of the regime map (`wisp sim map`): heatmaps (hand-written SVG) of a capacity ratio
  * over the grid, the cell table, and report.md. Pure string building.
  */
-import { capacityRatio, type MapCell, type MapGrid, type MapPolicyFigures, type MapRunSettings } from '../sim/map.ts';
+import { capacityRatio, type MapCell, type MapGrid, type MapPolicyFigures, type MapRunSettings } from './map.ts';
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 

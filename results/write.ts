@@ -5,9 +5,22 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { BenchResults } from './metrics.ts';
+import { WispError } from '../common/errors.ts';
+import { BenchResultsSchema, type BenchResults } from './schema.ts';
+
+export class ResultsShapeError extends WispError {
+  constructor(message: string) {
+    super('bad_results', message);
+  }
+}
 
 export async function writeRunReport(results: BenchResults, outDir?: string, extra: Record<string, string> = {}): Promise<string> {
+  // Whatever wrote it, results.json has the one shape its readers (sim --replay, reports) expect.
+  const checked = BenchResultsSchema.safeParse(results);
+  if (!checked.success) {
+    const why = checked.error.issues.slice(0, 3).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new ResultsShapeError(`refusing to write results.json that does not match results/schema.ts (${why})`);
+  }
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const dir = resolve(outDir ?? join('reports', `${results.kind}-${stamp}`));
   await mkdir(dir, { recursive: true });
