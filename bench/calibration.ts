@@ -11,11 +11,14 @@
 import type { LiveCalibration } from '../results/schema.ts';
 import type { RoundTiming, ServedPrompt } from '../actors/edge/device.ts';
 import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';
+import { WispError } from '../common/errors.ts';
 
 export { LiveCalibrationSchema, type LiveCalibration } from '../results/schema.ts';
 
-export class CalibrationError extends Error {
-  readonly code = 'bad_calibration';
+export class CalibrationError extends WispError {
+  constructor(message: string) {
+    super('bad_calibration', message);
+  }
 }
 
 /** Mean without the slowest 2 % of the sample (0 for none). */

@@ -1,3 +1,4 @@
+import { WispError } from '../common/errors.ts';
 /**
  * Typed errors of the broker layer. Each has a stable `code`; messages name the queue and
  * the problem so a log line is enough to act on.
@@ -12,12 +13,10 @@ export type BrokerErrorCode =
   | 'publish_failed'
   | 'consume_failed';
 
-export class BrokerError extends Error {
-  readonly code: BrokerErrorCode;
+export class BrokerError extends WispError {
+  declare readonly code: BrokerErrorCode;
   constructor(code: BrokerErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'BrokerError';
-    this.code = code;
+    super(code, message, options);
   }
 }
 
@@ -25,7 +24,6 @@ export class BrokerError extends Error {
 export class BrokerConnectError extends BrokerError {
   constructor(url: string, cause: unknown) {
     super('broker_unreachable', `broker: cannot connect to ${redactUrl(url)}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
-    this.name = 'BrokerConnectError';
   }
 }
 
@@ -33,7 +31,6 @@ export class BrokerConnectError extends BrokerError {
 export class BrokerClosedError extends BrokerError {
   constructor(what: string) {
     super('broker_closed', `broker: ${what}: client is closed`);
-    this.name = 'BrokerClosedError';
   }
 }
 
@@ -41,7 +38,6 @@ export class BrokerClosedError extends BrokerError {
 export class BrokerUnavailableError extends BrokerError {
   constructor(queue: string, waitedMs: number) {
     super('broker_unavailable', `broker: publish to ${queue}: no connection within ${waitedMs} ms`);
-    this.name = 'BrokerUnavailableError';
   }
 }
 
@@ -50,7 +46,6 @@ export class UnroutableError extends BrokerError {
   readonly queue: string;
   constructor(queue: string) {
     super('unroutable', `broker: publish to ${queue}: no such queue (message returned unroutable)`);
-    this.name = 'UnroutableError';
     this.queue = queue;
   }
 }
@@ -60,7 +55,6 @@ export class ForbiddenRouteError extends BrokerError {
   readonly queue: string;
   constructor(queue: string) {
     super('forbidden_route', `broker: publish to ${queue}: not reachable through the uplink exchange (devices and clients send only to the scheduler, prompt and client queues)`);
-    this.name = 'ForbiddenRouteError';
     this.queue = queue;
   }
 }
@@ -68,7 +62,6 @@ export class ForbiddenRouteError extends BrokerError {
 export class MessageTooLargeError extends BrokerError {
   constructor(queue: string, bytes: number, limitBytes: number) {
     super('too_large', `broker: publish to ${queue}: body is ${bytes} bytes, limit ${limitBytes}`);
-    this.name = 'MessageTooLargeError';
   }
 }
 
@@ -76,7 +69,6 @@ export class MessageTooLargeError extends BrokerError {
 export class PublishError extends BrokerError {
   constructor(queue: string, cause: unknown) {
     super('publish_failed', `broker: publish to ${queue} not confirmed: ${(cause as Error)?.message ?? String(cause)}`, { cause });
-    this.name = 'PublishError';
   }
 }
 

@@ -11,6 +11,7 @@ import { errorMessage } from '../protocol/builders.ts';
 import type { ConfirmedPublisher } from './publish.ts';
 import type { BrokerReport } from './report.ts';
 import { DLX_EXCHANGE, QUEUE_HEADER, REASON_HEADER, deviceQueue, uplinkSender } from './topology.ts';
+import { WispError } from '../common/errors.ts';
 
 export interface DeadLetterEvent {
   queue: string;
@@ -22,12 +23,10 @@ export interface DeadLetterEvent {
  * Thrown by a handler to answer the sender with a specific wire error code (otherwise `internal`).
  * The message is dead-lettered with reason `<code>: <message>`.
  */
-export class HandlerError extends Error {
-  readonly code: ErrorCode;
+export class HandlerError extends WispError {
+  declare readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string) {
-    super(message);
-    this.name = 'HandlerError';
-    this.code = code;
+    super(code, message);
   }
 }
 

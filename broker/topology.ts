@@ -8,6 +8,7 @@
  * Queue names are made only by the helpers below, so no queue name is written twice.
  */
 import type { Channel, ChannelModel } from 'amqplib';
+import { WispError } from '../common/errors.ts';
 
 /** Dead-letter exchange: refused messages and expired ones go here. */
 export const DLX_EXCHANGE = 'wisp.dlx';
@@ -68,11 +69,9 @@ export interface Topology {
 const ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** Thrown when a per-id queue name is asked for with an id that would not be a safe queue name. */
-export class QueueNameError extends Error {
-  readonly code = 'bad_queue_id';
+export class QueueNameError extends WispError {
   constructor(kind: string, id: string) {
-    super(`topology: ${kind} id ${JSON.stringify(id)} is not an id ([A-Za-z0-9._:-], 1-128 chars)`);
-    this.name = 'QueueNameError';
+    super('bad_queue_id', `topology: ${kind} id ${JSON.stringify(id)} is not an id ([A-Za-z0-9._:-], 1-128 chars)`);
   }
 }
 

@@ -26,10 +26,10 @@ registerBench(program);
 import { registerSim } from './commands/sim.ts';
 registerSim(program);
 import { registerServerCost } from './commands/server-cost.ts';
+import { describeError } from '../common/errors.ts';
 registerServerCost(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
-  const e = err as Error & { code?: string };
-  process.stderr.write(`wisp: ${e.code ? `[${e.code}] ` : ''}${e.message}\n`);
+  process.stderr.write(`wisp: ${describeError(err)}\n`);
   process.exit(1);
 });

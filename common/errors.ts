@@ -23,3 +23,10 @@ export function errorCode(e: unknown): string | undefined {
   if (typeof e === 'object' && e !== null && 'code' in e && typeof (e as { code: unknown }).code === 'string') return (e as { code: string }).code;
   return undefined;
 }
+
+/** One line for people: `[code] message` (the code when the error has one). */
+export function describeError(e: unknown): string {
+  const code = errorCode(e);
+  const message = e instanceof Error ? e.message : String(e);
+  return `${code ? `[${code}] ` : ''}${message}`;
+}

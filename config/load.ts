@@ -11,6 +11,7 @@ import type { z } from 'zod';
 import { DEFAULT_CONFIG } from './defaults.ts';
 import { CONFIG_FILE_ENV, envOverrides, getPath } from './env.ts';
 import { WispConfigSchema, type WispConfig } from './schema.ts';
+import { WispError } from '../common/errors.ts';
 
 export interface ConfigIssue {
   /** Dotted key, e.g. `scheduler.bMax` (`(root)` for the whole file). */
@@ -21,12 +22,10 @@ export interface ConfigIssue {
 }
 
 /** The config was refused. `message` has one line per issue; `issues` has them as data. */
-export class ConfigError extends Error {
-  readonly code = 'invalid_config';
+export class ConfigError extends WispError {
   readonly issues: ConfigIssue[];
   constructor(issues: ConfigIssue[]) {
-    super(issues.map(formatIssue).join('\n'));
-    this.name = 'ConfigError';
+    super('invalid_config', issues.map(formatIssue).join('\n'));
     this.issues = issues;
   }
 }

@@ -1,17 +1,11 @@
+import { WispError } from '../common/errors.ts';
 /**
  * Typed errors of the inference core (model folders, tokenizers, runners, the forge).
  * Each has a stable `code` and a message that names the problem and, where there is one, the path.
  */
 
-/** Base class: every inference-core error carries a stable machine-readable `code`. */
-export class InferenceError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = new.target.name;
-    this.code = code;
-  }
-}
+/** The inference core's errors (common/errors.ts WispError, snake_case codes). */
+export class InferenceError extends WispError {}
 
 /** The model folder does not exist or is not a folder. */
 export class ModelDirNotFoundError extends InferenceError {

@@ -14,6 +14,7 @@
 import { z } from 'zod';
 import type { DraftTokenFeatures } from '../policies/types.ts';
 import type { Rng } from './random.ts';
+import { WispError } from '../common/errors.ts';
 
 /**
  * One drafted token: the draft's statistics and whether the target accepts it (given the prefix
@@ -49,8 +50,10 @@ export interface ParametricAcceptanceParams {
   positionDecay?: number;
 }
 
-export class AcceptanceModelError extends Error {
-  readonly code = 'bad_acceptance_model';
+export class AcceptanceModelError extends WispError {
+  constructor(message: string) {
+    super('bad_acceptance_model', message);
+  }
 }
 
 const sigmoid = (x: number): number => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));

@@ -42,9 +42,12 @@ import type { DraftedTokenDraw } from './acceptance.ts';
 import { EventQueue } from './event-queue.ts';
 import { deriveSeed, Rng, STREAMS } from './random.ts';
 import type { DeviceClassSpec, SimRunConfig, SimRunResult } from './types.ts';
+import { WispError } from '../common/errors.ts';
 
-export class SimConfigError extends Error {
-  readonly code = 'bad_sim_config';
+export class SimConfigError extends WispError {
+  constructor(message: string) {
+    super('bad_sim_config', message);
+  }
 }
 
 /** Soonest a scheduler wake-up fires after it is asked for, ms. */

@@ -4,6 +4,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { runMapTask, type MapTask } from './map.ts';
+import { errorCode } from '../common/errors.ts';
 
 const port = parentPort;
 if (!port) throw new Error('sim/map-worker.ts runs as a worker thread of sim/map-runner.ts');
@@ -11,6 +12,6 @@ port.on('message', (m: { id: number; task: MapTask }) => {
   try {
     port.postMessage({ id: m.id, result: runMapTask(m.task) });
   } catch (e) {
-    port.postMessage({ id: m.id, error: { message: (e as Error).message, code: (e as { code?: string }).code } });
+    port.postMessage({ id: m.id, error: { message: (e as Error).message, code: errorCode(e) } });
   }
 });

@@ -21,9 +21,12 @@ import type { PolicyName } from '../policies/types.ts';
 import { empiricalAcceptance, parametricAcceptance, parseAcceptanceSamples, type AcceptanceModel, type AcceptanceSample } from './acceptance.ts';
 import { loadServerProfile, type AcceptanceOverride, type Scenario } from './scenarios.ts';
 import type { SimRunConfig } from './types.ts';
+import { WispError } from '../common/errors.ts';
 
-export class ReplayError extends Error {
-  readonly code = 'bad_replay';
+export class ReplayError extends WispError {
+  constructor(message: string) {
+    super('bad_replay', message);
+  }
 }
 
 const num = z.number().finite();

@@ -19,15 +19,14 @@ import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
 import { redactUrl } from '../broker/errors.ts';
+import { WispError } from '../common/errors.ts';
 
 export type StoreErrorCode = 'store_unavailable' | 'unknown_session' | 'history_conflict' | 'bad_value';
 
-export class StoreError extends Error {
-  readonly code: StoreErrorCode;
+export class StoreError extends WispError {
+  declare readonly code: StoreErrorCode;
   constructor(code: StoreErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'StoreError';
-    this.code = code;
+    super(code, message, options);
   }
 }
 
@@ -35,7 +34,6 @@ export class StoreError extends Error {
 export class StoreUnavailableError extends StoreError {
   constructor(url: string, cause: unknown) {
     super('store_unavailable', `store: cannot connect to ${redactUrl(url)}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
-    this.name = 'StoreUnavailableError';
   }
 }
 
@@ -43,7 +41,6 @@ export class UnknownSessionError extends StoreError {
   readonly sessionId: string;
   constructor(sessionId: string) {
     super('unknown_session', `store: session ${sessionId} does not exist (closed or expired)`);
-    this.name = 'UnknownSessionError';
     this.sessionId = sessionId;
   }
 }
@@ -56,7 +53,6 @@ export class HistoryConflictError extends StoreError {
       'history_conflict',
       `store: session ${sessionId}: commit of ${count} token(s) at ${fromLength} conflicts with the stored history (length ${storedLength})`,
     );
-    this.name = 'HistoryConflictError';
     this.storedLength = storedLength;
   }
 }

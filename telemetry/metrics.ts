@@ -15,6 +15,7 @@
 import { createServer, type Server } from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LIMITS } from '../protocol/messages.ts';
+import { WispError } from '../common/errors.ts';
 
 const SECONDS_TTFT = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40];
 const SECONDS_TPOT = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5];
@@ -296,11 +297,9 @@ export interface MetricsEndpoint {
 }
 
 /** The endpoint could not listen. */
-export class MetricsEndpointError extends Error {
-  readonly code = 'metrics_endpoint';
+export class MetricsEndpointError extends WispError {
   constructor(host: string, port: number, cause: Error) {
-    super(`cannot serve metrics on ${host}:${port}: ${(cause as NodeJS.ErrnoException).code ?? cause.message}`);
-    this.name = 'MetricsEndpointError';
+    super('metrics_endpoint', `cannot serve metrics on ${host}:${port}: ${(cause as NodeJS.ErrnoException).code ?? cause.message}`);
   }
 }
 

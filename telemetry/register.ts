@@ -6,14 +6,14 @@
  * nothing and costs nothing.
  */
 import { processServiceName, tracingRequested } from './tracing-switch.ts';
+import { describeError } from '../common/errors.ts';
 
 if (tracingRequested(process.env)) {
   const { startTracing } = await import('./tracing.ts');
   try {
     startTracing({ serviceName: processServiceName(process.argv, process.env), instrument: true });
   } catch (err) {
-    const e = err as Error & { code?: string };
-    process.stderr.write(`wisp: ${e.code ? `[${e.code}] ` : ''}${e.message}\n`);
+    process.stderr.write(`wisp: ${describeError(err)}\n`);
     process.exit(1);
   }
 }

@@ -21,15 +21,14 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, SamplingDecision, type Sampler, type SamplingResult, type SpanExporter } from '@opentelemetry/sdk-trace-node';
 import { installTracers, type WispRole } from './spans.ts';
 import { serviceNameFor } from './tracing-switch.ts';
+import { WispError } from '../common/errors.ts';
 
 type Env = Readonly<Record<string, string | undefined>>;
 
 /** Tracing could not start as configured. */
-export class TracingConfigError extends Error {
-  readonly code = 'tracing_config';
+export class TracingConfigError extends WispError {
   constructor(message: string) {
-    super(message);
-    this.name = 'TracingConfigError';
+    super('tracing_config', message);
   }
 }
 

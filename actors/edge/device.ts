@@ -32,6 +32,7 @@ import type { EdgeMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startDraftSpan, startRoundSpan, startSessionSpan, type SpanHandle } from '../../telemetry/spans.ts';
 import type { Clock } from '../clock.ts';
 import { SessionDrafter } from './drafter.ts';
+import { errorCode } from '../../common/errors.ts';
 
 export interface EdgeDeviceOptions {
   deviceId: string;
@@ -451,7 +452,7 @@ async function publishUntilConfirmed(broker: BrokerTransport, queue: string, mes
       await broker.publish(queue, message);
       return;
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
+      const code = errorCode(err);
       const final = code === 'unroutable' || code === 'forbidden_route' || code === 'too_large' || code === 'broker_closed';
       if (final || Date.now() + delayMs > deadline) {
         log.warn({ err: (err as Error).message, queue }, 'client reply failed');

@@ -28,6 +28,7 @@ import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
 import { DECODE_STEP_PREFIX, type BatchReport } from '../../machines/verifier-worker.ts';
 import type { VerifierMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startBatchSpan, startItemSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
+import { errorCode } from '../../common/errors.ts';
 
 /** What the worker keeps per session (the durable copy lives in the ledger). */
 export interface WorkerSession {
@@ -273,7 +274,7 @@ export class BatchExecutor {
     try {
       await this.deps.ledger.commit(s.sessionId, fresh, result, s.cache.bytes);
     } catch (err) {
-      if ((err as { code?: unknown }).code !== 'unknown_session') throw err;
+      if (errorCode(err) !== 'unknown_session') throw err;
       const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: result.round, lastResult: result };
       await this.deps.ledger.open(s.sessionId, record, s.cache.bytes);
     }

@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import { z } from 'zod';
+import { OptionsError } from '../errors.ts';
 
 const OptionsSchema = z.object({
   prompt: z.string().min(1, 'prompt is empty'),
@@ -27,11 +28,6 @@ export interface GenerateJson {
   tokens: number[];
   text: string;
   stats: { rounds: number; drafted: number; accepted: number };
-}
-
-/** Options that fail validation, named by flag. */
-export class GenerateOptionsError extends Error {
-  readonly code = 'invalid_options';
 }
 
 /**
@@ -135,7 +131,7 @@ export function registerGenerate(program: Command): void {
       if (!parsed.success) {
         const i = parsed.error.issues[0];
         const flag = `--${String(i.path[0] ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-        throw new GenerateOptionsError(`${flag}: ${i.message}`);
+        throw new OptionsError(`${flag}: ${i.message}`);
       }
       const { json, summary } = await runGenerate(parsed.data);
       if (parsed.data.json) process.stdout.write(`${JSON.stringify(json)}\n`);

@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { z } from 'zod';
+import { OptionsError } from '../errors.ts';
 
 const ForgeCliSchema = z.object({
   preset: z.enum(['tiny', 'small']),
@@ -18,11 +19,6 @@ const ForgeCliSchema = z.object({
     .optional(),
   out: z.string().min(1).optional(),
 });
-
-/** Options of `wisp models forge` that failed validation, named by flag. */
-export class ModelsOptionsError extends Error {
-  readonly code = 'invalid_options';
-}
 
 /** Default output folder: the preset's built-in location, or a name that spells out the options. */
 function defaultOut(modelsDir: string, o: z.infer<typeof ForgeCliSchema>): string {
@@ -51,7 +47,7 @@ export function registerModels(program: Command): void {
       const parsed = ForgeCliSchema.safeParse(raw);
       if (!parsed.success) {
         const issue = parsed.error.issues[0];
-        throw new ModelsOptionsError(`--${issue.path.join('.')}: ${issue.message}`);
+        throw new OptionsError(`--${issue.path.join('.')}: ${issue.message}`);
       }
       const o = parsed.data;
       const { resolve } = await import('node:path');

@@ -47,7 +47,7 @@ describe('policies/profile-csv', () => {
     expect(parseError('qwen3-32b,prefill,1,128,5,128,0,0,93.585,91.907,93.875,,').message).to.equal('p.csv:2: a prefill row has no cache: L_max must be 0, got 5');
     const e = parseError(`\n${GOOD}\n${GOOD.replace('15360', '15361')}`);
     expect(e.line).to.equal(4); // blank line 2 is skipped but still counted
-    expect(e.code).to.equal('PROFILE_CSV_INVALID');
+    expect(e.code).to.equal('profile_csv_invalid');
   });
 
   it('refuses a wrong header and an empty file', () => {
