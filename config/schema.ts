@@ -1,5 +1,5 @@
 /**
- * The one validated configuration of every wisp role (DESIGN.md §2): its zod schema, with
+ * The one validated configuration of every wisp role (docs/design.md §2): its zod schema, with
  * messages written for people ("expected a positive integer"), and the cross-field rules.
  * Defaults live in defaults.ts; loading (file ← env ← overrides) in load.ts.
  */

@@ -1,5 +1,5 @@
 /**
- * Lossless verification of a draft (DESIGN.md §4). The target has run one forward pass over
+ * Lossless verification of a draft (docs/design.md §4). The target has run one forward pass over
  * `[last committed token, d1..dn]`, giving n+1 logits rows: row i is the target's distribution
  * for the position of d_{i+1} (row n: the position after dn).
  *

@@ -127,7 +127,7 @@ export interface RefusalParams {
   message: string;
   sessionId: string;
   round?: number;
-  /** The refused request itself, for the dead-letter queue (DESIGN §3). */
+  /** The refused request itself, for the dead-letter queue (docs/design.md §3). */
   request?: SessionOpen | VerifyRequest;
 }
 

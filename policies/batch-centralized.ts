@@ -1,5 +1,5 @@
 /**
- * Centralized serving's batch policy (baseline, DESIGN §5): continuous batching. The server
+ * Centralized serving's batch policy (baseline, docs/design.md §5): continuous batching. The server
  * decodes every session itself, one token per step; each step takes every pending request of
  * the oldest request's kind, oldest first, up to bMax and the token cap. It never waits.
  */

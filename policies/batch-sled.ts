@@ -1,5 +1,5 @@
 /**
- * SLED's batch policy (baseline, DESIGN §5): FIFO static batching. A batch goes out when B_max
+ * SLED's batch policy (baseline, docs/design.md §5): FIFO static batching. A batch goes out when B_max
  * requests of a kind are pending or the oldest of them has waited W ms; until then the worker
  * idles and the caller is asked to wake at the oldest's arrival + W. No deadlines, no
  * estimator: that is the interference WISP removes. Drafts are always verified in full.

@@ -1,5 +1,5 @@
 /**
- * WISP's verification batch scheduler (DESIGN §5). A batch ends when its slowest member ends,
+ * WISP's verification batch scheduler (docs/design.md §5). A batch ends when its slowest member ends,
  * so one long request (many drafts, long context) can make every short one miss its SLO. When
  * a worker is free, the batch is built like a knapsack, with the estimator as the judge:
  *

@@ -1,5 +1,5 @@
 /**
- * Speculation controller (device side, DESIGN §5): decides after each drafted token whether to
+ * Speculation controller (device side, docs/design.md §5): decides after each drafted token whether to
  * keep it and whether to draft another. Tokens drafted past the first one the target rejects
  * are wasted device time, so drafting should stop just before the likely first rejection —
  * and earlier on a slow device, where each token costs more of the round.

@@ -1,5 +1,5 @@
 /**
- * Deadlines and expected value of pending server work (DESIGN §5). All times are on the
+ * Deadlines and expected value of pending server work (docs/design.md §5). All times are on the
  * scheduler's clock, in ms.
  *
  * A session meets its TPOT SLO τ when its tokens arrive no slower, on average, than one per τ
@@ -13,8 +13,8 @@
  * Deadline of a session's pending verification round: `t0 + τ·(c + 1) − returnLatency`.
  * @param firstTokenMs t₀, when the session's first target token was produced
  * @param tpotMs τ, the session's time-per-output-token SLO
- * @param committedTokens c, generated tokens committed so far (as the caller counts them; the
- *   scheduler passes committed length − prompt length, which includes the first token)
+ * @param committedTokens c, tokens committed after the first one (the scheduler passes committed
+ *   length − prompt length − 1: the first token is t₀'s own)
  * @param returnLatencyMs time for the result to reach the device
  */
 export function roundDeadlineMs(firstTokenMs: number, tpotMs: number, committedTokens: number, returnLatencyMs: number): number {

@@ -1,5 +1,5 @@
 /**
- * Verification time estimator (DESIGN §5 in docs/design.md): predicts how long the target
+ * Verification time estimator (docs/design.md §5): predicts how long the target
  * model takes to run a pass, from its members' shapes, so the WISP scheduler can check
  * deadlines before it adds a request. Two families, by how the server lays a pass out
  * (`PassLayout`, which each worker reports):

@@ -1,5 +1,5 @@
 /**
- * The policies (DESIGN §5): pure functions of (state, now), shared by the live actors and the
+ * The policies (docs/design.md §5): pure functions of (state, now), shared by the live actors and the
  * simulator. No clock reads, no I/O, no unseeded randomness.
  */
 export * from './types.ts';

@@ -1,5 +1,5 @@
 /**
- * The wire protocol (DESIGN.md §3): one zod schema per message, TS types derived from them.
+ * The wire protocol (docs/design.md §3): one zod schema per message, TS types derived from them.
  * Every message is JSON with `v` (schema version) and `type` (its kind, so one queue can
  * carry several kinds). Anything that arrives over the broker goes through `parseMessage`.
  */
@@ -228,7 +228,7 @@ export const BatchItemSchema = z.object({
   verifyTokens: z.number().int().min(0),
   /** When the scheduler received the request (scheduler clock), for queueMs. */
   arrivedAtMs: ms,
-  /** The request's deadline on the scheduler clock (DESIGN §5), for slack accounting. */
+  /** The request's deadline on the scheduler clock (docs/design.md §5), for slack accounting. */
   deadlineMs: z.number().finite().optional(),
   /** Committed token history, sent when the worker must (re)build the session's cache. */
   history: z.array(tokenId).optional(),

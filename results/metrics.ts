@@ -193,7 +193,7 @@ export function acceptanceSummary(records: readonly SessionRecord[]): Acceptance
   };
 }
 
-/** Wasted drafting time (DESIGN §6): drafts rejected, drafted past a rejection, cut, or discarded. */
+/** Wasted drafting time (docs/design.md §6): drafts rejected, drafted past a rejection, cut, or discarded. */
 export function wastedDraftSummary(records: readonly SessionRecord[]): WastedDraftSummary {
   let wasted = 0;
   let draft = 0;

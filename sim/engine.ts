@@ -5,18 +5,19 @@
  * What runs as in the live system:
  * - the scheduler is machines/scheduler.ts itself — every OPEN/VERIFY/CLOSE/WORKER_STATUS/WAKE
  *   is folded by its reducer (`applySchedulerEvent`, the in-place form of `reduceScheduler`),
- *   so session placement, deadlines, the WISP/SLED/centralized batch policies and the online
- *   estimator are exactly the live ones;
- * - the speculation controller is policies/controller.ts, per device, learning online;
- * - per-session accounting uses the EdgeSession machine's own helpers (`commitTokens`,
- *   `countRound`) on a context of the machine's shape, and actors/edge/device.ts's
- *   `sessionStats` and `deviceEnergyJ`.
- * The device side is an event-driven model of EdgeSession + SessionDrafter (not the XState
- * actor: one actor per session would cap the simulator at ~100k events/s), including
- * pipelined drafting's look-ahead with the drafter's reuse rule.
- * The worker is modelled: true batch cost from the server profile, greedy acceptance = the
- * longest prefix of drafts the acceptance model accepts; centralized sessions decode in
- * continuous-batching steps between batches, as actors/verifier/executor.ts does.
+ *   so session placement, KV admission, deadlines, the WISP/SLED/centralized batch policies and
+ *   the online estimator are exactly the live ones;
+ * - every session is the EdgeSession's own transition (`applyEdgeSessionEvent`, the in-place
+ *   form of `reduceEdgeSession`, machines/edge-session.ts): opening, drafting, verdicts,
+ *   streaming and their counters are the live device's;
+ * - the device's rules are edge/: the speculation controller it runs (policies/controller.ts,
+ *   learning online), keep/stop per drafted token and pipelined drafting's look-ahead reuse
+ *   (edge/drafting.ts), link delays and the round-overhead estimate (edge/link.ts), session stats
+ *   and energy (edge/session-stats.ts).
+ * What is modelled: the draft model (the class's acceptance model draws each token's features
+ * and verdict), drafting time (the profile's pace), and the worker — pass time from the server's
+ * cost model, greedy acceptance = the longest accepted prefix, centralized sessions decoding in
+ * continuous-batching steps between batches as actors/verifier/executor.ts does.
  */
 import {
   PROTOCOL_VERSION,

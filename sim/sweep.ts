@@ -1,6 +1,6 @@
 /**
  * Load sweeps: each policy (and each WISP variant with an extra switched off) at each number of
- * concurrent devices, one simulated run per point; capacity by the DESIGN §6 definition, refined
+ * concurrent devices, one simulated run per point; capacity by the docs/design.md §6 definition, refined
  * by bisection between the last passing and the first failing count; WISP's ratios. The result
  * has the shape of `wisp bench` (bench/metrics.ts BenchResults).
  */

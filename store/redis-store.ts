@@ -1,5 +1,5 @@
 /**
- * Redis state of wisp (DESIGN.md §4): per-session metadata and committed token history (so a
+ * Redis state of wisp (docs/design.md §4): per-session metadata and committed token history (so a
  * lost worker's sessions can be re-prefilled elsewhere), worker heartbeats, and the
  * verification-time estimator's statistics.
  *

@@ -6,7 +6,7 @@
  *
  * Imported only when tracing is on (telemetry/register.ts, or a role whose config asks for it),
  * so a process without tracing never loads the SDK. The instrumentations only work when the
- * SDK starts before amqplib and ioredis are imported (NOTES.md): register.ts does that.
+ * SDK starts before amqplib and ioredis are imported (docs/operations.md, "Tracing"): register.ts does that.
  */
 import { register as registerLoaderHook } from 'node:module';
 import { readFileSync } from 'node:fs';

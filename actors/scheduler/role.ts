@@ -158,7 +158,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         opts.metrics?.refusedRequest(p.code);
         if (queued.size > 0) endQueued(requestKey(p.sessionId, p.round ?? 0), { [ATTR.outcome]: 'refused' }, { message: p.message, code: p.code });
         void opts.broker.publish(p.replyTo, errorMessage(p.code, p.message, { sessionId: p.sessionId, ...(p.round !== undefined ? { round: p.round } : {}) })).catch(() => {});
-        // Refused requests are kept with their reason, like malformed ones (DESIGN §3).
+        // Refused requests are kept with their reason, like malformed ones (docs/design.md §3).
         if (p.request) void opts.broker.deadLetter(SCHEDULER_QUEUE, p.request, `${p.code}: ${p.message}`).catch((err: Error) => log.warn({ err: err.message }, 'refused request not dead-lettered'));
         release(requestKey(p.sessionId, p.round ?? 0));
       },

@@ -88,7 +88,7 @@ export interface ExecutorDeps {
   reply: (queue: string, message: VerifyResult | TokenStream | ErrorMessage) => Promise<void>;
   now: () => number;
   eosTokenId: number | null;
-  /** Dead-letters a refused request with its reason (DESIGN §3); optional (unit tests). */
+  /** Dead-letters a refused request with its reason (docs/design.md §3); optional (unit tests). */
   deadLetter?: (request: unknown, reason: string) => Promise<void>;
   /** Prometheus series of the verifier role; none when absent. */
   metrics?: VerifierMetrics;
@@ -267,7 +267,7 @@ export class BatchExecutor {
 
   /**
    * Records a round in the ledger. When the ledger lost the session (Redis emptied, or its keys
-   * expired) the whole record is written again from this worker's copy (DESIGN §4: the worker
+   * expired) the whole record is written again from this worker's copy (docs/design.md §4: the worker
    * still holds every committed token), so later take-overs and replays keep working.
    */
   private async commit(s: WorkerSession, fresh: number[], result: VerifyResult): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * DESIGN.md §3: a duplicate or stale VerifyRequest / VerifyResult (same or older round) changes
+ * docs/design.md §3: a duplicate or stale VerifyRequest / VerifyResult (same or older round) changes
  * nothing. Two angles, on the real broker, Redis and forged tiny models:
  *
  * 1. A scripted device talks the wire protocol to the scheduler and a worker, so the test
