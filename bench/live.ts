@@ -25,6 +25,7 @@ import { calibrate, type LiveCalibration } from './calibration.ts';
 import { writeReportFiles } from '../results/report.ts';
 import { writeRunReport } from '../results/write.ts';
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from '../results/metrics.ts';
+import type { LiveSettings } from '../results/schema.ts';
 
 export interface LiveBenchOptions {
   policies: PolicyName[];
@@ -122,7 +123,7 @@ function baseConfig(o: LiveBenchOptions): WispConfig {
 }
 
 /** The settings of a run that `wisp sim --replay` needs (the policy itself varies per run). */
-export function liveSettings(config: WispConfig, profiles: readonly string[]) {
+export function liveSettings(config: WispConfig, profiles: readonly string[]): LiveSettings {
   const { policy: _policy, ...scheduler } = config.scheduler;
   const devices = Object.fromEntries(profiles.filter((p) => config.devices[p]).map((p) => [p, config.devices[p]]));
   return { scheduler, controller: config.controller, devices };

@@ -4,7 +4,7 @@
  * (results/write.ts), and `wisp sim --replay` validates what it reads with it (sim/replay.ts).
  */
 import { z } from 'zod';
-import { POLICIES } from '../config/schema.ts';
+import { ControllerKnobsSchema, DeviceProfileSchema, POLICIES, SchedulerKnobsSchema } from '../config/schema.ts';
 import { SloSchema } from '../protocol/messages.ts';
 
 const num = z.number().finite();
@@ -129,6 +129,14 @@ export const BenchResultsSchema = z.looseObject({
   attainmentTarget: nonNeg,
 });
 export type BenchResults = z.infer<typeof BenchResultsSchema>;
+
+/** The settings a live run's scheduler and devices used (results.json `settings`; the policy varies per run). */
+export const LiveSettingsSchema = z.object({
+  scheduler: SchedulerKnobsSchema,
+  controller: ControllerKnobsSchema,
+  devices: z.record(z.string(), DeviceProfileSchema),
+});
+export type LiveSettings = z.infer<typeof LiveSettingsSchema>;
 
 /** What a live run measured of its own machinery (results.json `calibration`; bench/calibration.ts computes it). */
 export const LiveCalibrationSchema = z.object({

@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { DeviceProfileSchema, POLICIES } from '../config/schema.ts';
-import { BenchResultsSchema, LiveCalibrationSchema, type LiveCalibration } from '../results/schema.ts';
+import { BenchResultsSchema, LiveCalibrationSchema, LiveSettingsSchema, type LiveCalibration } from '../results/schema.ts';
 import { percentile } from '../results/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';
 import { rowShapes, type ProfileRow } from '../policies/profile-csv.ts';
@@ -44,11 +44,7 @@ const LiveReportSchema = BenchResultsSchema.extend({
   warmupMs: nonNeg,
   workers: z.number().int().positive(),
   seed: z.number().int().min(0),
-  settings: z.object({
-    scheduler: z.object({ bMax: z.number().int().positive(), waitMs: nonNeg, maxBatchTokens: z.number().int().positive(), ageBoundMs: pos, truncation: z.boolean(), pipelinedDrafting: z.boolean() }),
-    controller: z.object({ kMax: z.number().int().positive(), threshold: nonNeg, minAcceptance: nonNeg }),
-    devices: z.record(z.string(), DeviceProfileSchema),
-  }),
+  settings: LiveSettingsSchema,
   calibration: LiveCalibrationSchema,
   calibrationByLoad: z.array(z.object({ policy: z.enum(POLICIES), devices: z.number().int().positive(), calibration: LiveCalibrationSchema })).default([]),
 });

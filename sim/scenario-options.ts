@@ -4,13 +4,10 @@
  * by every flag.
  */
 import { DEVICE_PROFILES } from '../config/defaults.ts';
+import { parseMix, type MixPart } from './mix.ts';
 import { ScenarioError, withEngine, type Scenario } from './scenarios.ts';
 
-/** A device class share: a profile name of config/defaults.ts and its relative weight. */
-export interface MixPart {
-  name: string;
-  weight: number;
-}
+export { parseMix, type MixPart };
 
 export interface ScenarioOptions {
   /** A serving engine `gpu/model` as the server. */
@@ -36,19 +33,6 @@ export interface ScenarioOptions {
   timeScale?: number;
   pipelining?: boolean;
   truncation?: boolean;
-}
-
-/** Parses `profile[:weight],…` (weights default to 1). @throws ScenarioError */
-export function parseMix(text: string): MixPart[] {
-  const parts = text.split(',').map((part) => {
-    const [name, w, ...rest] = part.trim().split(':');
-    const weight = w === undefined ? 1 : Number(w);
-    if (!name || rest.length > 0 || !(weight > 0) || !Number.isFinite(weight)) throw new ScenarioError(`device mix "${text}": each part is profile[:weight] with a weight > 0`);
-    if (!DEVICE_PROFILES[name]) throw new ScenarioError(`device mix "${text}": unknown device profile "${name}" (known: ${Object.keys(DEVICE_PROFILES).join(', ')})`);
-    return { name, weight };
-  });
-  if (parts.length === 0) throw new ScenarioError('a device mix needs at least one profile');
-  return parts;
 }
 
 /** `s` with the options applied (a new scenario; `s` is left alone). @throws ScenarioError, EngineSpecError */

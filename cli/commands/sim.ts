@@ -7,34 +7,21 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import type { PolicyName } from '../../policies/types.ts';
+import type { ScenarioOptions } from '../../sim/scenario-options.ts';
 
-interface SimFlags {
+/** The flags of `wisp sim`: the scenario overrides (sim/scenario-options.ts) and the run's own. */
+interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 'truncation' | 'deviceMix'> {
   scenario: string;
-  server?: string;
+  /** `profile[:weight],…`, parsed with sim/mix.ts when the command runs. */
+  deviceMix?: string;
   kvLimit: boolean;
-  serverProfile?: string;
-  model?: string;
-  workers?: number;
-  devices?: number[];
-  durationS?: number;
-  warmupS?: number;
-  seed?: number;
   policies: string;
   pipelining: boolean;
   truncation: boolean;
   variants: boolean;
-  refine?: number;
-  ttftMs?: number;
-  tpotMs?: number;
-  serverNoise?: number;
   acceptanceSamples?: string;
   replay?: string;
   perLoad: boolean;
-  deviceMix?: { name: string; weight: number }[];
-  agreement?: number;
-  bMax?: number;
-  waitMs?: number;
-  timeScale?: number;
   json?: boolean;
   out?: string;
 }
@@ -67,16 +54,6 @@ function unitOpen(v: string): number {
   const n = Number(v);
   if (!(n > 0 && n < 1)) throw new InvalidArgumentError('must be a number in (0, 1)');
   return n;
-}
-
-function mixList(v: string): { name: string; weight: number }[] {
-  const parts = v.split(',').map((part) => {
-    const [name, w] = part.trim().split(':');
-    const weight = w === undefined ? 1 : Number(w);
-    if (!name || !(weight > 0)) throw new InvalidArgumentError('must be profile[:weight],… with weights > 0');
-    return { name, weight };
-  });
-  return parts;
 }
 
 const KNOWN_POLICIES = ['wisp', 'sled', 'centralized'] as const;
@@ -220,7 +197,7 @@ export function registerSim(program: Command): void {
     .option('--ttft-ms <ms>', 'TTFT SLO override', positive)
     .option('--tpot-ms <ms>', 'TPOT SLO override', positive)
     .option('--server-noise <sigma>', 'log-normal noise of batch latency (0 = none)', nonNeg)
-    .option('--device-mix <list>', 'device profiles and weights, e.g. jetson-orin-nano:1,raspberry-pi-5:1 (config/defaults.ts profiles)', mixList)
+    .option('--device-mix <list>', 'device profiles and weights, e.g. jetson-orin-nano:1,raspberry-pi-5:1 (config/defaults.ts profiles)')
     .option('--agreement <p>', 'mean per-token acceptance of every class\'s draft (parametric model)', unitOpen)
     .option('--b-max <n>', 'most requests per batch', positiveInt)
     .option('--wait-ms <ms>', 'SLED: dispatch when the oldest request waited this long', nonNeg)
@@ -242,7 +219,13 @@ export function registerSim(program: Command): void {
       const { readFile } = await import('node:fs/promises');
 
       if (!(SCENARIO_NAMES as readonly string[]).includes(flags.scenario)) throw new Error(`--scenario: unknown scenario "${flags.scenario}" (known: ${SCENARIO_NAMES.join(', ')})`);
-      const s = applyScenarioOptions(scenario(flags.scenario as (typeof SCENARIO_NAMES)[number]), { ...flags, noKvLimit: !flags.kvLimit });
+      const { parseMix } = await import('../../sim/mix.ts');
+      const { deviceMix, ...rest } = flags;
+      const s = applyScenarioOptions(scenario(flags.scenario as (typeof SCENARIO_NAMES)[number]), {
+        ...rest,
+        noKvLimit: !flags.kvLimit,
+        ...(deviceMix !== undefined ? { deviceMix: parseMix(deviceMix) } : {}),
+      });
       const policies = parsePolicies(flags.policies);
 
       const samples = flags.acceptanceSamples ? parseAcceptanceSamples(await readFile(flags.acceptanceSamples, 'utf8'), flags.acceptanceSamples) : null;
