@@ -2,7 +2,7 @@
  * Rendering of the regime map (`wisp sim map`): heatmaps (hand-written SVG) of a capacity ratio
  * over the grid, the cell table, and report.md. Pure string building.
  */
-import { capacityRatio, type MapCell, type MapGrid, type MapPolicyFigures, type MapRunSettings } from './map.ts';
+import { capacityRatio, ratioPairs, type MapCell, type MapGrid, type MapPolicyFigures, type MapRunSettings } from './map.ts';
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
@@ -75,9 +75,7 @@ export const capText = (f: MapPolicyFigures | undefined): string => (f === undef
 /** The cell table (markdown): capacity and goodput of each policy, WISP's ratios, and the best policy. */
 export function mapTable(cells: readonly MapCell[], g: MapGrid): string {
   const head = ['server', 'TPOT ms', 'devices', 'agreement', ...g.policies.map((p) => `${p} cap.`), ...g.policies.map((p) => `${p} tok/s`)];
-  const ratios: [string, string][] = [];
-  if (g.policies.includes('wisp') && g.policies.includes('centralized')) ratios.push(['wisp', 'centralized']);
-  if (g.policies.includes('wisp') && g.policies.includes('sled')) ratios.push(['wisp', 'sled']);
+  const ratios = ratioPairs(g.policies);
   head.push(...ratios.map(([a, b]) => `${a}/${b} cap.`), 'best');
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const c of cells) {

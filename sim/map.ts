@@ -152,6 +152,14 @@ export function assembleCells(g: MapGrid, results: readonly MapTaskResult[]): Ma
   });
 }
 
+/** The capacity ratios the map shows: WISP over each baseline in the grid. */
+export function ratioPairs(policies: readonly PolicyName[]): [PolicyName, PolicyName][] {
+  const out: [PolicyName, PolicyName][] = [];
+  if (policies.includes('wisp') && policies.includes('centralized')) out.push(['wisp', 'centralized']);
+  if (policies.includes('wisp') && policies.includes('sled')) out.push(['wisp', 'sled']);
+  return out;
+}
+
 /** a / b as the map shows it: null when both are 0, Infinity when only b is. */
 export function capacityRatio(a: MapPolicyFigures | undefined, b: MapPolicyFigures | undefined): number | null {
   if (!a || !b) return null;

@@ -60,8 +60,10 @@ export function registerBench(program: Command): void {
     .action(async (flags: BenchFlags) => {
       const { runLiveBench, writeLiveReport } = await import('../../bench/live.ts');
       const { summaryTable } = await import('../../results/table.ts');
-      const policies = flags.policies.split(',').map((s) => s.trim()) as PolicyName[];
-      for (const p of policies) if (!['wisp', 'sled', 'centralized'].includes(p)) throw new Error(`--policies: unknown policy "${p}"`);
+      const { POLICIES, isPolicyName } = await import('../../config/schema.ts');
+      const names = flags.policies.split(',').map((s) => s.trim());
+      for (const p of names) if (!isPolicyName(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${POLICIES.join(', ')})`);
+      const policies = names as PolicyName[];
       const devices = list('devices', flags.devices ?? (flags.quick ? '2,4,8,16' : '2,4,8,16,32,64'), (n) => Number.isInteger(n) && n >= 1);
       const interactive = process.stderr.isTTY;
       const results = await runLiveBench({

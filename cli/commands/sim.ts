@@ -56,13 +56,12 @@ function unitOpen(v: string): number {
   return n;
 }
 
-const KNOWN_POLICIES = ['wisp', 'sled', 'centralized'] as const;
-
-/** `--policies a,b`: each a known policy. */
-function parsePolicies(text: string): PolicyName[] {
-  const policies = text.split(',').map((p) => p.trim()) as PolicyName[];
-  for (const p of policies) if (!(KNOWN_POLICIES as readonly string[]).includes(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${KNOWN_POLICIES.join(', ')})`);
-  return policies;
+/** `--policies a,b`: each a known policy (config/schema.ts POLICIES). */
+async function parsePolicies(text: string): Promise<PolicyName[]> {
+  const { POLICIES, isPolicyName } = await import('../../config/schema.ts');
+  const policies = text.split(',').map((p) => p.trim());
+  for (const p of policies) if (!isPolicyName(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${POLICIES.join(', ')})`);
+  return policies as PolicyName[];
 }
 
 function deviceList(v: string): number[] {
@@ -80,7 +79,8 @@ async function replay(flags: SimFlags): Promise<void> {
   const { writeReportFiles } = await import('../../results/report.ts');
   const run = loadLiveRun(flags.replay!);
   const { scenario, acceptance } = replayScenario(run, { perLoad: flags.perLoad });
-  const policies = (['wisp', 'sled', 'centralized'] as const).filter((p) => run.report.policies[p]);
+  const { POLICIES } = await import('../../config/schema.ts');
+  const policies = POLICIES.filter((p) => run.report.policies[p]);
   const results = runSweep({ scenario, policies: [...policies], extrasVariants: false, acceptance });
   const validation = compareWithLive(run.report, results);
   const table = validationTable(validation);
@@ -121,7 +121,7 @@ async function map(flags: MapFlags): Promise<void> {
   const { availableParallelism } = await import('node:os');
   const { mkdir, writeFile } = await import('node:fs/promises');
   const { join, resolve } = await import('node:path');
-  const { DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS, assembleCells, mapTasks } = await import('../../sim/map.ts');
+  const { DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS, assembleCells, mapTasks, ratioPairs } = await import('../../sim/map.ts');
   const { runMapTasks } = await import('../../sim/map-runner.ts');
   const { mapMarkdown, mapTable, svgRatioHeatmap } = await import('../../sim/map-report.ts');
   const { loadEngine } = await import('../../physics/engines.ts');
@@ -131,7 +131,7 @@ async function map(flags: MapFlags): Promise<void> {
     tpotMs: flags.tpotMs !== undefined ? numberList('--tpot-ms', flags.tpotMs) : DEFAULT_MAP_GRID.tpotMs,
     mixes: flags.mixes !== undefined ? flags.mixes.split(';').map((m) => m.trim()).filter((m) => m !== '') : DEFAULT_MAP_GRID.mixes,
     agreements: flags.agreements !== undefined ? numberList('--agreements', flags.agreements) : DEFAULT_MAP_GRID.agreements,
-    policies: flags.policies !== undefined ? parsePolicies(flags.policies) : DEFAULT_MAP_GRID.policies,
+    policies: flags.policies !== undefined ? await parsePolicies(flags.policies) : DEFAULT_MAP_GRID.policies,
     seed: flags.seed ?? DEFAULT_MAP_GRID.seed,
   };
   for (const id of grid.servers) loadEngine(id); // an unknown or unservable server is refused before any work
@@ -155,10 +155,7 @@ async function map(flags: MapFlags): Promise<void> {
   const dir = resolve(flags.out ?? join('reports', `map-${stamp}`));
   await mkdir(dir, { recursive: true });
   const heatmaps: { file: string; title: string }[] = [];
-  const pairs: [string, string][] = [];
-  if (grid.policies.includes('wisp') && grid.policies.includes('centralized')) pairs.push(['wisp', 'centralized']);
-  if (grid.policies.includes('wisp') && grid.policies.includes('sled')) pairs.push(['wisp', 'sled']);
-  for (const [a, b] of pairs) {
+  for (const [a, b] of ratioPairs(grid.policies)) {
     const file = `capacity-${a}-vs-${b}.svg`;
     const title = `Capacity of ${a} ÷ ${b}`;
     await writeFile(join(dir, file), svgRatioHeatmap(cells, grid, a, b, title));
@@ -226,7 +223,7 @@ export function registerSim(program: Command): void {
         noKvLimit: !flags.kvLimit,
         ...(deviceMix !== undefined ? { deviceMix: parseMix(deviceMix) } : {}),
       });
-      const policies = parsePolicies(flags.policies);
+      const policies = await parsePolicies(flags.policies);
 
       const samples = flags.acceptanceSamples ? parseAcceptanceSamples(await readFile(flags.acceptanceSamples, 'utf8'), flags.acceptanceSamples) : null;
       const fitted = samples ? empiricalAcceptance(samples, `empirical:${flags.acceptanceSamples}`) : null;
