@@ -23,7 +23,6 @@ import { resolveDraftDir } from './edge/draft-models.ts';
 import type { JudgedToken, RoundTiming, ServedPrompt } from './edge/device.ts';
 import { startEdgeFleet, type EdgeFleet } from './edge/fleet.ts';
 import type { BatchReport } from '../machines/verifier-worker.ts';
-import type { DraftTokenFeatures } from '../policies/types.ts';
 import { startScheduler, type SchedulerRole } from './scheduler/role.ts';
 import { startVerifier, type VerifierRole } from './verifier/role.ts';
 import { openSessionStore, type SessionStoreHandle } from './store.ts';

@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { DeviceProfileSchema, POLICIES } from '../config/schema.ts';
+import { POLICIES } from '../config/schema.ts';
 import { BenchResultsSchema, LiveCalibrationSchema, LiveSettingsSchema, type LiveCalibration } from '../results/schema.ts';
 import { percentile } from '../results/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';

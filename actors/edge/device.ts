@@ -7,7 +7,6 @@ import { createActor, fromPromise } from 'xstate';
 import {
   DeviceInboxSchema,
   PROTOCOL_VERSION,
-  type ClientInbox,
   type DeviceInbox,
   type PromptRequest,
   type Sampling,
@@ -15,7 +14,6 @@ import {
   type SessionStats,
   type Slo,
 } from '../../protocol/messages.ts';
-import { errorMessage } from '../../protocol/builders.ts';
 import type { BrokerTransport, ConsumerHandle } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
@@ -29,10 +27,11 @@ import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../.
 import { deviceEnergyJ, emptySessionStats, sessionStats } from '../../edge/session-stats.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import type { EdgeMetrics } from '../../telemetry/metrics.ts';
-import { ATTR, startDraftSpan, startRoundSpan, startSessionSpan, type SpanHandle } from '../../telemetry/spans.ts';
+import { ATTR, startDraftSpan } from '../../telemetry/spans.ts';
 import type { Clock } from '../clock.ts';
+import { ClientStream } from './client-stream.ts';
 import { SessionDrafter } from './drafter.ts';
-import { errorCode } from '../../common/errors.ts';
+import { SessionTrace } from './session-trace.ts';
 
 export interface EdgeDeviceOptions {
   deviceId: string;
@@ -186,10 +185,7 @@ export class EdgeDevice {
     const log = o.logger.child({ sessionId, requestId: prompt.requestId });
     const sampling: Sampling = prompt.sampling ?? { temperature: 0, topP: 1, seed: 0 };
     const slo = prompt.slo ?? o.defaultSlo;
-    // Everything for the client goes out in order, each message resent until the broker confirms
-    // it, so a broker restart loses no token; chunks carry `offset` so a copy is dropped.
-    let replies: Promise<void> = Promise.resolve();
-    const reply = (m: ClientInbox): Promise<void> => (replies = replies.then(() => publishUntilConfirmed(o.broker, prompt.replyTo, m, log)));
+    const client = new ClientStream(o.broker, prompt.replyTo, prompt.requestId, o.tokenizer, log);
 
     let promptTokens: number[];
     try {
@@ -199,7 +195,7 @@ export class EdgeDevice {
       if (bad !== undefined) throw new Error(`prompt token ${bad} is outside the vocabulary (size ${o.draft.info.vocabSize})`);
     } catch (err) {
       const message = (err as Error).message;
-      await reply(errorMessage('malformed', message, { requestId: prompt.requestId }));
+      await client.error('malformed', message);
       const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
       o.onServed?.(served);
       return served;
@@ -209,14 +205,14 @@ export class EdgeDevice {
     const maxNewTokens = Math.min(prompt.maxNewTokens, o.draft.info.maxPositions - promptTokens.length);
     if (maxNewTokens < 1) {
       const message = `prompt of ${promptTokens.length} tokens leaves no room in the ${o.draft.info.maxPositions}-token context`;
-      await reply(errorMessage('prompt_too_long', message, { requestId: prompt.requestId }));
+      await client.error('prompt_too_long', message);
       const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
       o.onServed?.(served);
       return served;
     }
 
-    // Tracing: a root span per session, a span per round (0 = the open); no-ops when tracing is off.
-    const sessionSpan = startSessionSpan({
+    client.bind(sessionId);
+    const trace = new SessionTrace({
       sessionId,
       requestId: prompt.requestId,
       deviceId: this.id,
@@ -226,15 +222,6 @@ export class EdgeDevice {
       promptTokens: promptTokens.length,
       maxNewTokens: maxNewTokens,
     });
-    const roundSpans = new Map<number, SpanHandle>();
-    const roundSpan = (round: number): SpanHandle => {
-      let span = roundSpans.get(round);
-      if (!span) {
-        span = startRoundSpan(sessionSpan, round);
-        roundSpans.set(round, span);
-      }
-      return span;
-    };
     o.metrics?.sessionStarted();
 
     const paceMsPerToken = o.profile.draftMsPerToken * o.timeScale;
@@ -248,14 +235,12 @@ export class EdgeDevice {
     let openSentAtMs: number | null | undefined;
     /** The emulated network round trip of this device (its profile's, time-scaled), ms. */
     const rttMs = o.profile.rttMs * o.timeScale;
-    let text = '';
-    const emitted: number[] = [];
 
     const machine = edgeSessionMachine.provide({
       actions: {
         sendOpen: () => {
           openSentAtMs = openSentAtMs === undefined ? clock.now() : null;
-          return roundSpan(0).run(() => this.#sendUp({
+          return trace.round(0).run(() => this.#sendUp({
             v: PROTOCOL_VERSION,
             type: 'open',
             sessionId,
@@ -275,7 +260,7 @@ export class EdgeDevice {
         },
         sendVerify: (_, p) => {
           verifySentAtMs = p.attempt === 0 ? clock.now() : null;
-          const span = roundSpan(p.round);
+          const span = trace.round(p.round);
           span.set({ [ATTR.drafted]: p.draft.tokens.length, [ATTR.attempt]: p.attempt });
           span.run(() => this.#sendUp({
             v: PROTOCOL_VERSION,
@@ -299,15 +284,7 @@ export class EdgeDevice {
           }
         },
         sendClose: (_, p) => this.#sendUp({ v: PROTOCOL_VERSION, type: 'close', sessionId, deviceId: this.id, reason: p.reason }),
-        emitTokens: (_, p) => {
-          emitted.push(...p.tokens);
-          // Decode the whole output each time: a token may complete a multi-byte character.
-          const full = o.tokenizer.decode(emitted);
-          const textOffset = text.length;
-          const delta = full.slice(textOffset);
-          text = full;
-          void reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: p.tokens, text: delta, offset: emitted.length - p.tokens.length, textOffset, done: false });
-        },
+        emitTokens: (_, p) => client.tokens(p.tokens),
         roundVerified: (_, p) => {
           o.metrics?.roundVerified({ drafted: p.draft.tokens.length, verified: p.result.verified, accepted: p.result.accepted });
           this.#controller = learnFromRound(this.#controller, p.draft.features, p.result.accepted, p.result.verified);
@@ -333,7 +310,7 @@ export class EdgeDevice {
       actors: {
         draft: fromPromise(async ({ input }: { input: DraftInput }) => {
           roundContext = input.context;
-          const span = startDraftSpan(roundSpan(input.round));
+          const span = startDraftSpan(trace.round(input.round));
           try {
             const out = await drafter.draftRound(input);
             span.end({ [ATTR.drafted]: out.tokens.length, [ATTR.draftMs]: out.draftMsPerToken.reduce((a, b) => a + b, 0), [ATTR.discarded]: out.discardedDraftMs ? 1 : 0 });
@@ -362,13 +339,6 @@ export class EdgeDevice {
         startedAtMs,
       },
     });
-    /** A round's span ends when its first result arrives (duplicates find it gone). */
-    const endRound = (r: { round: number; accepted: number; verified: number; queueMs: number; verifyMs: number; batchSize: number; workerId: string }) => {
-      const span = roundSpans.get(r.round);
-      if (!span) return;
-      roundSpans.delete(r.round);
-      span.end({ [ATTR.accepted]: r.accepted, [ATTR.verified]: r.verified, [ATTR.queueMs]: r.queueMs, [ATTR.verifyMs]: r.verifyMs, [ATTR.batchSize]: r.batchSize, [ATTR.workerId]: r.workerId });
-    };
     this.#sessions.set(sessionId, {
       link: Promise.resolve(),
       deliver: (m) => {
@@ -380,7 +350,7 @@ export class EdgeDevice {
           o.onRoundTimed?.({ profileName: o.profileName, roundTripMs: atMs - openSentAtMs, networkRttMs: rttMs, queueMs: m.queueMs, verifyMs: m.verifyMs, draftMsPerToken: [] });
           openSentAtMs = null;
         }
-        if (m.type === 'result') endRound(m);
+        if (m.type === 'result') trace.answered(m);
         if (m.type === 'result') actor.send({ type: 'RESULT', result: m, atMs });
         else if (m.type === 'stream') actor.send({ type: 'STREAM', chunk: m, atMs });
         else actor.send({ type: 'ERROR', error: m, atMs });
@@ -408,18 +378,7 @@ export class EdgeDevice {
     const stats = sessionStats(ctx, slo, startedAtMs);
     const energyJ = deviceEnergyJ(o.profile, ctx, endedAtMs - startedAtMs, o.timeScale);
     this.energyJ += energyJ;
-    for (const span of roundSpans.values()) span.end({ [ATTR.outcome]: 'unanswered' });
-    roundSpans.clear();
-    if (ctx.error) sessionSpan.fail(ctx.error.message, ctx.error.code);
-    sessionSpan.end({
-      [ATTR.generatedTokens]: ctx.generated.length,
-      [ATTR.ttftMs]: stats.ttftMs,
-      [ATTR.tpotMs]: stats.tpotMs,
-      [ATTR.sloAttained]: stats.sloAttained,
-      [ATTR.rounds]: stats.rounds,
-      [ATTR.drafted]: stats.drafted,
-      [ATTR.accepted]: stats.accepted,
-    });
+    trace.end(ctx.generated.length, stats, ctx.error);
     o.metrics?.sessionEnded({
       ok: ctx.error === null,
       ttftMs: stats.ttftMs,
@@ -431,34 +390,12 @@ export class EdgeDevice {
     });
     if (ctx.error) {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
-      await reply(errorMessage(ctx.error.code, ctx.error.message, { requestId: prompt.requestId, sessionId }));
+      await client.error(ctx.error.code, ctx.error.message);
     } else {
-      await reply({ v: PROTOCOL_VERSION, type: 'chunk', requestId: prompt.requestId, sessionId, tokens: [], text: '', offset: emitted.length, textOffset: text.length, done: true, stats });
+      await client.done(stats);
     }
     const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
     o.onServed?.(served);
     return served;
-  }
-}
-
-/**
- * Publishes until the broker confirms (waiting out a broker restart), in at most `giveUpMs`.
- * Gives up at once where resending cannot help: the queue is gone or may not be reached.
- */
-async function publishUntilConfirmed(broker: BrokerTransport, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<void> {
-  const deadline = Date.now() + giveUpMs;
-  for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2_000)) {
-    try {
-      await broker.publish(queue, message);
-      return;
-    } catch (err) {
-      const code = errorCode(err);
-      const final = code === 'unroutable' || code === 'forbidden_route' || code === 'too_large' || code === 'broker_closed';
-      if (final || Date.now() + delayMs > deadline) {
-        log.warn({ err: (err as Error).message, queue }, 'client reply failed');
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, delayMs));
-    }
   }
 }

@@ -8,7 +8,7 @@
  */
 import { context as otelContext, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { createActor } from 'xstate';
-import { PROTOCOL_VERSION, SchedulerInboxSchema, type SchedulerInbox } from '../../protocol/messages.ts';
+import { SchedulerInboxSchema, type SchedulerInbox } from '../../protocol/messages.ts';
 import { errorMessage, requestKey, requestKeyOf } from '../../protocol/builders.ts';
 import { HandlerError } from '../../broker/refusals.ts';
 import type { BrokerTransport, DeliveryMeta } from '../../broker/transport.ts';

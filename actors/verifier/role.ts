@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createActor, fromPromise } from 'xstate';
-import { PROTOCOL_VERSION, VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
+import { VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
 import { errorMessage, workerStatus } from '../../protocol/builders.ts';
 import type { BrokerTransport } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';

@@ -1,0 +1,80 @@
+/**
+ * What an edge device sends the client of one prompt: its tokens as text chunks, then a final
+ * chunk with the session's stats or a typed error. Everything goes out in order, each message
+ * resent until the broker confirms it, so a broker restart loses no token; chunks carry the
+ * token and text offsets they start at, so the client drops (or trims) a copy.
+ */
+import { errorCode } from '../../common/errors.ts';
+import type { WispTokenizer } from '../../inference/tokenizer.ts';
+import { errorMessage } from '../../protocol/builders.ts';
+import { PROTOCOL_VERSION, type ClientInbox, type ErrorCode, type SessionStats } from '../../protocol/messages.ts';
+import type { BrokerTransport } from '../../broker/transport.ts';
+import type { Logger } from '../../telemetry/logger.ts';
+
+export class ClientStream {
+  #replies: Promise<void> = Promise.resolve();
+  readonly #tokens: number[] = [];
+  #text = '';
+
+  constructor(
+    private readonly broker: BrokerTransport,
+    private readonly replyTo: string,
+    private readonly requestId: string,
+    private readonly tokenizer: WispTokenizer,
+    private readonly log: Logger,
+    private sessionId?: string,
+  ) {}
+
+  /** The session the stream is for, once it has one (errors before that name only the request). */
+  bind(sessionId: string): void {
+    this.sessionId = sessionId;
+  }
+
+  #send(m: ClientInbox): Promise<void> {
+    this.#replies = this.#replies.then(() => publishUntilConfirmed(this.broker, this.replyTo, m, this.log));
+    return this.#replies;
+  }
+
+  /** New tokens, with the text they add. */
+  tokens(tokens: readonly number[]): void {
+    this.#tokens.push(...tokens);
+    // Decode the whole output each time: a token may complete a multi-byte character.
+    const full = this.tokenizer.decode(this.#tokens);
+    const textOffset = this.#text.length;
+    const delta = full.slice(textOffset);
+    this.#text = full;
+    void this.#send({ v: PROTOCOL_VERSION, type: 'chunk', requestId: this.requestId, sessionId: this.sessionId ?? this.requestId, tokens: [...tokens], text: delta, offset: this.#tokens.length - tokens.length, textOffset, done: false });
+  }
+
+  /** The last chunk: nothing new, the session's stats. */
+  done(stats: SessionStats): Promise<void> {
+    return this.#send({ v: PROTOCOL_VERSION, type: 'chunk', requestId: this.requestId, sessionId: this.sessionId ?? this.requestId, tokens: [], text: '', offset: this.#tokens.length, textOffset: this.#text.length, done: true, stats });
+  }
+
+  /** A typed error ends the stream. */
+  error(code: ErrorCode, message: string): Promise<void> {
+    return this.#send(errorMessage(code, message, { requestId: this.requestId, ...(this.sessionId !== undefined ? { sessionId: this.sessionId } : {}) }));
+  }
+}
+
+/**
+ * Publishes until the broker confirms (waiting out a broker restart), in at most `giveUpMs`.
+ * Gives up at once where resending cannot help: the queue is gone or may not be reached.
+ */
+async function publishUntilConfirmed(broker: BrokerTransport, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<void> {
+  const deadline = Date.now() + giveUpMs;
+  for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2_000)) {
+    try {
+      await broker.publish(queue, message);
+      return;
+    } catch (err) {
+      const code = errorCode(err);
+      const final = code === 'unroutable' || code === 'forbidden_route' || code === 'too_large' || code === 'broker_closed';
+      if (final || Date.now() + delayMs > deadline) {
+        log.warn({ err: (err as Error).message, queue }, 'client reply failed');
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+  }
+}
