@@ -213,6 +213,16 @@ export function passAggregate(shapes: readonly BatchShape[]): PassAggregate {
   return a;
 }
 
+/** The aggregate of `count` equal verification members, each feeding n tokens over L cached (built directly, O(1)). */
+export function uniformPassAggregate(count: number, n: number, L: number): PassAggregate {
+  if (count === 0) return EMPTY_PASS;
+  const member = passMemberOf({ n, L });
+  const one = addToTotals(EMPTY_TOTALS, member);
+  const totals: PassTotals = { members: count, tokens: count * one.tokens, kvTokens: count * one.kvTokens, attentionWork: count * one.attentionWork, logitTokens: count * one.logitTokens };
+  const group: BatchAggregate = { B: count, nMax: n, LMax: L, sumN: count * n };
+  return L === 0 ? { verify: EMPTY_GROUP, prefill: group, totals } : { verify: group, prefill: EMPTY_GROUP, totals };
+}
+
 /** Summary of a homogeneous group of shapes; throws on a shape that cannot be a batch member. */
 export function aggregateShapes(shapes: readonly BatchShape[]): BatchAggregate {
   let g = EMPTY_GROUP;
