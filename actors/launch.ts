@@ -123,6 +123,8 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
       maxBatchTokens: config.scheduler.maxBatchTokens,
       ageBoundMs: config.scheduler.ageBoundMs,
       truncation: config.scheduler.truncation,
+      chunkedPrefill: config.scheduler.chunkedPrefill,
+      passTokenBudget: config.scheduler.passTokenBudget,
       defaultSlo: config.slo,
       defaultReturnLatencyMs: 0,
     },

@@ -68,6 +68,8 @@ export const DEFAULT_CONFIG: WispConfig = {
     ageBoundMs: 1_000,
     truncation: true,
     pipelinedDrafting: false,
+    chunkedPrefill: true,
+    passTokenBudget: 0,
   },
   controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
   worker: { idleEvictMs: 60_000, heartbeatMs: 1_000, heartbeatTtlMs: 5_000 },

@@ -96,6 +96,10 @@ export const SchedulerKnobsSchema = z.strictObject({
   truncation: bool(),
   /** Device drafts the next round while the current one is being verified. */
   pipelinedDrafting: bool(),
+  /** Prompts split into chunks that share passes with verifications and decode steps (off: each prompt a pass of its own). */
+  chunkedPrefill: bool(),
+  /** Tokens one pass may feed (verified, decoded and prompt-chunk tokens); 0 = the rule of policies/pass-budget.ts. */
+  passTokenBudget: nonNegInt(),
 });
 export type SchedulerKnobs = z.infer<typeof SchedulerKnobsSchema>;
 

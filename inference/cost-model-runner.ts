@@ -11,6 +11,7 @@
  */
 import { passCost, type EngineModel } from '../physics/pass-cost.ts';
 import { createEstimatorState, passMemberOf, predictBatchMs, type EstimatorState, type PassLayout } from '../policies/estimator.ts';
+import { passCurveMs } from '../policies/pass-budget.ts';
 import type { BatchShape } from '../policies/types.ts';
 import { CacheMisuseError } from './errors.ts';
 import type { DecoderRunner, ForwardItem, KvCacheHandle, ModelInfo } from './types.ts';
@@ -91,6 +92,12 @@ export class CostModelRunner implements DecoderRunner {
 
   newCache(): KvCacheHandle {
     return new CountingCache(this.#bytesPerToken);
+  }
+
+  /** The engine's pass-time curve (policies/pass-budget.ts), ms before timeScale; none without an engine. */
+  passCurveMs(): number[] | undefined {
+    const engine = this.#engine;
+    return engine ? passCurveMs((shapes) => passCost(engine, shapes.map(passMemberOf)).ms) : undefined;
   }
 
   /** The modelled time of this pass, ms (before timeScale). */

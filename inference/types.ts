@@ -41,6 +41,8 @@ export interface DecoderRunner {
   readonly info: ModelInfo;
   /** How a pass is laid out (padded to its longest member, or token-flat); default padded. The scheduler's estimator family follows. */
   readonly passLayout?: 'padded' | 'varlen';
+  /** A runner that knows its server's cost: the pass-time curve the scheduler's token budget is derived from (policies/pass-budget.ts). */
+  passCurveMs?(): number[] | undefined;
   newCache(): KvCacheHandle;
   /**
    * Runs all items in one batch (padding and masks inside). For each item returns its

@@ -8,7 +8,7 @@
  * Times are the `atMs` stamps on events (the scheduler's clock).
  */
 import { enqueueActions, setup } from 'xstate';
-import type { ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
+import type { BatchItem, ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
 import { PROTOCOL_VERSION } from '../protocol/messages.ts';
 import { requestKey } from '../protocol/builders.ts';
 import type { PendingRequest } from '../policies/types.ts';
@@ -22,6 +22,7 @@ import {
   type PolicyName,
 } from '../policies/index.ts';
 import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
+import { passTokenBudget } from '../policies/pass-budget.ts';
 
 export interface SchedulerSettings {
   policy: PolicyName;
@@ -33,6 +34,10 @@ export interface SchedulerSettings {
   defaultSlo: Slo;
   /** Return half of the device round trip when the device did not say, ms. */
   defaultReturnLatencyMs: number;
+  /** Prompts go in chunks that share passes with verifications and decode steps (default off). */
+  chunkedPrefill?: boolean;
+  /** Tokens one pass may feed with chunked prefill; 0 or absent: the rule of policies/pass-budget.ts. */
+  passTokenBudget?: number;
 }
 
 export interface WorkerEntry {
@@ -54,6 +59,10 @@ export interface WorkerEntry {
   kvCapacityTokens: number | null;
   /** KV-cache tokens reserved by the sessions admitted on it. */
   kvReservedTokens: number;
+  /** Centralized sessions it decodes in continuous batching (their tokens share every pass). */
+  decoding: number;
+  /** The pass-time curve the worker reported (policies/pass-budget.ts), or null. */
+  passCurveMs: number[] | null;
 }
 
 export interface SessionEntry {
@@ -364,6 +373,7 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
     if (!w.ready) continue;
     const entries = pendingFor(ctx, w.workerId);
     if (entries.length === 0) continue;
+    const chunked = ctx.settings.chunkedPrefill === true;
     const decision = selectBatch(
       ctx.settings.policy,
       {
@@ -374,6 +384,9 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
         maxBatchTokens: ctx.settings.maxBatchTokens,
         ageBoundMs: ctx.settings.ageBoundMs,
         truncation: ctx.settings.truncation,
+        ...(chunked
+          ? { chunkedPrefill: true, passTokenBudget: passTokenBudget(w.passCurveMs ?? w.estimator, ctx.settings.defaultSlo.tpotMs, ctx.settings.passTokenBudget ?? 0), decodeTokens: w.decoding }
+          : {}),
       },
       nowMs,
     );
@@ -384,15 +397,27 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
     const byId = new Map<string, PendingEntry>();
     for (const e of entries) byId.set(e.request.requestId, e);
     const chosen = new Set(decision.members.map((m) => m.requestId));
+    /** Prompts fed only in part: they stay pending with what is left. */
+    const partial = new Map<string, PendingEntry>();
+    const finishing: string[] = [];
     const batchId = `${w.workerId}.${ctx.batchSeq++}`;
-    const items = decision.members.map((m) => {
+    const items: BatchItem[] = decision.members.map((m) => {
       const e = byId.get(m.requestId)!;
+      let chunk: { start: number; end: number } | undefined;
+      if (e.message.type === 'open') {
+        const start = e.request.contextLength;
+        const end = m.prefillTokens !== undefined ? Math.min(e.message.promptTokens.length, start + m.prefillTokens) : e.message.promptTokens.length;
+        if (chunked) chunk = { start, end };
+        if (end < e.message.promptTokens.length) partial.set(m.requestId, { ...e, request: { ...e.request, n: e.message.promptTokens.length - end, contextLength: end } });
+        else finishing.push(e.message.sessionId);
+      }
       return {
         request: e.message,
         verifyTokens: e.message.type === 'verify' ? Math.min(m.verifyTokens, e.message.draftTokens.length) : 0,
         arrivedAtMs: e.request.arrivalMs,
         deadlineMs: e.request.deadlineMs,
         ...(e.admittedAtMs !== undefined ? { admittedAtMs: e.admittedAtMs } : {}),
+        ...(chunk ? { chunk } : {}),
       };
     });
     const batch: VerifyBatch = {
@@ -406,12 +431,9 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
       evict: ctx.evictions[w.workerId] ?? [],
     };
     ctx.evictions[w.workerId] = [];
-    ctx.pending[w.workerId] = entries.filter((e) => !chosen.has(e.request.requestId));
-    ctx.workers[w.workerId] = {
-      ...w,
-      ready: false,
-      inflight: { batchId, opened: items.filter((i) => i.request.type === 'open').map((i) => i.request.sessionId) },
-    };
+    ctx.pending[w.workerId] = entries.flatMap((e) => (chosen.has(e.request.requestId) ? (partial.has(e.request.requestId) ? [partial.get(e.request.requestId)!] : []) : [e]));
+    // The first token of a session comes with the chunk that finishes its prompt.
+    ctx.workers[w.workerId] = { ...w, ready: false, inflight: { batchId, opened: finishing } };
     ctx.stats = { ...ctx.stats, dispatched: ctx.stats.dispatched + items.length, batches: ctx.stats.batches + 1 };
     effects.push({ kind: 'dispatch', batch });
   }
@@ -425,7 +447,9 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
   // A worker that now lays passes out differently (another runner) needs the other family.
   let estimator = prev && layoutOf(prev.estimator) === layout ? prev.estimator : estimatorForLayout(layout);
   if (m.lastBatch && m.lastBatch.shapes.length > 0) {
-    estimator = observeBatch(estimator, m.lastBatch.shapes, m.lastBatch.actualMs);
+    // A padded server that ran the pass as several timed calls teaches each sub-model its own part.
+    const parts = layout === 'padded' && m.lastBatch.parts && m.lastBatch.parts.length > 1 ? m.lastBatch.parts : [{ shapes: m.lastBatch.shapes, actualMs: m.lastBatch.actualMs }];
+    for (const p of parts) estimator = observeBatch(estimator, p.shapes, p.actualMs);
     effects.push({ kind: 'persist', workerId: m.workerId, model: m.model, estimator });
   }
   const restarted = prev !== undefined && prev.incarnation !== m.incarnation;
@@ -452,6 +476,8 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     layout,
     kvCapacityTokens: m.kvCapacityTokens ?? null,
     kvReservedTokens: prev?.kvReservedTokens ?? 0,
+    decoding: m.decoding ?? 0,
+    passCurveMs: m.passCurveMs ?? prev?.passCurveMs ?? null,
   };
   if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);
   else if (prev && prev.kvCapacityTokens !== (m.kvCapacityTokens ?? null)) admitWaiting(ctx, m.workerId, atMs);
@@ -491,7 +517,9 @@ function forgetWorker(ctx: SchedulerContext, workerId: string, atMs: number): vo
   }
   for (const e of orphaned) {
     const s = ctx.sessions[e.message.sessionId];
-    if (s) addPending(ctx, s.workerId, { ...e, request: { ...e.request, arrivalMs: Math.min(e.request.arrivalMs, atMs) } });
+    // A prompt half prefilled on the lost worker starts over on its new one (nothing of it is there).
+    const restart = e.message.type === 'open' ? { n: e.message.promptTokens.length, contextLength: 0 } : {};
+    if (s) addPending(ctx, s.workerId, { ...e, request: { ...e.request, ...restart, arrivalMs: Math.min(e.request.arrivalMs, atMs) } });
   }
   for (const q of waiting) {
     const s = ctx.sessions[q.message.sessionId];

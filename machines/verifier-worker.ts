@@ -9,6 +9,7 @@
  */
 import { assign, fromPromise, setup } from 'xstate';
 import type { VerifyBatch } from '../protocol/messages.ts';
+import type { BatchShape } from '../policies/types.ts';
 
 export interface WorkerModelSummary {
   model: string;
@@ -18,7 +19,9 @@ export interface WorkerModelSummary {
 
 export interface BatchReport {
   batchId: string;
-  shapes: { n: number; L: number }[];
+  shapes: BatchShape[];
+  /** A pass run as several model calls, each timed (what a padded estimator learns, part by part). */
+  parts?: { shapes: BatchShape[]; actualMs: number }[];
   /** Model time, ms (what the estimator learns). */
   actualMs: number;
   /** Time the worker was held, ms: the model plus sampling, ledger writes and publishing replies. */

@@ -1,11 +1,13 @@
 /**
  * What the batch policies share: their input state, request helpers, and a batch under
- * construction that knows its padded shape and predicted latency.
+ * construction that knows its shape and predicted latency.
  *
- * Batches are homogeneous — all verifications or all prefills. Members are padded to the
- * longest, so one 512-token prompt in a batch of 5-token verifications would make every
- * member pay for 512 tokens; the schedulers keep the kinds apart and the age bound (WISP) or
- * FIFO order (baselines) keeps either kind from waiting forever.
+ * Without chunked prefill, batches are homogeneous — all verifications or all whole prompts: a
+ * 512-token prompt in a pass of 5-token verifications would hold all of them back; the
+ * schedulers keep the kinds apart and the age bound (WISP) or FIFO order (baselines) keeps
+ * either kind from waiting forever. With chunked prefill (docs/design.md §5) a pass mixes
+ * verifications with prompt chunks under one token budget, so no prompt stalls anyone: a
+ * member's size is its verified drafts, or the prompt tokens its chunk feeds.
  */
 import { addShape, EMPTY_PASS, predictPassMs, type EstimatorState, type PassAggregate } from './estimator.ts';
 import { PolicyConfigError } from './errors.ts';
@@ -27,6 +29,21 @@ export interface BatchPolicyState {
   truncation: boolean;
   /** WISP: a request is at risk when its slack ≤ urgencyFactor × its predicted solo latency (default 2). */
   urgencyFactor?: number;
+  /** Prompts may be split into chunks that share a pass with other work (default false). */
+  chunkedPrefill?: boolean;
+  /** With chunked prefill: tokens one pass may feed, decode tokens included. */
+  passTokenBudget?: number;
+  /** With chunked prefill: tokens of decode steps that will share the pass (centralized sessions decoding on the worker). */
+  decodeTokens?: number;
+}
+
+/** The smallest prompt chunk worth a pass (shorter prompts go whole). */
+export const MIN_CHUNK_TOKENS = 16;
+
+/** Tokens a batch may feed: the budget less the decode tokens sharing its pass (chunked), else the batch cap. */
+export function tokenCap(s: BatchPolicyState): number {
+  if (!s.chunkedPrefill) return s.maxBatchTokens;
+  return Math.max(1, (s.passTokenBudget ?? s.maxBatchTokens) - (s.decodeTokens ?? 0));
 }
 
 export type RequestKind = PendingRequest['kind'];
@@ -43,6 +60,8 @@ export function checkBatchState(s: BatchPolicyState): void {
   if (!(s.waitMs >= 0)) throw new PolicyConfigError(`waitMs must be ≥ 0, got ${s.waitMs}`);
   if (!(s.ageBoundMs >= 0)) throw new PolicyConfigError(`ageBoundMs must be ≥ 0, got ${s.ageBoundMs}`);
   if (s.urgencyFactor !== undefined && !(s.urgencyFactor >= 0)) throw new PolicyConfigError(`urgencyFactor must be ≥ 0, got ${s.urgencyFactor}`);
+  if (s.passTokenBudget !== undefined && !(s.passTokenBudget >= 1)) throw new PolicyConfigError(`passTokenBudget must be ≥ 1, got ${s.passTokenBudget}`);
+  if (s.decodeTokens !== undefined && !(s.decodeTokens >= 0)) throw new PolicyConfigError(`decodeTokens must be ≥ 0, got ${s.decodeTokens}`);
 }
 
 /** Draft tokens a request carries (0 for a prefill). */
@@ -50,10 +69,47 @@ export function draftCount(r: PendingRequest): number {
   return r.kind === 'prefill' ? 0 : Math.max(0, r.n - 1);
 }
 
-/** The estimator's view of a member verifying `verifyTokens` drafts (prefill: whole prompt, L = 0). */
-export function memberShape(r: PendingRequest, verifyTokens: number): BatchShape {
+/** A member's full size: all its drafts (verify), or all that is left of its prompt (prefill). */
+export function fullSize(r: PendingRequest): number {
+  return r.kind === 'prefill' ? Math.max(1, r.n) : draftCount(r);
+}
+
+/** A member's smallest size: no drafts with truncation, a minimal chunk with chunked prefill; else its full size. */
+export function smallestSize(s: BatchPolicyState, r: PendingRequest): number {
+  if (r.kind === 'prefill') return s.chunkedPrefill ? Math.min(fullSize(r), MIN_CHUNK_TOKENS) : fullSize(r);
+  return s.truncation ? 0 : draftCount(r);
+}
+
+/**
+ * The estimator's view of a member of size `size`: a verification of `size` drafts (+ the last
+ * committed token) over its context, or a prompt chunk of `size` tokens over the chunks before it.
+ */
+export function memberShape(r: PendingRequest, size: number): BatchShape {
+  if (r.kind === 'prefill') return r.contextLength > 0 ? { n: Math.max(1, size), L: r.contextLength, prefill: true } : { n: Math.max(1, size), L: 0 };
   // A verification always has the prompt in cache, so L ≥ 1 keeps it apart from a prefill.
-  return r.kind === 'prefill' ? { n: Math.max(1, r.n), L: 0 } : { n: verifyTokens + 1, L: Math.max(1, r.contextLength) };
+  return { n: size + 1, L: Math.max(1, r.contextLength) };
+}
+
+/**
+ * The largest size in [lo, hi] that `fits` (fits(size) turns false beyond some size: cost grows
+ * with it), or null when none does. Prefill chunks are searched by bisection, drafts one by one.
+ */
+export function largestSize(r: PendingRequest, lo: number, hi: number, fits: (size: number) => boolean): number | null {
+  if (hi < lo) return null;
+  if (r.kind !== 'prefill') {
+    for (let k = hi; k >= lo; k--) if (fits(k)) return k;
+    return null;
+  }
+  if (fits(hi)) return hi;
+  if (!fits(lo)) return null;
+  let a = lo;
+  let b = hi;
+  while (b - a > 1) {
+    const mid = (a + b) >> 1;
+    if (fits(mid)) a = mid;
+    else b = mid;
+  }
+  return a;
 }
 
 /** Oldest first; ties by requestId so the order never depends on input order. */
@@ -73,7 +129,7 @@ export function cmp(a: string, b: string): number {
 /** A batch under construction (mutable, local to one policy call). */
 export class BatchDraft {
   readonly kind: RequestKind;
-  readonly members: { req: PendingRequest; verifyTokens: number }[] = [];
+  readonly members: { req: PendingRequest; size: number }[] = [];
   private agg: PassAggregate = EMPTY_PASS;
   private latencyMs = 0;
 
@@ -97,22 +153,37 @@ export class BatchDraft {
     return this.latencyMs;
   }
 
-  /** Predicted latency if `r` joined with `verifyTokens` drafts, ms. */
-  predictWith(r: PendingRequest, verifyTokens: number): number {
-    return predictPassMs(this.state.estimator, this.aggWith(r, verifyTokens));
+  /** Predicted latency if `r` joined with size `size`, ms. */
+  predictWith(r: PendingRequest, size: number): number {
+    return predictPassMs(this.state.estimator, this.aggWith(r, size));
   }
 
-  /** Whether `r` with `verifyTokens` drafts stays within bMax and the token cap (a first member always does). */
-  withinCaps(r: PendingRequest, verifyTokens: number): boolean {
+  /** Tokens the batch may still take under its cap. */
+  get room(): number {
+    return tokenCap(this.state) - this.agg.totals.tokens;
+  }
+
+  /**
+   * Whether `r` with size `size` stays within bMax and the token cap. A first member always
+   * does — except a prompt chunk larger than the budget (chunks are cut to fit; a minimal one
+   * always may run alone).
+   */
+  withinCaps(r: PendingRequest, size: number): boolean {
     if (this.members.length >= this.state.bMax) return false;
-    if (this.members.length === 0) return true;
-    return this.agg.totals.tokens + memberShape(r, verifyTokens).n <= this.state.maxBatchTokens;
+    const n = memberShape(r, size).n;
+    if (this.members.length === 0) return !(this.state.chunkedPrefill && r.kind === 'prefill') || n <= Math.max(tokenCap(this.state), Math.min(fullSize(r), MIN_CHUNK_TOKENS));
+    return this.agg.totals.tokens + n <= tokenCap(this.state);
   }
 
-  add(r: PendingRequest, verifyTokens: number): void {
-    this.agg = this.aggWith(r, verifyTokens);
+  /** The largest size of `r` from `lo` up to its full size within the caps (null when even `lo` is over). */
+  largestWithinCaps(r: PendingRequest, lo: number): number | null {
+    return largestSize(r, lo, fullSize(r), (k) => this.withinCaps(r, k));
+  }
+
+  add(r: PendingRequest, size: number): void {
+    this.agg = this.aggWith(r, size);
     this.latencyMs = predictPassMs(this.state.estimator, this.agg);
-    this.members.push({ req: r, verifyTokens });
+    this.members.push({ req: r, size });
   }
 
   /**
@@ -127,16 +198,18 @@ export class BatchDraft {
   }
 
   decision(): BatchDecision {
-    const members: BatchMember[] = this.members.map((m) => ({ requestId: m.req.requestId, verifyTokens: m.verifyTokens }));
+    const members: BatchMember[] = this.members.map((m) =>
+      m.req.kind !== 'prefill' ? { requestId: m.req.requestId, verifyTokens: m.size } : this.state.chunkedPrefill ? { requestId: m.req.requestId, verifyTokens: 0, prefillTokens: m.size } : { requestId: m.req.requestId, verifyTokens: 0 },
+    );
     return { members, wakeAtMs: null, predictedMs: this.latencyMs };
   }
 
-  private aggWith(r: PendingRequest, verifyTokens: number): PassAggregate {
-    return addShape(this.agg, memberShape(r, verifyTokens));
+  private aggWith(r: PendingRequest, size: number): PassAggregate {
+    return addShape(this.agg, memberShape(r, size));
   }
 }
 
-/** Predicted latency of `r` run alone with `verifyTokens` drafts, ms. */
-export function soloMs(estimator: EstimatorState, r: PendingRequest, verifyTokens: number): number {
-  return predictPassMs(estimator, addShape(EMPTY_PASS, memberShape(r, verifyTokens)));
+/** Predicted latency of `r` run alone with size `size`, ms. */
+export function soloMs(estimator: EstimatorState, r: PendingRequest, size: number): number {
+  return predictPassMs(estimator, addShape(EMPTY_PASS, memberShape(r, size)));
 }

@@ -20,10 +20,26 @@
  * join with only its first m drafts verified — the largest m that keeps everything — which
  * still commits E[committed | m] = 1 + Σ_{i≤m} Π_{j≤i} a_j tokens.
  *
- * The first pick decides whether this is a verification or a prefill batch (see
+ * Chunked prefill (switch): a prompt is an item like any other, with its TTFT deadline and the
+ * estimator's cost; it joins with the largest chunk that keeps the caps and the deadlines, and
+ * is worth the share of its first token the chunk completes (chunk ÷ what is left). Without it,
+ * the first pick decides whether this is a verification or a prefill batch (see
  * batch-common.ts). WISP is work-conserving: with anything pending it always dispatches.
  */
-import { BatchDraft, byArrival, byDeadline, checkBatchState, cmp, draftCount, idleDecision, soloMs, type BatchPolicyState, type RequestKind } from './batch-common.ts';
+import {
+  BatchDraft,
+  byArrival,
+  byDeadline,
+  checkBatchState,
+  cmp,
+  fullSize,
+  idleDecision,
+  largestSize,
+  smallestSize,
+  soloMs,
+  type BatchPolicyState,
+  type RequestKind,
+} from './batch-common.ts';
 import { expectedCommitted } from './deadline.ts';
 import type { BatchDecision, PendingRequest } from './types.ts';
 
@@ -45,8 +61,9 @@ export function selectBatchWisp(state: BatchPolicyState, nowMs: number): BatchDe
   if (state.pending.length === 0) return idleDecision();
   const urgencyFactor = state.urgencyFactor ?? 2;
   const all: Classified[] = state.pending.map((req) => {
-    const solo = soloMs(state.estimator, req, draftCount(req));
-    const shortest = state.truncation ? soloMs(state.estimator, req, 0) : solo;
+    const solo = soloMs(state.estimator, req, fullSize(req));
+    // A prompt can be viable only if its whole remainder runs in time (its first token needs all of it).
+    const shortest = req.kind === 'verify' && state.truncation ? soloMs(state.estimator, req, 0) : solo;
     const viable = nowMs + shortest <= req.deadlineMs;
     return {
       req,
@@ -57,11 +74,11 @@ export function selectBatchWisp(state: BatchPolicyState, nowMs: number): BatchDe
     };
   });
 
-  const kind = firstKind(all);
-  const left = all.filter((c) => c.req.kind === kind);
+  const kind = state.chunkedPrefill ? 'verify' : firstKind(state, all);
+  const left = state.chunkedPrefill ? [...all] : all.filter((c) => c.req.kind === kind);
   const batch = new BatchDraft(state, kind);
-  const take = (c: Classified, verifyTokens: number): void => {
-    batch.add(c.req, verifyTokens);
+  const take = (c: Classified, size: number): void => {
+    batch.add(c.req, size);
     left.splice(left.indexOf(c), 1);
   };
 
@@ -83,7 +100,7 @@ export function selectBatchWisp(state: BatchPolicyState, nowMs: number): BatchDe
       const m = largestFit(state, batch, c.req, nowMs, true, false);
       if (m === null) continue;
       const deltaMs = Math.max(MIN_MARGINAL_MS, batch.predictWith(c.req, m) - batch.predictedMs);
-      const density = value(c.req, m) / deltaMs;
+      const density = value(state, c.req, m) / deltaMs;
       if (best === null || density > best.density || (density === best.density && byDeadline(c.req, best.c.req) < 0)) best = { c, m, density };
     }
     if (best === null) break;
@@ -98,40 +115,43 @@ export function selectBatchWisp(state: BatchPolicyState, nowMs: number): BatchDe
   return batch.size > 0 ? batch.decision() : idleDecision();
 }
 
-/** Expected tokens committed by `r` verifying its first `verifyTokens` drafts (a prefill yields 1). */
-function value(r: PendingRequest, verifyTokens: number): number {
-  return r.kind === 'prefill' ? 1 : expectedCommitted(r.predictedAcceptance.slice(0, verifyTokens));
+/**
+ * Expected tokens committed by `r` at size `size`: a verification of its first `size` drafts;
+ * a prompt yields its first token — a chunk the share of it that the chunk completes.
+ */
+function value(state: BatchPolicyState, r: PendingRequest, size: number): number {
+  if (r.kind === 'prefill') return state.chunkedPrefill ? size / Math.max(1, r.n) : 1;
+  return expectedCommitted(r.predictedAcceptance.slice(0, size));
 }
 
 /**
- * The largest number of drafts `r` can join with (full draft, or with truncation any prefix
- * down to 0), or null when none fits the caps and — unless `ignoreDeadlines` — the protected
- * deadlines (and its own, when `needOwn`).
+ * The largest size `r` can join with — its full draft, or with truncation any prefix down to
+ * 0; its whole remaining prompt, or with chunked prefill any chunk down to the minimum — or
+ * null when none fits the caps and, unless `ignoreDeadlines`, the protected deadlines (and its
+ * own, when `needOwn`: a chunk that does not finish the prompt has no deadline of its own).
  */
 function largestFit(state: BatchPolicyState, batch: BatchDraft, r: PendingRequest, nowMs: number, needOwn: boolean, ignoreDeadlines: boolean): number | null {
-  const full = draftCount(r);
-  const lowest = state.truncation && r.kind === 'verify' ? 0 : full;
+  const full = fullSize(r);
   const guard = ignoreDeadlines ? Infinity : batch.protectedDeadlineMs(nowMs);
-  for (let m = full; m >= lowest; m--) {
-    if (!batch.withinCaps(r, m)) continue;
-    if (ignoreDeadlines) return m;
+  return largestSize(r, smallestSize(state, r), full, (m) => {
+    if (!batch.withinCaps(r, m)) return false;
+    if (ignoreDeadlines) return true;
     const done = nowMs + batch.predictWith(r, m);
-    if (done > guard) continue;
-    if (needOwn && done > r.deadlineMs) continue;
-    return m;
-  }
-  return null;
+    if (done > guard) return false;
+    // Its own deadline binds a verification, and a prompt only on the chunk that finishes it.
+    return !(needOwn && (r.kind === 'verify' || m === full) && done > r.deadlineMs);
+  });
 }
 
 /** Kind of the request that would be picked first: starving, at risk, best solo density, late. */
-function firstKind(all: readonly Classified[]): RequestKind {
+function firstKind(state: BatchPolicyState, all: readonly Classified[]): RequestKind {
   const starving = all.filter((c) => c.starving).sort((a, b) => byArrival(a.req, b.req));
   if (starving.length > 0) return starving[0].req.kind;
   const urgent = all.filter((c) => c.urgent).sort((a, b) => byDeadline(a.req, b.req));
   if (urgent.length > 0) return urgent[0].req.kind;
   const viable = all.filter((c) => c.viable);
   if (viable.length > 0) {
-    const density = (c: Classified): number => value(c.req, draftCount(c.req)) / Math.max(MIN_MARGINAL_MS, c.solo);
+    const density = (c: Classified): number => value(state, c.req, fullSize(c.req)) / Math.max(MIN_MARGINAL_MS, c.solo);
     viable.sort((a, b) => density(b) - density(a) || byDeadline(a.req, b.req) || cmp(a.req.requestId, b.req.requestId));
     return viable[0].req.kind;
   }

@@ -190,16 +190,25 @@ function checkShape(s: BatchShape): void {
   }
 }
 
-/** The engine's view of a shape: L = 0 is a whole prompt (logits at its last token), else a verification (logits at every fed token). */
+/**
+ * The engine's view of a shape: a prompt or prompt chunk (L = 0, or flagged `prefill`) attends
+ * causally within itself and needs logits at its end only (counted once; a middle chunk's one row
+ * is noise); anything else is a verification or decode step, with logits at every fed token.
+ */
 export function passMemberOf(s: BatchShape): PassMember {
-  return s.L === 0 ? { newTokens: s.n, cachedTokens: 0, logitTokens: 1, prefill: true } : { newTokens: s.n, cachedTokens: s.L, logitTokens: s.n, prefill: false };
+  return s.L === 0 || s.prefill ? { newTokens: s.n, cachedTokens: s.L, logitTokens: 1, prefill: true } : { newTokens: s.n, cachedTokens: s.L, logitTokens: s.n, prefill: false };
 }
 
 function addToGroup(g: BatchAggregate, s: BatchShape): BatchAggregate {
   return { B: g.B + 1, nMax: Math.max(g.nMax, s.n), LMax: Math.max(g.LMax, s.L), sumN: g.sumN + s.n };
 }
 
-/** `a` with one more member (a new object). @throws EstimatorInputError on a shape that cannot be a member */
+/**
+ * `a` with one more member (a new object). In the padded summaries a prompt chunk over a cache
+ * (L > 0) counts with the verifications: a padded server runs it as a multi-token query over a
+ * cache, as it runs a verification.
+ * @throws EstimatorInputError on a shape that cannot be a member
+ */
 export function addShape(a: PassAggregate, s: BatchShape): PassAggregate {
   checkShape(s);
   const totals = addToTotals(a.totals, passMemberOf(s));

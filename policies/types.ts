@@ -10,9 +10,9 @@ export interface PendingRequest {
   sessionId: string;
   kind: 'prefill' | 'verify';
   round: number;
-  /** Tokens to feed: prompt length for a prefill, drafts + 1 for a verify. */
+  /** Tokens to feed: what is left of the prompt for a prefill, drafts + 1 for a verify. */
   n: number;
-  /** Context already in the worker's cache for this session, in tokens. */
+  /** Context already in the worker's cache for this session, in tokens (a prefill: the prompt chunks already run). */
   contextLength: number;
   /** Draft tokens' predicted acceptance probabilities (empty for a prefill). */
   predictedAcceptance: number[];
@@ -28,6 +28,8 @@ export interface BatchShape {
   n: number;
   /** Cache length before the request, in tokens. */
   L: number;
+  /** A prompt chunk over L cached prompt tokens (L = 0 is always a prompt; logits only at its end). */
+  prefill?: boolean;
 }
 
 /** One chosen batch member; `verifyTokens` < drafts means the scheduler truncated the draft. */
@@ -35,6 +37,8 @@ export interface BatchMember {
   requestId: string;
   /** Number of draft tokens to verify (0 for a prefill; ≤ the request's draft count). */
   verifyTokens: number;
+  /** A prefill: prompt tokens this pass feeds (a chunk; all of what is left when it equals the request's n). */
+  prefillTokens?: number;
 }
 
 export interface BatchDecision {

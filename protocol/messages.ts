@@ -234,6 +234,15 @@ export const BatchItemSchema = z.object({
   history: z.array(tokenId).optional(),
   /** An open that waited for KV-cache memory: when the scheduler admitted it (scheduler clock). */
   admittedAtMs: ms.optional(),
+  /**
+   * Chunked prefill: the prompt tokens [start, end) this pass feeds, on top of the chunks before
+   * it; the session's first token comes with the chunk that ends the prompt. Absent: the whole
+   * prompt at once.
+   */
+  chunk: z
+    .object({ start: z.number().int().min(0), end: z.number().int().min(1) })
+    .refine((c) => c.end > c.start, 'chunk end must be after its start')
+    .optional(),
 });
 export type BatchItem = z.infer<typeof BatchItemSchema>;
 
@@ -251,6 +260,9 @@ export const VerifyBatchSchema = z.object({
 });
 export type VerifyBatch = z.infer<typeof VerifyBatchSchema>;
 
+/** One member of an executed pass: tokens fed over a cache; `prefill` marks a prompt chunk. */
+const PassShapeSchema = z.object({ n: z.number().int().min(1), L: z.number().int().min(0), prefill: z.boolean().optional() });
+
 /** worker → scheduler: ready for work, and what the last batch cost (feeds the estimator). */
 export const WorkerStatusSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
@@ -266,6 +278,14 @@ export const WorkerStatusSchema = z.object({
   passLayout: z.enum(['padded', 'varlen']).optional(),
   /** KV-cache tokens the worker can hold for all its sessions; absent = no limit the scheduler must keep. */
   kvCapacityTokens: z.number().int().positive().optional(),
+  /** Centralized sessions it decodes in continuous batching (their tokens share every pass). */
+  decoding: z.number().int().min(0).optional(),
+  /**
+   * A worker that knows its server's cost (a serving engine, a cost model): the time of a pass of
+   * T one-token members at T = 16, 32, …, 8,192 (policies/pass-budget.ts), ms; the scheduler
+   * derives the pass-token budget from it.
+   */
+  passCurveMs: z.array(ms).length(10).optional(),
   /** Changes every time the worker process starts: a new one has no batch in flight. */
   incarnation: id,
   /** The batch that just ended (done or failed); absent on heartbeats. */
@@ -273,9 +293,11 @@ export const WorkerStatusSchema = z.object({
   lastBatch: z
     .object({
       batchId: id,
-      shapes: z.array(z.object({ n: z.number().int().min(1), L: z.number().int().min(0) })).min(1),
+      shapes: z.array(PassShapeSchema).min(1),
       actualMs: ms,
       predictedMs: ms,
+      /** A pass the worker ran as several model calls (a padded server: verifications, then prompt chunks), each timed. */
+      parts: z.array(z.object({ shapes: z.array(PassShapeSchema).min(1), actualMs: ms })).max(4).optional(),
     })
     .optional(),
   sentAtMs: ms,

@@ -58,6 +58,8 @@ export interface BatchRecord {
   kvReservedTokens?: number;
   /** Sessions waiting for KV-cache memory on the worker when it ended. */
   memoryWaiting?: number;
+  /** Tokens it fed by kind (a pass mixing prompt chunks with verifications or a decode step); absent: all of `kind`. */
+  tokens?: { verify: number; decode: number; prefill: number };
 }
 
 export type {
@@ -226,7 +228,14 @@ export function serverTimeParts(batches: readonly BatchRecord[], windowMs: numbe
   const out = { verify: 0, decode: 0, prefill: 0, idle: 0 };
   for (const b of batches) {
     const ms = b.busyMs ?? b.actualMs;
-    if (b.kind === 'step') out.decode += ms;
+    const t = b.tokens;
+    const total = t ? t.verify + t.decode + t.prefill : 0;
+    if (t && total > 0) {
+      // A mixed pass is shared out by the tokens each kind fed.
+      out.verify += (ms * t.verify) / total;
+      out.decode += (ms * t.decode) / total;
+      out.prefill += (ms * t.prefill) / total;
+    } else if (b.kind === 'step') out.decode += ms;
     else if (b.kind === 'prefill') out.prefill += ms;
     else out.verify += ms;
   }

@@ -38,6 +38,7 @@ import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';
 import { applyEdgeSessionEvent, startEdgeSession, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
 import { learnFromRound, type ControllerState } from '../policies/controller.ts';
+import { passCurveMs } from '../policies/pass-budget.ts';
 import type { BatchShape } from '../policies/types.ts';
 import type { DraftedTokenDraw } from './acceptance.ts';
 import { EventQueue } from './event-queue.ts';
@@ -69,6 +70,8 @@ interface SimSession {
   lookahead: { startMs: number; limit: number } | null;
   /** When the round being drafted is sent (its drafting ends then). */
   verifyAtMs: number;
+  /** When the last chunk of its prompt so far ended (chunked prefill), or null before the first. */
+  prefillEndMs: number | null;
   /** Where the session's time went so far, ms (network is what remains of its duration). */
   time: { drafting: number; queue: number; verify: number; memoryWait: number };
 }
@@ -108,7 +111,15 @@ interface SimWorker {
   queue: VerifyBatch[];
   decoding: Decoding[];
   rng: Rng;
-  current: { batch: VerifyBatch; shapes: BatchShape[]; startedAtMs: number; actualMs: number } | null;
+  current: {
+    batch: VerifyBatch;
+    shapes: BatchShape[];
+    startedAtMs: number;
+    actualMs: number;
+    /** Centralized sessions whose decode step shares this pass (chunked prefill). */
+    step: Decoding[];
+    tokens: { verify: number; decode: number; prefill: number };
+  } | null;
 }
 
 type SimEvent =
@@ -208,6 +219,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     maxBatchTokens: c.scheduler.maxBatchTokens,
     ageBoundMs: c.scheduler.ageBoundMs,
     truncation: c.scheduler.truncation,
+    chunkedPrefill: c.scheduler.chunkedPrefill,
+    passTokenBudget: c.scheduler.passTokenBudget,
     defaultSlo: c.slo,
     defaultReturnLatencyMs: 0,
   });
@@ -293,6 +306,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       sessions: 0,
       kvBytes: 0,
       passLayout: c.server.cost.layout,
+      decoding: w.decoding.length,
+      passCurveMs: curve,
       ...(c.server.cost.kvCapacityTokens !== null ? { kvCapacityTokens: c.server.cost.kvCapacityTokens } : {}),
       incarnation: 'sim',
       ...(report
@@ -303,6 +318,9 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         : {}),
       sentAtMs: now,
     });
+
+  /** The server's pass-time curve, as a worker that knows its cost reports it (once per run). */
+  const curve = passCurveMs((shapes) => c.server.cost.meanBatchMs(shapes));
 
   /** The scheduler's view of a worker's KV cache when a pass ends: reserved tokens and sessions waiting for memory. */
   const kvSnapshot = (w: SimWorker): { kvReservedTokens: number; memoryWaiting: number } => ({
@@ -315,15 +333,26 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     w.queue.push(batch);
     if (!w.busy) startNext(w);
   };
+  /** A batch item as the server's cost model sees it: a prompt (chunk), or a verification. */
+  const itemShape = (it: VerifyBatch['items'][number]): BatchShape => {
+    const r = it.request;
+    if (r.type !== 'open') return { n: it.verifyTokens + 1, L: r.committedLength - 1 };
+    if (!it.chunk) return { n: r.promptTokens.length, L: 0 };
+    return it.chunk.start > 0 ? { n: it.chunk.end - it.chunk.start, L: it.chunk.start, prefill: true } : { n: it.chunk.end, L: 0 };
+  };
+  const decodeShape = (d: Decoding): BatchShape => ({ n: 1, L: d.promptLength + d.produced - 1 });
   const startNext = (w: SimWorker): void => {
     const batch = w.queue.shift();
     if (batch) {
-      const shapes: BatchShape[] = batch.items.map((it) =>
-        it.request.type === 'open' ? { n: it.request.promptTokens.length, L: 0 } : { n: it.verifyTokens + 1, L: it.request.committedLength - 1 },
-      );
+      const itemShapes = batch.items.map(itemShape);
+      // Chunked prefill in centralized serving: the batch's prompt chunks ride along in the next decode step.
+      const step = c.scheduler.chunkedPrefill ? w.decoding.slice() : [];
+      const shapes = [...step.map(decodeShape), ...itemShapes];
+      const tokens = { verify: 0, decode: step.length, prefill: 0 };
+      batch.items.forEach((it, i) => (it.request.type === 'open' ? (tokens.prefill += itemShapes[i].n) : (tokens.verify += itemShapes[i].n)));
       const actualMs = c.server.cost.batchMs(shapes, w.rng);
       w.busy = true;
-      w.current = { batch, shapes, startedAtMs: now, actualMs };
+      w.current = { batch, shapes, startedAtMs: now, actualMs, step, tokens };
       q.push(now + actualMs + c.server.batchOverheadMs, { k: 'batchDone', w });
       return;
     }
@@ -342,8 +371,9 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     w.current = null;
     const size = cur.batch.items.length;
     let truncated = 0;
-    // Sessions already decoding on this worker waited for this pass.
-    for (const d of w.decoding) d.session.time.queue += now - cur.startedAtMs;
+    // Sessions decoding on this worker either had their step in this pass, or waited for it.
+    if (cur.step.length > 0) stepTokens(w, cur.step, cur.startedAtMs);
+    for (const d of w.decoding) if (!cur.step.includes(d)) d.session.time.queue += now - cur.startedAtMs;
     for (const it of cur.batch.items) {
       const r = it.request;
       const dev = byId.get(r.deviceId);
@@ -354,10 +384,14 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const mine = s !== null && s.ctx.sessionId === r.sessionId;
       if (mine) {
         const admitted = it.admittedAtMs ?? it.arrivedAtMs;
-        s.time.memoryWait += Math.max(0, admitted - it.arrivedAtMs);
-        s.time.queue += Math.max(0, cur.startedAtMs - admitted);
+        // A later chunk of a prompt waited since the chunk before it ended.
+        const since = r.type === 'open' && s.prefillEndMs !== null ? s.prefillEndMs : admitted;
+        if (since === admitted) s.time.memoryWait += Math.max(0, admitted - it.arrivedAtMs);
+        s.time.queue += Math.max(0, cur.startedAtMs - since);
         s.time.verify += now - cur.startedAtMs;
+        if (r.type === 'open') s.prefillEndMs = now;
       }
+      if (r.type === 'open' && it.chunk && it.chunk.end < r.promptTokens.length) continue; // a middle chunk: no token yet
       if (r.type === 'open') {
         if (r.mode === 'centralized') {
           if (r.maxNewTokens > 1 && mine) w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });
@@ -375,8 +409,9 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, r.round, accepted, m, r.committedLength + accepted + 1, queueMs, verifyMs, size, w.id) });
     }
     if (inWindow(cur.startedAtMs)) {
-      const kind = cur.batch.items[0].request.type === 'open' ? 'prefill' : 'verify';
-      batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, busyMs: now - cur.startedAtMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated, ...kvSnapshot(w) });
+      const t = cur.tokens;
+      const kind = t.verify >= t.prefill && t.verify >= t.decode ? 'verify' : t.prefill >= t.decode ? 'prefill' : 'step';
+      batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, busyMs: now - cur.startedAtMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated, tokens: t, ...kvSnapshot(w) });
     }
     // Like the live worker: pick the next work (a decode step) before reporting ready.
     w.busy = false;
@@ -385,15 +420,19 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     if (c.server.hopMs > 0) q.push(now + c.server.hopMs, { k: 'sched', ev: { type: 'WORKER_STATUS', message: status, atMs: now + c.server.hopMs } });
     else toScheduler({ type: 'WORKER_STATUS', message: status, atMs: now });
   };
-  const onStepDone = (w: SimWorker, shapes: BatchShape[], startedAtMs: number, actualMs: number): void => {
-    const still: Decoding[] = [];
-    for (const d of w.decoding) {
+  /** Every session of `step` gets its next token; those done leave continuous batching. */
+  const stepTokens = (w: SimWorker, step: readonly Decoding[], startedAtMs: number): void => {
+    const ended = new Set<Decoding>();
+    for (const d of step) {
       d.session.time.verify += now - startedAtMs;
       d.produced++;
       sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.produced - 1 });
-      if (d.produced < d.maxNewTokens) still.push(d);
+      if (d.produced >= d.maxNewTokens) ended.add(d);
     }
-    w.decoding = still;
+    if (ended.size > 0) w.decoding = w.decoding.filter((d) => !ended.has(d));
+  };
+  const onStepDone = (w: SimWorker, shapes: BatchShape[], startedAtMs: number, actualMs: number): void => {
+    stepTokens(w, w.decoding, startedAtMs);
     if (inWindow(startedAtMs)) batches.push({ workerId: w.id, kind: 'step', size: shapes.length, startedAtMs, actualMs, busyMs: now - startedAtMs, predictedMs: null, truncatedTokens: 0, ...kvSnapshot(w) });
     w.busy = false;
     startNext(w);
@@ -468,7 +507,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       kMax: c.controller.kMax,
       startedAtMs: now,
     });
-    const s: SimSession = { ctx: context, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, verifyAtMs: now, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 } };
+    const s: SimSession = { ctx: context, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, verifyAtMs: now, prefillEndMs: null, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 } };
     dev.session = s;
     if (effects.some((e) => e.kind === 'sendOpen')) sendOpen(dev, s);
   };

@@ -192,13 +192,8 @@ export function replayScenario(run: LiveRun, opts: { perLoad?: boolean } = {}): 
     linkHopMs: cal.linkHopMs,
     batchOverheadMs: cal.batchOverheadMs,
     stepOverheadMs: cal.stepOverheadMs,
-    scheduler: {
-      bMax: r.settings.scheduler.bMax,
-      waitMs: r.settings.scheduler.waitMs,
-      maxBatchTokens: r.settings.scheduler.maxBatchTokens,
-      ageBoundMs: r.settings.scheduler.ageBoundMs,
-      truncation: r.settings.scheduler.truncation,
-    },
+    // The run's own scheduler knobs (pipelined drafting is a run setting here).
+    scheduler: (({ pipelinedDrafting: _pipelined, ...knobs }) => knobs)(r.settings.scheduler),
     pipelinedDrafting: r.settings.scheduler.pipelinedDrafting,
     controller: r.settings.controller,
     classes,

@@ -33,6 +33,10 @@ export interface ScenarioOptions {
   timeScale?: number;
   pipelining?: boolean;
   truncation?: boolean;
+  /** false: every prompt a pass of its own (no chunked prefill). */
+  chunkedPrefill?: boolean;
+  /** Tokens one pass may feed (> 0), replacing the budget rule. */
+  passTokenBudget?: number;
 }
 
 /** `s` with the options applied (a new scenario; `s` is left alone). @throws ScenarioError, EngineSpecError */
@@ -77,5 +81,7 @@ export function applyScenarioOptions(base: Scenario, o: ScenarioOptions): Scenar
   if (o.agreement !== undefined) s.classes = s.classes.map((k) => ({ ...k, acceptance: { ...k.acceptance, agreement: o.agreement! } }));
   if (o.pipelining === false) s.pipelinedDrafting = false;
   if (o.truncation === false) s.scheduler.truncation = false;
+  if (o.chunkedPrefill === false) s.scheduler.chunkedPrefill = false;
+  if (o.passTokenBudget !== undefined) s.scheduler.passTokenBudget = o.passTokenBudget;
   return s;
 }

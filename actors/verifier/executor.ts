@@ -22,7 +22,8 @@ import {
   type VerifyResult,
 } from '../../protocol/messages.ts';
 import { errorMessage, verifyResult } from '../../protocol/builders.ts';
-import type { DecoderRunner, KvCacheHandle } from '../../inference/types.ts';
+import type { DecoderRunner, ForwardItem, KvCacheHandle } from '../../inference/types.ts';
+import type { BatchShape } from '../../policies/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
 import { DECODE_STEP_PREFIX, type BatchReport } from '../../machines/verifier-worker.ts';
@@ -50,6 +51,8 @@ export interface WorkerSession {
   decoding: boolean;
   /** Centralized mode: when its last pass (prefill or decode step) ended, for the wait before its next step. */
   lastStepEndMs?: number;
+  /** Prompt tokens in its cache while its prompt is fed in chunks; absent once it has its first token. */
+  prefilled?: number;
 }
 
 /** The durable per-session record a worker writes and, after a crash elsewhere, reads back. */
@@ -99,6 +102,8 @@ interface Job {
   session: WorkerSession;
   tokens: number[];
   verifyTokens: number;
+  /** A prompt (chunk): whether it ends the prompt (the first token comes with it), and where it ends. */
+  prefill?: { last: boolean; end: number };
 }
 
 export class BatchExecutor {
@@ -160,7 +165,21 @@ export class BatchExecutor {
   }
 
   private async planOpen(item: BatchItem, m: SessionOpen): Promise<Job | null> {
+    const chunk = item.chunk ?? { start: 0, end: m.promptTokens.length };
+    if (chunk.end > m.promptTokens.length) {
+      await this.refuse(item, 'malformed', `chunk [${chunk.start}, ${chunk.end}) runs past the ${m.promptTokens.length}-token prompt`);
+      return null;
+    }
+    const last = chunk.end === m.promptTokens.length;
     const existing = this.sessions.get(m.sessionId);
+    if (existing && existing.prefilled !== undefined && existing.deviceId === m.deviceId) {
+      // Its prompt is being fed in chunks: the next one extends the cache; any other (a chunk
+      // redelivered, or the prompt started over after a failure) rebuilds it from the prompt,
+      // which every chunk's open carries, so the cache is always exactly the prompt's.
+      const from = existing.prefilled === chunk.start ? chunk.start : 0;
+      if (from === 0 && existing.cache.length > 0) existing.cache.rollback(0);
+      return { item, session: existing, tokens: m.promptTokens.slice(from, chunk.end), verifyTokens: 0, prefill: { last, end: chunk.end } };
+    }
     if (existing) {
       if (existing.deviceId !== m.deviceId) {
         await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
@@ -168,7 +187,7 @@ export class BatchExecutor {
       }
       // A repeated open (retry, redelivery) gets the same answer while the session is at round 0;
       // later it is stale. It never restarts a session that has moved on.
-      if (existing.lastResult && existing.lastRound === 0) await this.deps.reply(m.replyTo, existing.lastResult);
+      if (last && existing.lastResult && existing.lastRound === 0) await this.deps.reply(m.replyTo, existing.lastResult);
       return null;
     }
     // Not held here: the ledger says whether it was opened already (elsewhere, or before a crash).
@@ -178,7 +197,7 @@ export class BatchExecutor {
         await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
         return null;
       }
-      if (recorded.lastResult && recorded.lastRound === 0) await this.deps.reply(m.replyTo, recorded.lastResult);
+      if (last && recorded.lastResult && recorded.lastRound === 0) await this.deps.reply(m.replyTo, recorded.lastResult);
       return null;
     }
     const bad = this.outOfVocab(m.promptTokens);
@@ -206,9 +225,12 @@ export class BatchExecutor {
       lastAccessMs: this.deps.now(),
       streamSeq: 0,
       decoding: false,
+      prefilled: 0,
     };
     this.sessions.set(m.sessionId, session);
-    return { item, session, tokens: [...m.promptTokens], verifyTokens: 0 };
+    // A chunk that does not start the prompt, on a worker that never had it (it moved, or this
+    // worker restarted): the cache is built from the prompt's start.
+    return { item, session, tokens: m.promptTokens.slice(0, chunk.end), verifyTokens: 0, prefill: { last, end: chunk.end } };
   }
 
   private async planVerify(item: BatchItem, m: VerifyRequest): Promise<Job | null> {
@@ -340,17 +362,29 @@ export class BatchExecutor {
       if (job) (r.type === 'open' ? opens : verifies).push(job);
       else itemSpan?.end({ [ATTR.outcome]: 'answered without running (duplicate, stale or refused)' });
     }
-    const shapes = [...opens, ...verifies].map((j) => ({ n: j.tokens.length, L: j.session.cache.length }));
+    const shapeOf = (j: Job): BatchShape => (j.prefill && j.session.cache.length > 0 ? { n: j.tokens.length, L: j.session.cache.length, prefill: true } : { n: j.tokens.length, L: j.session.cache.length });
+    // Chunked prefill in centralized serving: the decode step of the sessions decoding here shares the pass.
+    const step = batch.items.some((i) => i.chunk !== undefined) ? this.#decoding() : [];
+    const stepShapes = step.map((st) => ({ n: 1, L: st.cache.length }));
+    const openShapes = opens.map(shapeOf);
+    const verifyShapes = verifies.map(shapeOf);
+    const shapes = [...stepShapes, ...openShapes, ...verifyShapes];
     let modelMs = 0;
-    const run = async (jobs: Job[]): Promise<Float32Array[]> => {
-      if (jobs.length === 0) return [];
+    const parts: { shapes: BatchShape[]; actualMs: number }[] = [];
+    // One pass, run here as up to three model calls (padding them together would cost more on a
+    // CPU): each is timed, so a padded estimator learns each kind from its own part.
+    const run = async (items: ForwardItem[], partShapes: BatchShape[]): Promise<Float32Array[]> => {
+      if (items.length === 0) return [];
       const t0 = this.deps.now();
-      const out = await this.deps.runner.forward(jobs.map((j) => ({ cache: j.session.cache, tokens: j.tokens })));
-      modelMs += this.deps.now() - t0;
+      const out = await this.deps.runner.forward(items);
+      const ms = this.deps.now() - t0;
+      modelMs += ms;
+      parts.push({ shapes: partShapes, actualMs: ms });
       return out;
     };
-    const openLogits = await run(opens);
-    const verifyLogits = await run(verifies);
+    const stepLogits = await run(step.map((st) => ({ cache: st.cache, tokens: [st.tokens[st.tokens.length - 1]] })), stepShapes);
+    const openLogits = await run(opens.map((j) => ({ cache: j.session.cache, tokens: j.tokens })), openShapes);
+    const verifyLogits = await run(verifies.map((j) => ({ cache: j.session.cache, tokens: j.tokens })), verifyShapes);
     const V = this.deps.runner.info.vocabSize;
     const doneMs = this.deps.now();
     const size = opens.length + verifies.length;
@@ -362,8 +396,18 @@ export class BatchExecutor {
       return span ? span.run(fn) : fn();
     };
 
+    const stepReplies = this.#stepTokens(step, stepLogits, startedMs, doneMs, modelMs);
+
     opens.forEach((job, i) => {
       const s = job.session;
+      if (job.prefill) s.prefilled = job.prefill.end;
+      if (job.prefill && !job.prefill.last) {
+        // A middle chunk: the cache grew; the first token comes with the chunk that ends the prompt.
+        s.lastAccessMs = doneMs;
+        itemSpans?.get(job.item)?.end({ [ATTR.contextTokens]: job.prefill.end });
+        return;
+      }
+      delete s.prefilled;
       const logits = openLogits[i];
       const token = sampleTargetToken(logits.subarray(logits.length - V), s.sampling, s.tokens.length);
       s.tokens.push(token);
@@ -418,7 +462,7 @@ export class BatchExecutor {
     // The ledger is written before anyone hears of the result, so a crash in between only
     // means the device retries and gets the recorded answer.
     await Promise.all(writes);
-    await this.#sendReplies(replies.map(([q, msg, span]) => (span ? span.run(() => this.deps.reply(q, msg)) : this.deps.reply(q, msg))));
+    await this.#sendReplies([...stepReplies, ...replies.map(([q, msg, span]) => (span ? span.run(() => this.deps.reply(q, msg)) : this.deps.reply(q, msg)))]);
     this.deps.metrics?.batchExecuted({
       workerId: this.deps.workerId,
       size,
@@ -426,9 +470,20 @@ export class BatchExecutor {
       modelMs,
       predictedMs: batch.predictedMs,
       prefillTokens: opens.reduce((a, j) => a + j.tokens.length, 0),
-      verifyTokens: verifies.reduce((a, j) => a + j.tokens.length, 0),
+      verifyTokens: verifies.reduce((a, j) => a + j.tokens.length, 0) + step.length,
     });
-    return { batchId: batch.batchId, shapes, actualMs: modelMs, busyMs: this.deps.now() - startedMs, startedAtMs: startedMs, predictedMs: batch.predictedMs, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
+    return {
+      batchId: batch.batchId,
+      shapes: shapes.length > 0 ? shapes : [{ n: 1, L: 0 }],
+      ...(parts.length > 1 ? { parts } : {}),
+      actualMs: modelMs,
+      busyMs: this.deps.now() - startedMs,
+      startedAtMs: startedMs,
+      predictedMs: batch.predictedMs,
+      sessions: this.sessions.size,
+      kvBytes: this.kvBytes,
+      decodeActive: this.decodeActive,
+    };
   }
 
   /**
@@ -467,30 +522,37 @@ export class BatchExecutor {
     return { v: PROTOCOL_VERSION, type: 'stream', sessionId: s.sessionId, seq: s.streamSeq++, tokens, committedLength: s.tokens.length, done, workerId: this.deps.workerId };
   }
 
-  /** One continuous-batching step for centralized sessions: every decoding session gets one token. */
-  async decodeStep(): Promise<BatchReport> {
-    const active = [...this.sessions.values()].filter((s) => s.decoding);
-    const shapes = active.map((s) => ({ n: 1, L: s.cache.length }));
-    const t0 = this.deps.now();
-    const logits = active.length ? await this.deps.runner.forward(active.map((s) => ({ cache: s.cache, tokens: [s.tokens[s.tokens.length - 1]] }))) : [];
-    const modelMs = this.deps.now() - t0;
+  /** The centralized sessions decoding on this worker. */
+  #decoding(): WorkerSession[] {
+    return [...this.sessions.values()].filter((s) => s.decoding);
+  }
+
+  /** Each decoding session's next token from its row of `logits`, streamed to its device. */
+  #stepTokens(active: readonly WorkerSession[], logits: readonly Float32Array[], startedMs: number, doneMs: number, modelMs: number): Promise<void>[] {
     const V = this.deps.runner.info.vocabSize;
-    const replies: Promise<void>[] = [];
-    const doneMs = this.deps.now();
-    active.forEach((s, i) => {
+    return active.map((s, i) => {
       // Each chunk says how long the session waited for this step (other passes ran) and how long the step took.
-      const queueMs = Math.max(0, t0 - (s.lastStepEndMs ?? t0));
+      const queueMs = Math.max(0, startedMs - (s.lastStepEndMs ?? startedMs));
       s.lastStepEndMs = doneMs;
       const row = logits[i];
       const token = sampleTargetToken(row.subarray(row.length - V), s.sampling, s.tokens.length);
       s.tokens.push(token);
-      s.lastAccessMs = this.deps.now();
+      s.lastAccessMs = doneMs;
       const generated = s.tokens.length - s.promptLength;
       const finished = generated >= s.maxNewTokens || token === this.deps.eosTokenId || s.tokens.length >= this.deps.runner.info.maxPositions;
       if (finished) s.decoding = false;
-      replies.push(this.deps.reply(s.replyTo, { ...this.streamChunk(s, [token], finished), queueMs, verifyMs: modelMs }));
+      return this.deps.reply(s.replyTo, { ...this.streamChunk(s, [token], finished), queueMs, verifyMs: modelMs });
     });
-    await this.#sendReplies(replies);
+  }
+
+  /** One continuous-batching step for centralized sessions: every decoding session gets one token. */
+  async decodeStep(): Promise<BatchReport> {
+    const active = this.#decoding();
+    const shapes = active.map((s) => ({ n: 1, L: s.cache.length }));
+    const t0 = this.deps.now();
+    const logits = active.length ? await this.deps.runner.forward(active.map((s) => ({ cache: s.cache, tokens: [s.tokens[s.tokens.length - 1]] }))) : [];
+    const modelMs = this.deps.now() - t0;
+    await this.#sendReplies(this.#stepTokens(active, logits, t0, this.deps.now(), modelMs));
     if (active.length > 0) this.deps.metrics?.batchExecuted({ workerId: this.deps.workerId, size: active.length, tokens: active.length, modelMs, predictedMs: 0, prefillTokens: 0, verifyTokens: active.length });
     return { batchId: `${DECODE_STEP_PREFIX}${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, busyMs: this.deps.now() - t0, startedAtMs: t0, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }

@@ -57,6 +57,8 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
   const waiting = new Map<string, () => void>();
   let stopped = false;
 
+  /** The pass-time curve of a runner that knows its server's cost (a cost model), once. */
+  let curve: number[] | undefined;
   const status = (state: WorkerStatus['state'], report: BatchReport | null, doneBatchId?: string): WorkerStatus =>
     workerStatus({
       workerId: opts.workerId,
@@ -69,7 +71,11 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
       ...(runner?.passLayout ? { passLayout: runner.passLayout } : {}),
       incarnation,
       ...(doneBatchId ? { doneBatchId } : {}),
-      ...(report && report.shapes.length > 0 ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs } } : {}),
+      ...(report && report.shapes.length > 0
+        ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs, ...(report.parts ? { parts: report.parts } : {}) } }
+        : {}),
+      decoding: executor?.decodeActive ?? 0,
+      ...(curve ? { passCurveMs: curve } : {}),
       sentAtMs: clock.now(),
     });
 
@@ -102,6 +108,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
           ...(opts.metrics ? { metrics: opts.metrics } : {}),
         });
         model = { model: runner.info.name, vocabSize: runner.info.vocabSize, maxPositions: runner.info.maxPositions };
+        curve = runner.passCurveMs?.();
         log.info({ model: model.model }, 'model loaded');
         return model;
       }),

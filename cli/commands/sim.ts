@@ -10,7 +10,8 @@ import type { PolicyName } from '../../policies/types.ts';
 import type { ScenarioOptions } from '../../sim/scenario-options.ts';
 
 /** The flags of `wisp sim`: the scenario overrides (sim/scenario-options.ts) and the run's own. */
-interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 'truncation' | 'deviceMix'> {
+interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 'truncation' | 'deviceMix' | 'chunkedPrefill'> {
+  chunkedPrefill: boolean;
   scenario: string;
   /** `profile[:weight],…`, parsed with sim/mix.ts when the command runs. */
   deviceMix?: string;
@@ -189,6 +190,8 @@ export function registerSim(program: Command): void {
     .option('--policies <list>', 'policies to run', 'wisp,sled,centralized')
     .option('--no-pipelining', 'WISP: no pipelined drafting (an extra of ours)')
     .option('--no-truncation', 'WISP: no server-side draft truncation (an extra of ours)')
+    .option('--no-chunked-prefill', 'every prompt a pass of its own (default: prompts in chunks that share passes, every policy)')
+    .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)', positiveInt)
     .option('--no-variants', 'do not also run WISP with each extra switched off')
     .option('--refine <n>', 'bisection steps refining each capacity between swept counts', nonNegInt)
     .option('--ttft-ms <ms>', 'TTFT SLO override', positive)
