@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import type { PolicyName } from '../../policies/types.ts';
+import { NON_NEG_INT, parseNumber, parseNumberList, POSITIVE, POSITIVE_INT } from '../flags.ts';
 
 interface BenchFlags {
   quick?: boolean;
@@ -23,18 +24,8 @@ interface BenchFlags {
   config?: string;
   json?: boolean;
   out?: string;
-}
-
-function list(flag: string, raw: string, check: (n: number) => boolean): number[] {
-  const xs = raw.split(',').map((s) => Number(s.trim()));
-  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || !check(x))) throw new Error(`--${flag}: expected a comma-separated list, got "${raw}"`);
-  return xs;
-}
-
-function positive(flag: string, raw: string): number {
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${flag}: expected a positive number, got "${raw}"`);
-  return n;
+  chunkedPrefill?: boolean;
+  passTokenBudget?: string;
 }
 
 export function registerBench(program: Command): void {
@@ -57,6 +48,9 @@ export function registerBench(program: Command): void {
     .option('--config <file>', 'config file (broker and Redis URLs, device profiles)')
     .option('--json', 'print the results as JSON on the last line')
     .option('--out <dir>', 'report folder (default reports/<timestamp>)')
+    .option('--chunked-prefill', 'prompts in chunks that share passes (the config default)')
+    .option('--no-chunked-prefill', 'every prompt a pass of its own')
+    .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)')
     .action(async (flags: BenchFlags) => {
       const { runLiveBench, writeLiveReport } = await import('../../bench/live.ts');
       const { summaryTable } = await import('../../results/table.ts');
@@ -64,21 +58,27 @@ export function registerBench(program: Command): void {
       const names = flags.policies.split(',').map((s) => s.trim());
       for (const p of names) if (!isPolicyName(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${POLICIES.join(', ')})`);
       const policies = names as PolicyName[];
-      const devices = list('devices', flags.devices ?? (flags.quick ? '2,4,8,16' : '2,4,8,16,32,64'), (n) => Number.isInteger(n) && n >= 1);
+      const devices = parseNumberList('devices', flags.devices ?? (flags.quick ? '2,4,8,16' : '2,4,8,16,32,64'), POSITIVE_INT);
       const interactive = process.stderr.isTTY;
       const results = await runLiveBench({
         policies,
         devices,
-        warmupMs: positive('warmup-s', flags.warmupS ?? (flags.quick ? '2' : '4')) * 1_000,
-        windowMs: positive('window-s', flags.windowS ?? (flags.quick ? '6' : '20')) * 1_000,
-        timeScale: positive('time-scale', flags.timeScale),
+        warmupMs: parseNumber('warmup-s', flags.warmupS ?? (flags.quick ? '2' : '4'), POSITIVE) * 1_000,
+        windowMs: parseNumber('window-s', flags.windowS ?? (flags.quick ? '6' : '20'), POSITIVE) * 1_000,
+        timeScale: parseNumber('time-scale', flags.timeScale, POSITIVE),
         preset: flags.preset === 'tiny' ? 'tiny' : 'small',
         profiles: flags.profiles.split(',').map((s) => s.trim()),
-        maxNewTokens: positive('max-tokens', flags.maxTokens),
-        workers: positive('workers', flags.workers),
-        slo: { ttftMs: positive('ttft-ms', flags.ttftMs), tpotMs: positive('tpot-ms', flags.tpotMs) },
-        seed: positive('seed', flags.seed),
+        maxNewTokens: parseNumber('max-tokens', flags.maxTokens, POSITIVE_INT),
+        workers: parseNumber('workers', flags.workers, POSITIVE_INT),
+        slo: { ttftMs: parseNumber('ttft-ms', flags.ttftMs, POSITIVE), tpotMs: parseNumber('tpot-ms', flags.tpotMs, POSITIVE) },
+        seed: parseNumber('seed', flags.seed, NON_NEG_INT),
         ...(flags.config ? { configFile: flags.config } : {}),
+        overrides: {
+          scheduler: {
+            ...(flags.chunkedPrefill !== undefined ? { chunkedPrefill: flags.chunkedPrefill } : {}),
+            ...(flags.passTokenBudget !== undefined ? { passTokenBudget: parseNumber('pass-token-budget', flags.passTokenBudget, POSITIVE_INT) } : {}),
+          },
+        },
         onProgress: ({ policy, devices: k, step, steps }) => {
           const width = 24;
           const filled = Math.round((step / steps) * width);

@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import type { ClientResult } from '../../actors/client.ts';
+import { between, NON_NEG_INT, parseNumber, POSITIVE } from '../flags.ts';
 import { configFromFlags } from './roles.ts';
 
 interface EnqueueFlags {
@@ -19,12 +20,6 @@ interface EnqueueFlags {
   model?: string;
   ttftMs?: string;
   tpotMs?: string;
-}
-
-function num(flag: string, raw: string, check: (n: number) => boolean, expect: string): number {
-  const n = Number(raw);
-  if (!Number.isFinite(n) || !check(n)) throw new Error(`--${flag}: expected ${expect}, got "${raw}"`);
-  return n;
 }
 
 /** One line of `wisp enqueue --wait --json`. */
@@ -74,17 +69,17 @@ export function registerEnqueue(program: Command): void {
     .option('--timeout-ms <ms>', 'give up waiting after this long', '120000')
     .action(async (prompts: string[], flags: EnqueueFlags) => {
       const config = await configFromFlags(flags);
-      const maxNewTokens = num('max-tokens', flags.maxTokens, (n) => Number.isInteger(n) && n >= 1 && n <= 8192, 'an integer 1..8192');
+      const maxNewTokens = parseNumber('max-tokens', flags.maxTokens, between(1, 8192, true));
       const sampling = {
-        temperature: num('temperature', flags.temperature, (n) => n >= 0 && n <= 10, 'a number 0..10'),
-        topP: num('top-p', flags.topP, (n) => n > 0 && n <= 1, 'a number in (0, 1]'),
-        seed: num('seed', flags.seed, (n) => Number.isInteger(n) && n >= 0, 'a non-negative integer'),
+        temperature: parseNumber('temperature', flags.temperature, between(0, 10)),
+        topP: parseNumber('top-p', flags.topP, { check: (n) => n > 0 && n <= 1, expect: 'a number in (0, 1]' }),
+        seed: parseNumber('seed', flags.seed, NON_NEG_INT),
       };
       const slo = {
-        ttftMs: flags.ttftMs ? num('ttft-ms', flags.ttftMs, (n) => n > 0, 'a positive number') : config.slo.ttftMs,
-        tpotMs: flags.tpotMs ? num('tpot-ms', flags.tpotMs, (n) => n > 0, 'a positive number') : config.slo.tpotMs,
+        ttftMs: flags.ttftMs ? parseNumber('ttft-ms', flags.ttftMs, POSITIVE) : config.slo.ttftMs,
+        tpotMs: flags.tpotMs ? parseNumber('tpot-ms', flags.tpotMs, POSITIVE) : config.slo.tpotMs,
       };
-      const timeoutMs = num('timeout-ms', flags.timeoutMs, (n) => n > 0, 'a positive number');
+      const timeoutMs = parseNumber('timeout-ms', flags.timeoutMs, POSITIVE);
       const { connectBroker } = await import('../../broker/connection.ts');
       const { WispClient } = await import('../../actors/client.ts');
       // uplink: a client credential may publish prompts only through the uplink exchange (ops/rabbitmq).

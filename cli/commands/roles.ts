@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import type { DeepPartial } from '../../config/load.ts';
 import type { WispConfig } from '../../config/schema.ts';
+import { parseNumber, POSITIVE_INT } from '../flags.ts';
 
 interface CommonFlags {
   config?: string;
@@ -13,19 +14,20 @@ interface CommonFlags {
   timeScale?: string;
   preset?: string;
   modelDir?: string;
-}
-
-function positiveInt(flag: string, raw: string): number {
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag}: expected a positive integer, got "${raw}"`);
-  return n;
+  /** --chunked-prefill / --no-chunked-prefill; undefined: the config decides. */
+  chunkedPrefill?: boolean;
+  passTokenBudget?: string;
 }
 
 /** Loads the config with CLI flags applied last (they are validated like every other value). */
 export async function configFromFlags(flags: CommonFlags): Promise<WispConfig> {
   const { loadConfig } = await import('../../config/load.ts');
   const overrides: DeepPartial<WispConfig> = {};
-  if (flags.policy !== undefined) overrides.scheduler = { policy: flags.policy as WispConfig['scheduler']['policy'] };
+  overrides.scheduler = {
+    ...(flags.policy !== undefined ? { policy: flags.policy as WispConfig['scheduler']['policy'] } : {}),
+    ...(flags.chunkedPrefill !== undefined ? { chunkedPrefill: flags.chunkedPrefill } : {}),
+    ...(flags.passTokenBudget !== undefined ? { passTokenBudget: parseNumber('pass-token-budget', flags.passTokenBudget, POSITIVE_INT) } : {}),
+  };
   if (flags.timeScale !== undefined) overrides.timeScale = Number(flags.timeScale);
   if (flags.preset !== undefined || flags.modelDir !== undefined) {
     overrides.models = {
@@ -43,6 +45,14 @@ function withCommon(cmd: Command): Command {
     .option('--time-scale <x>', 'multiplies every emulated device time (0 = none)')
     .option('--preset <name>', 'built-in forged model pair: tiny | small')
     .option('--model-dir <dir>', 'folder with target/ and draft-*/ (Optimum ONNX layout)');
+}
+
+/** Flags of the roles that schedule passes (`up`, `scheduler`). */
+function withPassBudget(cmd: Command): Command {
+  return cmd
+    .option('--chunked-prefill', 'prompts in chunks that share passes with verifications and decode steps (the default)')
+    .option('--no-chunked-prefill', 'every prompt a pass of its own')
+    .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)');
 }
 
 /** Keeps the process alive until SIGINT/SIGTERM, then stops `running` once. */
@@ -64,7 +74,7 @@ async function untilSignal(running: { stop(): Promise<void> }, what: string): Pr
 }
 
 export function registerRoles(program: Command): void {
-  withCommon(program.command('up'))
+  withPassBudget(withCommon(program.command('up')))
     .description('run the scheduler, W verifier workers and an edge fleet of N devices in this process')
     .option('--devices <n>', 'emulated edge devices', '4')
     .option('--workers <n>', 'verifier workers', '1')
@@ -73,8 +83,8 @@ export function registerRoles(program: Command): void {
       const config = await configFromFlags(flags);
       const { runUp } = await import('../../actors/launch.ts');
       const running = await runUp(config, {
-        devices: positiveInt('devices', flags.devices),
-        workers: positiveInt('workers', flags.workers),
+        devices: parseNumber('devices', flags.devices, POSITIVE_INT),
+        workers: parseNumber('workers', flags.workers, POSITIVE_INT),
         ...(flags.profiles ? { profiles: flags.profiles.split(',').map((s) => s.trim()) } : {}),
       });
       process.stderr.write(
@@ -84,7 +94,7 @@ export function registerRoles(program: Command): void {
       await untilSignal(running, 'all roles');
     });
 
-  withCommon(program.command('scheduler'))
+  withPassBudget(withCommon(program.command('scheduler')))
     .description('run the scheduler role')
     .action(async (flags: CommonFlags) => {
       const config = await configFromFlags(flags);
@@ -110,7 +120,7 @@ export function registerRoles(program: Command): void {
       const config = await configFromFlags(flags);
       const { runEdge } = await import('../../actors/launch.ts');
       const running = await runEdge(config, {
-        devices: positiveInt('devices', flags.devices),
+        devices: parseNumber('devices', flags.devices, POSITIVE_INT),
         ...(flags.profile ? { profiles: flags.profile.split(',').map((s) => s.trim()) } : {}),
         ...(flags.fleetId ? { fleetId: flags.fleetId } : {}),
       });

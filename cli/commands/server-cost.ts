@@ -5,7 +5,8 @@
  *   wisp server-cost --server h100-80gb/34b --batch 32x1@512 --prefill 1x512 --json
  * `--json` prints {"ms": <total>, "parts": {"linear", "attention", "lmHead", "overhead"}}.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
+import { argParser, NON_NEG } from '../flags.ts';
 
 interface ServerCostFlags {
   server?: string;
@@ -19,11 +20,7 @@ interface ServerCostFlags {
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
-function nonNeg(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('must be a number ≥ 0');
-  return n;
-}
+const nonNeg = argParser(NON_NEG);
 
 export function registerServerCost(program: Command): void {
   program

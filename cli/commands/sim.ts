@@ -8,6 +8,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import type { PolicyName } from '../../policies/types.ts';
 import type { ScenarioOptions } from '../../sim/scenario-options.ts';
+import { argParser, NON_NEG, NON_NEG_INT, parseNumberList, POSITIVE, POSITIVE_INT, UNIT_OPEN } from '../flags.ts';
 
 /** The flags of `wisp sim`: the scenario overrides (sim/scenario-options.ts) and the run's own. */
 interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 'truncation' | 'deviceMix' | 'chunkedPrefill'> {
@@ -27,35 +28,11 @@ interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 't
   out?: string;
 }
 
-function positiveInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be an integer ≥ 1');
-  return n;
-}
-
-function nonNegInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be an integer ≥ 0');
-  return n;
-}
-
-function positive(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('must be a positive number');
-  return n;
-}
-
-function nonNeg(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('must be a number ≥ 0');
-  return n;
-}
-
-function unitOpen(v: string): number {
-  const n = Number(v);
-  if (!(n > 0 && n < 1)) throw new InvalidArgumentError('must be a number in (0, 1)');
-  return n;
-}
+const positiveInt = argParser(POSITIVE_INT);
+const nonNegInt = argParser(NON_NEG_INT);
+const positive = argParser(POSITIVE);
+const nonNeg = argParser(NON_NEG);
+const unitOpen = argParser(UNIT_OPEN);
 
 /** `--policies a,b`: each a known policy (config/schema.ts POLICIES). */
 async function parsePolicies(text: string): Promise<PolicyName[]> {
@@ -111,12 +88,6 @@ interface MapFlags {
 
 const list = (text: string): string[] => text.split(',').map((x) => x.trim()).filter((x) => x !== '');
 
-function numberList(flag: string, text: string): number[] {
-  const xs = list(text).map(Number);
-  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x))) throw new Error(`${flag}: expected a comma-separated list of numbers, got "${text}"`);
-  return xs;
-}
-
 /** `wisp sim map`: the regime map over servers × TPOT SLOs × device mixes × draft agreements. */
 async function map(flags: MapFlags): Promise<void> {
   const { availableParallelism } = await import('node:os');
@@ -129,9 +100,9 @@ async function map(flags: MapFlags): Promise<void> {
   const started = performance.now();
   const grid = {
     servers: flags.servers !== undefined ? list(flags.servers) : DEFAULT_MAP_GRID.servers,
-    tpotMs: flags.tpotMs !== undefined ? numberList('--tpot-ms', flags.tpotMs) : DEFAULT_MAP_GRID.tpotMs,
+    tpotMs: flags.tpotMs !== undefined ? parseNumberList('tpot-ms', flags.tpotMs, POSITIVE) : DEFAULT_MAP_GRID.tpotMs,
     mixes: flags.mixes !== undefined ? flags.mixes.split(';').map((m) => m.trim()).filter((m) => m !== '') : DEFAULT_MAP_GRID.mixes,
-    agreements: flags.agreements !== undefined ? numberList('--agreements', flags.agreements) : DEFAULT_MAP_GRID.agreements,
+    agreements: flags.agreements !== undefined ? parseNumberList('agreements', flags.agreements, NON_NEG) : DEFAULT_MAP_GRID.agreements,
     policies: flags.policies !== undefined ? await parsePolicies(flags.policies) : DEFAULT_MAP_GRID.policies,
     seed: flags.seed ?? DEFAULT_MAP_GRID.seed,
   };

@@ -10,6 +10,7 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
+import { connect } from 'amqplib';
 import { connectBroker, type BrokerClient, type BrokerLogger } from '../../broker/connection.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue, devicePromptQueue, workerQueue } from '../../broker/topology.ts';
 import { WispClient } from '../../actors/client.ts';
@@ -272,4 +273,28 @@ export function spawnWorker(config: WispConfig, workerId: string): WorkerProcess
       clearTimeout(t);
     },
   };
+}
+
+/**
+ * Worker processes for a fault system started with no in-process workers: spawned, then waited
+ * for until the scheduler knows each (a failure prints their output).
+ */
+export async function spawnReadyWorkers(sys: FaultSystem, ids: readonly string[]): Promise<WorkerProcess[]> {
+  const workers = ids.map((id) => spawnWorker(sys.config, id));
+  await waitFor(() => ids.every((id) => sys.scheduler.role.snapshot().context.workers[id]?.model !== undefined), 'worker processes ready', 90_000, 100).catch(async (err: Error) => {
+    const output = workers.map((w) => `${w.workerId}: ${w.output()}`).join('\n');
+    await stopWorkers(sys.config, workers);
+    throw new Error(`${err.message}\n${output}`);
+  });
+  return workers;
+}
+
+/** Stops worker processes and deletes their queues (durable, they would outlive the test). */
+export async function stopWorkers(config: WispConfig, workers: readonly WorkerProcess[]): Promise<void> {
+  for (const w of workers) await w.stop().catch(() => {});
+  const c = await connect(config.amqpUrl).catch(() => null);
+  if (!c) return;
+  const ch = await c.createChannel();
+  for (const w of workers) await ch.deleteQueue(workerQueue(w.workerId)).catch(() => {});
+  await c.close().catch(() => {});
 }

@@ -7,10 +7,9 @@
  * --mode target`), none lost or duplicated.
  */
 import { expect } from 'chai';
-import { connect } from 'amqplib';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { ensureVhost, faultConfig, spawnWorker, startFaultSystem, waitFor, type FaultSystem, type WorkerProcess } from './helpers.ts';
+import { ensureVhost, faultConfig, spawnReadyWorkers, startFaultSystem, stopWorkers, waitFor, type FaultSystem, type WorkerProcess } from './helpers.ts';
 
 const VHOST = 'wisp-faults-kill';
 
@@ -38,21 +37,12 @@ describe('faults 1: a verifier worker is SIGKILLed in the middle of a batch', fu
           }),
       },
     });
-    workers = ids.map((id) => spawnWorker(config, id));
-    await waitFor(() => ids.every((id) => sys.scheduler.role.snapshot().context.workers[id]?.model !== undefined), 'both worker processes ready', 90_000, 100).catch((err: Error) => {
-      throw new Error(`${err.message}\n${workers.map((w) => `${w.workerId}: ${w.output()}`).join('\n')}`);
-    });
+    workers = await spawnReadyWorkers(sys, ids);
   });
 
   after(async () => {
-    for (const w of workers) await w.stop().catch(() => {});
+    await stopWorkers(config, workers);
     await sys?.stop();
-    const c = await connect(config.amqpUrl).catch(() => null);
-    if (c) {
-      const ch = await c.createChannel();
-      for (const id of ids) await ch.deleteQueue(workerQueue(id)).catch(() => {});
-      await c.close().catch(() => {});
-    }
   });
 
   it('moves its sessions to the other worker and completes all 16 exactly', async () => {

@@ -16,6 +16,7 @@ import {
   type WispConfig,
 } from '../../config/index.ts';
 import { getPath } from '../../config/env.ts';
+import { configFromFlags } from '../../cli/commands/roles.ts';
 
 /** Runs `fn`, expecting a ConfigError, and returns it. */
 function refused(fn: () => unknown): ConfigError {
@@ -181,5 +182,16 @@ describe('config', () => {
     expect(refused(() => emulatedDeviceProfile(c, 'toaster')).message).to.equal(
       'config: deviceProfile: unknown device profile (known: jetson-orin-nano, phone, raspberry-pi-5), got "toaster"',
     );
+  });
+
+  it('role flags (--no-chunked-prefill, --pass-token-budget) beat the config; absent, the config decides', async () => {
+    const plain = await configFromFlags({});
+    expect(plain.scheduler.chunkedPrefill).to.equal(DEFAULT_CONFIG.scheduler.chunkedPrefill);
+    expect(plain.scheduler.passTokenBudget).to.equal(DEFAULT_CONFIG.scheduler.passTokenBudget);
+    const set = await configFromFlags({ chunkedPrefill: false, passTokenBudget: '256', policy: 'sled' });
+    expect(set.scheduler).to.include({ chunkedPrefill: false, passTokenBudget: 256, policy: 'sled' });
+    let err: unknown = null;
+    await configFromFlags({ passTokenBudget: '-3' }).catch((e: unknown) => (err = e));
+    expect(String(err)).to.contain('--pass-token-budget: expected an integer ≥ 1, got "-3"');
   });
 });
