@@ -22,7 +22,7 @@ import {
   type PolicyName,
 } from '../policies/index.ts';
 import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
-import { passTokenBudget } from '../policies/pass-budget.ts';
+import { passTokenBudget, type BudgetLoad } from '../policies/pass-budget.ts';
 
 export interface SchedulerSettings {
   policy: PolicyName;
@@ -364,6 +364,17 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, eff
   });
 }
 
+/** What a worker's next pass carries besides prompt chunks, and the prompts waiting (policies/pass-budget.ts). */
+function budgetLoad(entries: readonly PendingEntry[], decoding: number, nowMs: number): BudgetLoad {
+  let otherTokens = decoding;
+  const prompts: { tokensLeft: number; deadlineMs: number }[] = [];
+  for (const e of entries) {
+    if (e.request.kind === 'prefill') prompts.push({ tokensLeft: e.request.n, deadlineMs: e.request.deadlineMs });
+    else otherTokens += e.request.n;
+  }
+  return { otherTokens, prompts, nowMs };
+}
+
 /** Asks the policy, for every ready worker, what to run now; returns dispatch and wake effects. */
 export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): void {
   let wakeAtMs: number | null = null;
@@ -385,7 +396,7 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
         ageBoundMs: ctx.settings.ageBoundMs,
         truncation: ctx.settings.truncation,
         ...(chunked
-          ? { chunkedPrefill: true, passTokenBudget: passTokenBudget(w.passCurveMs ?? w.estimator, ctx.settings.defaultSlo.tpotMs, ctx.settings.passTokenBudget ?? 0), decodeTokens: w.decoding }
+          ? { chunkedPrefill: true, passTokenBudget: passTokenBudget(w.passCurveMs ?? w.estimator, ctx.settings.defaultSlo.tpotMs, ctx.settings.passTokenBudget ?? 0, budgetLoad(entries, w.decoding, nowMs)), decodeTokens: w.decoding }
           : {}),
       },
       nowMs,
@@ -432,6 +443,7 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
     };
     ctx.evictions[w.workerId] = [];
     ctx.pending[w.workerId] = entries.flatMap((e) => (chosen.has(e.request.requestId) ? (partial.has(e.request.requestId) ? [partial.get(e.request.requestId)!] : []) : [e]));
+    if (chunked && ctx.pending[w.workerId].length > 0) batch.followUp = true;
     // The first token of a session comes with the chunk that finishes its prompt.
     ctx.workers[w.workerId] = { ...w, ready: false, inflight: { batchId, opened: finishing } };
     ctx.stats = { ...ctx.stats, dispatched: ctx.stats.dispatched + items.length, batches: ctx.stats.batches + 1 };

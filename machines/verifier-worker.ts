@@ -35,6 +35,19 @@ export interface BatchReport {
   decodeActive: number;
 }
 
+/**
+ * How long a worker with sessions decoding waits for a batch the scheduler said would follow
+ * (`VerifyBatch.followUp`) before it runs a decode step alone, ms. The follow-up is one status and
+ * one batch message away (a millisecond or two here); waiting for it puts the step in the same
+ * pass as the next prompt chunk, where running it first would cost a whole pass per chunk.
+ */
+export const FOLLOW_UP_HOLD_MS = 20;
+
+/** Whether a worker that just finished `batch` waits for the next one rather than step alone. */
+export function holdsForFollowUp(batch: Pick<VerifyBatch, 'followUp'> | null, queued: number, decodeActive: number): boolean {
+  return batch?.followUp === true && queued === 0 && decodeActive > 0;
+}
+
 /** Id prefix of a centralized continuous-batching decode step's report (not a dispatched batch). */
 export const DECODE_STEP_PREFIX = 'step-';
 
@@ -54,6 +67,8 @@ export interface VerifierWorkerContext extends VerifierWorkerInput {
   current: VerifyBatch | null;
   batchesDone: number;
   decodeActive: number;
+  /** The batch just done said another follows (and sessions are decoding): hold, do not step. */
+  awaitsFollowUp: boolean;
   lastError: string | null;
 }
 
@@ -97,10 +112,11 @@ export const verifierWorkerMachine = setup({
   guards: {
     hasQueued: ({ context }) => context.queue.length > 0,
     decoding: ({ context }) => context.decodeActive > 0,
+    awaitsFollowUp: ({ context }) => context.awaitsFollowUp,
   },
 }).createMachine({
   id: 'verifierWorker',
-  context: ({ input }) => ({ ...input, model: null, queue: [], current: null, batchesDone: 0, decodeActive: 0, lastError: null }),
+  context: ({ input }) => ({ ...input, model: null, queue: [], current: null, batchesDone: 0, decodeActive: 0, awaitsFollowUp: false, lastError: null }),
   initial: 'starting',
   on: {
     STOP: { target: '.stopped' },
@@ -128,6 +144,7 @@ export const verifierWorkerMachine = setup({
       // Queued batches first (new sessions and verifications), then a decode step if any is active.
       always: [
         { guard: 'hasQueued', target: 'executing' },
+        { guard: 'awaitsFollowUp', target: 'holding' },
         { guard: 'decoding', target: 'stepping' },
       ],
       on: {
@@ -146,7 +163,12 @@ export const verifierWorkerMachine = setup({
         onDone: {
           target: 'ready',
           actions: [
-            assign({ batchesDone: ({ context }) => context.batchesDone + 1, current: null, decodeActive: ({ event }) => event.output.decodeActive }),
+            assign({
+              batchesDone: ({ context }) => context.batchesDone + 1,
+              awaitsFollowUp: ({ context, event }) => holdsForFollowUp(context.current, context.queue.length, event.output.decodeActive),
+              current: null,
+              decodeActive: ({ event }) => event.output.decodeActive,
+            }),
             { type: 'reportReady', params: ({ context, event }) => ({ model: context.model!, report: event.output }) },
           ],
         },
@@ -159,6 +181,12 @@ export const verifierWorkerMachine = setup({
           ],
         },
       },
+    },
+    /** Sessions are decoding and the scheduler said a batch follows: wait for it, not too long. */
+    holding: {
+      entry: assign({ awaitsFollowUp: false }),
+      on: { BATCH: { target: 'executing', actions: 'enqueue' } },
+      after: { [FOLLOW_UP_HOLD_MS]: { target: 'ready' } },
     },
     stepping: {
       on: { BATCH: { actions: 'enqueue' } },

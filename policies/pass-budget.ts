@@ -18,6 +18,16 @@
  * learns only the pass sizes it sees, so a budget taken from it shrinks the passes, and its
  * picture of larger ones drifts — a loop that ends at the smallest budget.
  *
+ * Prompts must still make their TTFT deadlines. A budget that suits the TPOT SLO can be too small
+ * to feed the prompts that arrive (a 7B model on an A40 at 60 ms: 96 tokens, most of them taken by
+ * the pass's decodes or verifications, so prompts queue without bound and every session misses its
+ * TTFT). So, given the load — the pass's other tokens and the waiting prompts with their
+ * deadlines — the budget is the smallest one at or above the rule's that lets every prompt still
+ * able to make its deadline finish by it, earliest deadline first, each pass feeding
+ * (budget − other tokens) prompt tokens. When no budget does (none up to the pass that would
+ * outlast the earliest deadline), the rule's budget stands: growing the passes would slow every
+ * session for prompts that miss anyway.
+ *
  * Clamped to [MIN_PASS_TOKENS, MAX_PASS_TOKENS]. A fixed budget (config
  * `scheduler.passTokenBudget` > 0) replaces the rule.
  */
@@ -66,12 +76,22 @@ function largest(lo: number, hi: number, ok: (t: number) => boolean): number {
   return lo;
 }
 
+/** What the pass will carry besides prompt chunks, and the prompts waiting for it. */
+export interface BudgetLoad {
+  /** Tokens of the pass that are not prompt chunks: decode steps sharing it, verifications waiting. */
+  otherTokens: number;
+  /** Prompts waiting: tokens each has left, and its TTFT deadline (scheduler clock, ms). */
+  prompts: readonly { tokensLeft: number; deadlineMs: number }[];
+  nowMs: number;
+}
+
 /**
- * The budget the rule gives this server and SLO, tokens (a multiple of 16).
+ * The budget the rule gives this server, SLO and load, tokens (a multiple of 16).
  * @param server the worker's reported curve (CURVE_TOKENS points), or the estimator to ask
  * @param fixed a configured budget (> 0) that replaces the rule
+ * @param load the pass's other tokens and the waiting prompts (absent: the SLO rule alone)
  */
-export function passTokenBudget(server: readonly number[] | EstimatorState, tpotMs: number, fixed = 0): number {
+export function passTokenBudget(server: readonly number[] | EstimatorState, tpotMs: number, fixed = 0, load?: BudgetLoad): number {
   if (fixed > 0) return Math.max(1, Math.floor(fixed));
   const passMs = Array.isArray(server)
     ? (T: number) => onCurve(server as readonly number[], T)
@@ -81,5 +101,34 @@ export function passTokenBudget(server: readonly number[] | EstimatorState, tpot
   const steps = MAX_PASS_TOKENS / step;
   const knee = largest(1, steps, (k) => passMs(k * step) <= KNEE_FACTOR * one);
   const slo = largest(1, steps, (k) => passMs(k * step) <= SLO_SHARE * tpotMs);
-  return Math.min(MAX_PASS_TOKENS, Math.max(MIN_PASS_TOKENS, step * Math.max(knee, slo)));
+  const base = Math.min(steps, Math.max(1, knee, slo));
+  if (!load || load.prompts.length === 0) return base * step;
+  // A prompt already out of time — even one pass with all of it would end past its deadline —
+  // cannot be helped by a larger pass: it does not set the budget.
+  const viable = load.prompts
+    .filter((p) => p.deadlineMs - load.nowMs >= passMs(Math.min(MAX_PASS_TOKENS, load.otherTokens + p.tokensLeft)))
+    .sort((a, b) => a.deadlineMs - b.deadlineMs);
+  const keeps = (k: number) => promptsKeepDeadlines(k * step, passMs, load.otherTokens, viable, load.nowMs);
+  if (viable.length === 0) return base * step;
+  // The smallest budget above the rule's that keeps them, up to the pass that would outlast the
+  // earliest deadline (no larger one can keep that prompt).
+  const soonestMs = viable[0].deadlineMs - load.nowMs;
+  for (let k = base; k <= steps && passMs(k * step) <= soonestMs; k++) if (keeps(k)) return k * step;
+  return base * step;
+}
+
+/**
+ * Whether passes of `budget` tokens, back to back, each feeding what `otherTokens` leave of it,
+ * finish every prompt (sorted by deadline) by its deadline, earliest deadline first.
+ */
+function promptsKeepDeadlines(budget: number, passMs: (T: number) => number, otherTokens: number, prompts: readonly { tokensLeft: number; deadlineMs: number }[], nowMs: number): boolean {
+  const perPass = budget - otherTokens;
+  if (perPass < MIN_PASS_TOKENS) return false;
+  const t = passMs(budget);
+  let due = 0;
+  for (const p of prompts) {
+    due += p.tokensLeft;
+    if (due > perPass * Math.floor((p.deadlineMs - nowMs) / t)) return false;
+  }
+  return true;
 }

@@ -257,6 +257,12 @@ export const VerifyBatchSchema = z.object({
   dispatchedAtMs: ms,
   /** Sessions to drop from the worker's cache (closed or moved). */
   evict: z.array(id).max(LIMITS.batchMembers).default([]),
+  /**
+   * Chunked prefill: the scheduler holds more prompt work for this worker, to send as soon as this
+   * batch is done. A worker with sessions decoding waits for it (FOLLOW_UP_HOLD_MS at most) so the
+   * decode step rides in that pass instead of running alone first.
+   */
+  followUp: z.boolean().optional(),
 });
 export type VerifyBatch = z.infer<typeof VerifyBatchSchema>;
 

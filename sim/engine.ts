@@ -37,6 +37,7 @@ import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../e
 import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';
 import { applyEdgeSessionEvent, startEdgeSession, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
+import { FOLLOW_UP_HOLD_MS, holdsForFollowUp } from '../machines/verifier-worker.ts';
 import { learnFromRound, type ControllerState } from '../policies/controller.ts';
 import { passCurveMs } from '../policies/pass-budget.ts';
 import type { BatchShape } from '../policies/types.ts';
@@ -111,6 +112,8 @@ interface SimWorker {
   queue: VerifyBatch[];
   decoding: Decoding[];
   rng: Rng;
+  /** Counts holds for a follow-up batch (machines/verifier-worker.ts holdsForFollowUp); a stale hold's end is ignored. */
+  holdGen: number;
   current: {
     batch: VerifyBatch;
     shapes: BatchShape[];
@@ -129,6 +132,7 @@ type SimEvent =
   | { k: 'dispatch'; w: SimWorker; batch: VerifyBatch }
   | { k: 'batchDone'; w: SimWorker }
   | { k: 'stepDone'; w: SimWorker; shapes: BatchShape[]; startedAtMs: number; actualMs: number }
+  | { k: 'holdEnd'; w: SimWorker; gen: number }
   | { k: 'result'; dev: SimDevice; sessionId: string; result: VerifyResult }
   | { k: 'stream'; dev: SimDevice; sessionId: string; seq: number }
   | { k: 'failed'; dev: SimDevice; sessionId: string; code: ErrorCode; message: string };
@@ -251,7 +255,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const workers: SimWorker[] = [];
   const workerById = new Map<string, SimWorker>();
   for (let i = 0; i < c.workers; i++) {
-    const w: SimWorker = { id: `w${i}`, busy: false, queue: [], decoding: [], rng: new Rng(deriveSeed(c.seed, STREAMS.server, i)), current: null };
+    const w: SimWorker = { id: `w${i}`, busy: false, queue: [], decoding: [], rng: new Rng(deriveSeed(c.seed, STREAMS.server, i)), holdGen: 0, current: null };
     workers.push(w);
     workerById.set(w.id, w);
   }
@@ -413,9 +417,12 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       const kind = t.verify >= t.prefill && t.verify >= t.decode ? 'verify' : t.prefill >= t.decode ? 'prefill' : 'step';
       batches.push({ workerId: w.id, kind, size, startedAtMs: cur.startedAtMs, actualMs: cur.actualMs, busyMs: now - cur.startedAtMs, predictedMs: cur.batch.predictedMs, truncatedTokens: truncated, tokens: t, ...kvSnapshot(w) });
     }
-    // Like the live worker: pick the next work (a decode step) before reporting ready.
+    // Like the live worker: pick the next work (a decode step) before reporting ready — or,
+    // when the scheduler said a batch follows, wait a little for it to share the step's pass.
     w.busy = false;
-    startNext(w);
+    w.holdGen++;
+    if (holdsForFollowUp(cur.batch, w.queue.length, w.decoding.length)) q.push(now + FOLLOW_UP_HOLD_MS, { k: 'holdEnd', w, gen: w.holdGen });
+    else startNext(w);
     const status = statusOf(w, { batch: cur.batch, shapes: cur.shapes, actualMs: cur.actualMs });
     if (c.server.hopMs > 0) q.push(now + c.server.hopMs, { k: 'sched', ev: { type: 'WORKER_STATUS', message: status, atMs: now + c.server.hopMs } });
     else toScheduler({ type: 'WORKER_STATUS', message: status, atMs: now });
@@ -692,6 +699,10 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         break;
       case 'stepDone':
         onStepDone(event.w, event.shapes, event.startedAtMs, event.actualMs);
+        break;
+      case 'holdEnd':
+        // No follow-up came in time: the decode step runs alone.
+        if (event.gen === event.w.holdGen && !event.w.busy) startNext(event.w);
         break;
       case 'result':
         onResult(event.dev, event.sessionId, event.result);

@@ -32,6 +32,19 @@ describe('policies/pass-budget: one budget rule for every policy', () => {
     expect(passTokenBudget(CURVE.map((_, i) => 10 * 2 ** i), 5)).to.equal(MIN_PASS_TOKENS);
   });
 
+  it('grows, when prompts would miss their TTFT, to the smallest budget that feeds them in time', () => {
+    const load = (tokensLeft: number, inMs: number) => ({ otherTokens: 100, prompts: [{ tokensLeft, deadlineMs: 5_000 + inMs }], nowMs: 5_000 });
+    // At the rule's 208: 108 prompt tokens a pass, 50 ms a pass, 20 passes in 1 s: 2,160 ≥ 2,000.
+    expect(passTokenBudget(CURVE, 50, 0, load(2_000, 1_000))).to.equal(208);
+    // 3,000 tokens: 384 feeds 284 × 10 passes (94 ms each) = 2,840, short; 400 feeds 300 × 10 (98 ms) = 3,000.
+    expect(passTokenBudget(CURVE, 50, 0, load(3_000, 1_000))).to.equal(400);
+    // A prompt out of time even in one pass, or one no budget can feed in time, leaves the rule's budget.
+    expect(passTokenBudget(CURVE, 50, 0, load(3_000, 20))).to.equal(208);
+    expect(passTokenBudget(CURVE, 50, 0, load(100_000, 1_000))).to.equal(208);
+    // A fixed budget is fixed, whatever the load.
+    expect(passTokenBudget(CURVE, 50, 64, load(3_000, 1_000))).to.equal(64);
+  });
+
   it('a configured budget replaces the rule', () => {
     expect(passTokenBudget(CURVE, 100, 64)).to.equal(64);
   });
@@ -200,6 +213,8 @@ describe('scheduler: a prompt fed over several passes', () => {
       { start: 32, end: 40 },
     ]);
     expect(h.ctx().pending.w1 ?? []).to.deep.equal([]);
+    // Each batch says whether more of the prompt follows (a decoding worker waits for it).
+    expect(h.batches.map((b) => b.followUp === true)).to.deep.equal([true, true, false]);
   });
 
   it('a prompt half prefilled on a lost worker starts over from token 0 on the next', () => {
