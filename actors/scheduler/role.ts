@@ -20,6 +20,7 @@ import type { Logger } from '../../telemetry/logger.ts';
 import type { SchedulerMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, itemTraceHeaders, startQueueSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
 import { wallClock, type Clock } from '../clock.ts';
+import { writeThrottle } from '../write-throttle.ts';
 
 export interface EstimatorStore {
   load(model: string, workerId: string): Promise<EstimatorState | null>;
@@ -103,7 +104,10 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
   /** Requests whose batch is being published (released when the broker confirms). */
   const publishing = new Set<string>();
   let wake: NodeJS.Timeout | null = null;
-  const persistAt = new Map<string, number>();
+  // At most one estimator write per worker per second: the statistics move slowly. The last
+  // write is deferred, not skipped, so it always reaches Redis (after a FLUSHDB, a run's last
+  // batches may all fall within one second).
+  const persist = writeThrottle(1_000, () => clock.now());
 
   const machine = schedulerMachine.provide({
     actions: {
@@ -163,13 +167,11 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         release(requestKey(p.sessionId, p.round ?? 0));
       },
       persistEstimator: (_, p) => {
-        if (!opts.estimators) return;
-        // At most one write per worker per second: the statistics move slowly.
-        const key = `${p.model}/${p.workerId}`;
-        const now = clock.now();
-        if (now - (persistAt.get(key) ?? 0) < 1_000) return;
-        persistAt.set(key, now);
-        void opts.estimators.save(p.model, p.workerId, p.estimator).catch((err: Error) => log.warn({ err: err.message }, 'estimator not saved'));
+        const estimators = opts.estimators;
+        if (!estimators) return;
+        persist.write(`${p.model}/${p.workerId}`, () =>
+          estimators.save(p.model, p.workerId, p.estimator).catch((err: Error) => log.warn({ err: err.message }, 'estimator not saved')),
+        );
       },
       scheduleWake: (_, { atMs }) => {
         if (wake) clearTimeout(wake);
@@ -279,6 +281,10 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
     async stop() {
       clearInterval(watchdog);
       if (wake) clearTimeout(wake);
+      // The deferred estimator writes go now (a restarted scheduler starts from them); not
+      // awaited, so a Redis that is away cannot hold the stop up: they are queued ahead of the
+      // store's QUIT.
+      void persist.flush();
       await consumer.cancel();
       actor.stop();
       for (const key of [...queued.keys()]) endQueued(key, { [ATTR.outcome]: 'stopped' });
