@@ -46,6 +46,17 @@ export function tokenCap(s: BatchPolicyState): number {
   return Math.max(1, (s.passTokenBudget ?? s.maxBatchTokens) - (s.decodeTokens ?? 0));
 }
 
+/**
+ * Tokens a batch may feed when a verification joins it: never fewer than without chunked
+ * prefill. The budget rule sizes a pass for one token per session (a decode step within half
+ * the TPOT SLO); a verification yields several tokens per pass and its own deadline checks
+ * bound the pass, so the budget limits what prompt chunks add, not how many drafts are verified
+ * (capping verifications by it cost WISP up to half its capacity in the regime map).
+ */
+export function verifyTokenCap(s: BatchPolicyState): number {
+  return s.chunkedPrefill ? Math.max(s.maxBatchTokens, tokenCap(s)) : s.maxBatchTokens;
+}
+
 export type RequestKind = PendingRequest['kind'];
 
 /** Nothing to run now; ask again at `wakeAtMs` (null: on the next event). */
@@ -158,21 +169,16 @@ export class BatchDraft {
     return predictPassMs(this.state.estimator, this.aggWith(r, size));
   }
 
-  /** Tokens the batch may still take under its cap. */
-  get room(): number {
-    return tokenCap(this.state) - this.agg.totals.tokens;
-  }
-
   /**
-   * Whether `r` with size `size` stays within bMax and the token cap. A first member always
-   * does — except a prompt chunk larger than the budget (chunks are cut to fit; a minimal one
-   * always may run alone).
+   * Whether `r` with size `size` stays within bMax and the token cap (a prompt chunk: the pass
+   * budget; a verification: verifyTokenCap). A first member always does — except a prompt chunk
+   * larger than the budget (chunks are cut to fit; a minimal one always may run alone).
    */
   withinCaps(r: PendingRequest, size: number): boolean {
     if (this.members.length >= this.state.bMax) return false;
     const n = memberShape(r, size).n;
     if (this.members.length === 0) return !(this.state.chunkedPrefill && r.kind === 'prefill') || n <= Math.max(tokenCap(this.state), Math.min(fullSize(r), MIN_CHUNK_TOKENS));
-    return this.agg.totals.tokens + n <= tokenCap(this.state);
+    return this.agg.totals.tokens + n <= (r.kind === 'prefill' ? tokenCap(this.state) : verifyTokenCap(this.state));
   }
 
   /** The largest size of `r` from `lo` up to its full size within the caps (null when even `lo` is over). */

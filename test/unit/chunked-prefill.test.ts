@@ -109,7 +109,21 @@ describe('policies: prompt chunks under the pass token budget', () => {
     for (const policy of ['sled', 'centralized'] as PolicyName[]) {
       const d = selectBatch(policy, state([verify('a', 2, 5_000, 1), prompt('b', 100, 5_000)]), 10);
       expect(d.members[0], policy).to.deep.equal({ requestId: 'b:0', verifyTokens: 0, prefillTokens: 40 });
-      expect(tokensOf(d), policy).to.be.at.most(40);
+      // The verification still joins: the budget bounds prompt chunks, not verified drafts.
+      expect(d.members.slice(1), policy).to.deep.equal([{ requestId: 'a:1', verifyTokens: 2 }]);
+    }
+  });
+
+  it('verifications are capped as without chunking, never by the budget; a chunk joins only where the budget has room', () => {
+    const many = Array.from({ length: 6 }, (_, i) => verify(`v${i}`, 9, 5_000, i));
+    for (const policy of ['wisp', 'sled'] as PolicyName[]) {
+      // 6 × 10 = 60 verified tokens > the 40-token budget: all of them run, and no chunk fits beside them.
+      const d = selectBatch(policy, state([...many, prompt('p', 100, 5_000, 10)]), 10);
+      expect(d.members.filter((m) => m.prefillTokens === undefined).map((m) => m.verifyTokens), policy).to.deep.equal([9, 9, 9, 9, 9, 9]);
+      expect(d.members.some((m) => m.prefillTokens !== undefined), policy).to.equal(false);
+      // Without chunking the same cap applies: the batch cap, here 50 tokens.
+      const capped = selectBatch(policy, state(many, { maxBatchTokens: 50 }), 10);
+      expect(tokensOf(capped), policy).to.equal(50);
     }
   });
 
