@@ -98,7 +98,7 @@ export const SchedulerKnobsSchema = z.strictObject({
   pipelinedDrafting: bool(),
   /** Prompts split into chunks that share passes with verifications and decode steps (off: each prompt a pass of its own). */
   chunkedPrefill: bool(),
-  /** Tokens one pass may feed (verified, decoded and prompt-chunk tokens); 0 = the rule of policies/pass-budget.ts. */
+  /** Tokens one pass may feed once prompt chunks join it (verified, decoded and chunk tokens); 0 = the rule of policies/pass-budget.ts. Verifications alone are capped by maxBatchTokens. */
   passTokenBudget: nonNegInt(),
 });
 export type SchedulerKnobs = z.infer<typeof SchedulerKnobsSchema>;

@@ -2,6 +2,7 @@
  * Rendering of the regime map (`wisp sim map`): heatmaps (hand-written SVG) of a capacity ratio
  * over the grid, the cell table, and report.md. Pure string building.
  */
+import { tuningCandidates } from './map-tuning.ts';
 import { capacityRatio, ratioPairs, type MapCell, type MapGrid, type MapPolicyFigures, type MapRunSettings } from './map.ts';
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -76,7 +77,7 @@ export const capText = (f: MapPolicyFigures | undefined): string => (f === undef
 export function mapTable(cells: readonly MapCell[], g: MapGrid): string {
   const head = ['server', 'TPOT ms', 'devices', 'agreement', ...g.policies.map((p) => `${p} cap.`), ...g.policies.map((p) => `${p} tok/s`)];
   const ratios = ratioPairs(g.policies);
-  head.push(...ratios.map(([a, b]) => `${a}/${b} cap.`), 'best');
+  head.push(...ratios.map(([a, b]) => `${a}/${b} cap.`), 'best', ...g.policies.map((p) => `${p} settings`));
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const c of cells) {
     const best = bestPolicy(c);
@@ -89,6 +90,7 @@ export function mapTable(cells: readonly MapCell[], g: MapGrid): string {
       ...g.policies.map((p) => (c.policies[p] ? c.policies[p].goodputTokS.toFixed(0) : '—')),
       ...ratios.map(([a, b]) => ratioText(capacityRatio(c.policies[a], c.policies[b]))),
       best,
+      ...g.policies.map((p) => c.policies[p]?.settings ?? '—'),
     ];
     lines.push(`| ${row.join(' | ')} |`);
   }
@@ -117,6 +119,10 @@ export function mapMarkdown(o: { cells: readonly MapCell[]; grid: MapGrid; setti
     `Each cell is the paper scenario (${o.workload}) with that server, TPOT SLO (TTFT 2 s), devices and agreement. Every load is simulated for ${s.durationS} s (the first ${s.warmupS} s not measured).`,
     '',
     `Capacity precision: the search doubles the device count from ${s.search.start} until ≥ 10 % of sessions miss the SLO, then bisects until the first failing count is within ${(s.search.precision * 100).toFixed(1)} % (or 1 device) of the last passing one — so a capacity C means C passed and a count at most ${(s.search.precision * 100).toFixed(1)} % above it failed. Searches stop at ${s.search.max} devices; a capacity there is marked ≥. Ratios between capacities within that precision are ties.`,
+    '',
+    o.settings.tune
+      ? `Settings: each policy runs at its best settings in each cell — its defaults, or one knob changed: ${o.grid.policies.map((p) => `${p}: ${tuningCandidates(p).slice(1).map((c) => c.label).join(', ')}`).join('; ')} — the one with the largest capacity, then goodput (column "settings"). A candidate's search starts at the best capacity so far.`
+      : 'Settings: every policy at its defaults (`--no-tune`).',
     '',
     `Wall time: ${o.wallS.toFixed(0)} s.`,
     '',

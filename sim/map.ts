@@ -12,6 +12,7 @@ import { POLICIES, type PolicyName } from '../config/schema.ts';
 import { WispError } from '../common/errors.ts';
 import { applyScenarioOptions, parseMix } from './scenario-options.ts';
 import { scenario, type Scenario } from './scenarios.ts';
+import { DEFAULT_SETTINGS_LABEL, tuneSettings, tuningCandidates } from './map-tuning.ts';
 import { searchCapacity, sweepVariants, type CapacitySearch, type RunSummary, type SearchedResult } from './sweep.ts';
 
 export class MapConfigError extends WispError {
@@ -36,6 +37,8 @@ export interface MapRunSettings {
   durationS: number;
   warmupS: number;
   search: CapacitySearch;
+  /** Each policy at its best settings in each cell (sim/map-tuning.ts); off: every policy at its defaults. */
+  tune: boolean;
 }
 
 export const DEFAULT_MAP_GRID: MapGrid = {
@@ -52,7 +55,7 @@ export const DEFAULT_MAP_GRID: MapGrid = {
  * then bisects until the failing count is within 1/8 of the passing one: the default grid then
  * runs in a few minutes on two cores (README), and a capacity is known to ±12.5 % (±1 device).
  */
-export const DEFAULT_MAP_SETTINGS: MapRunSettings = { durationS: 60, warmupS: 10, search: { start: 1, max: 512, precision: 0.125 } };
+export const DEFAULT_MAP_SETTINGS: MapRunSettings = { durationS: 60, warmupS: 10, search: { start: 1, max: 512, precision: 0.125 }, tune: true };
 
 /** One cell of the grid. */
 export interface MapCellKey {
@@ -68,6 +71,8 @@ export interface MapPolicyFigures {
   goodputTokS: number;
   /** Passed at the search's largest count: the capacity is at least this. */
   censored: boolean;
+  /** The settings these figures were measured at (a label of sim/map-tuning.ts). */
+  settings: string;
 }
 
 export interface MapCell extends MapCellKey {
@@ -86,6 +91,9 @@ export interface MapTaskResult {
   cell: MapCellKey;
   policy: PolicyName;
   result: SearchedResult;
+  /** The settings `result` was measured at, and what every candidate tried reached. */
+  settings: string;
+  tried: { settings: string; capacity: number; goodputTokS: number }[];
   runs: RunSummary[];
 }
 
@@ -121,11 +129,25 @@ export function cellScenario(cell: MapCellKey, settings: MapRunSettings, seed: n
 
 /** Runs one task (a worker thread calls this; so do tests). */
 export function runMapTask(t: MapTask): MapTaskResult {
-  const s = cellScenario(t.cell, t.settings, t.seed);
-  const variant = sweepVariants(s, [t.policy], false)[0];
+  const base = cellScenario(t.cell, t.settings, t.seed);
   const runs: RunSummary[] = [];
-  const result = searchCapacity({ scenario: s, policies: [t.policy], extrasVariants: false }, variant, t.settings.search, runs, { n: 0 });
-  return { cell: t.cell, policy: t.policy, result, runs };
+  const candidates = t.settings.tune ? tuningCandidates(t.policy) : tuningCandidates(t.policy).slice(0, 1);
+  const { best, chosen, tried } = tuneSettings(candidates, t.settings.search.start, (c, start) => {
+    const s: Scenario = { ...base, scheduler: { ...base.scheduler, ...c.scheduler } };
+    const variant = sweepVariants(s, [t.policy], false)[0];
+    const own: RunSummary[] = [];
+    const r = searchCapacity({ scenario: s, policies: [t.policy], extrasVariants: false }, variant, { ...t.settings.search, start }, own, { n: 0 });
+    runs.push(...own.map((x) => ({ ...x, key: c.label === DEFAULT_SETTINGS_LABEL ? x.key : `${x.key} (${c.label})` })));
+    return r;
+  });
+  return {
+    cell: t.cell,
+    policy: t.policy,
+    result: best,
+    settings: chosen.label,
+    tried: tried.map((x) => ({ settings: x.label, capacity: x.figures.capacity, goodputTokS: x.figures.goodputTokS })),
+    runs,
+  };
 }
 
 /** All tasks of a grid: each cell × each policy. */
@@ -146,7 +168,7 @@ export function assembleCells(g: MapGrid, results: readonly MapTaskResult[]): Ma
     const policies: Record<string, MapPolicyFigures> = {};
     for (const p of g.policies) {
       const r = (byCell.get(cellId(cell)) ?? []).find((x) => x.policy === p);
-      if (r) policies[p] = { capacity: r.result.capacity, goodputTokS: r.result.goodputTokS, censored: r.result.censored };
+      if (r) policies[p] = { capacity: r.result.capacity, goodputTokS: r.result.goodputTokS, censored: r.result.censored, settings: r.settings };
     }
     return { ...cell, policies };
   });

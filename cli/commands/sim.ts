@@ -82,6 +82,7 @@ interface MapFlags {
   maxDevices?: number;
   precision?: number;
   jobs?: number;
+  tune?: boolean;
   json?: boolean;
   out?: string;
 }
@@ -111,6 +112,7 @@ async function map(flags: MapFlags): Promise<void> {
     durationS: flags.durationS ?? DEFAULT_MAP_SETTINGS.durationS,
     warmupS: flags.warmupS ?? (flags.durationS !== undefined ? Math.min(DEFAULT_MAP_SETTINGS.warmupS, flags.durationS / 5) : DEFAULT_MAP_SETTINGS.warmupS),
     search: { ...DEFAULT_MAP_SETTINGS.search, ...(flags.maxDevices !== undefined ? { max: flags.maxDevices } : {}), ...(flags.precision !== undefined ? { precision: flags.precision } : {}) },
+    tune: flags.tune ?? DEFAULT_MAP_SETTINGS.tune,
   };
   const tasks = mapTasks(grid, settings);
   const jobs = flags.jobs ?? Math.max(1, availableParallelism());
@@ -135,7 +137,7 @@ async function map(flags: MapFlags): Promise<void> {
   }
   const w = (await import('../../sim/scenarios.ts')).scenario('paper').workload;
   const workload = `prompts ${w.promptTokens.min}–${w.promptTokens.max} tokens, answers ${w.outputTokens.min}–${w.outputTokens.max}, one session after another per device`;
-  const doc = { kind: 'map', grid, settings, cells, runs: results.map((r) => ({ cell: r.cell, policy: r.policy, runs: r.runs })), wallS };
+  const doc = { kind: 'map', grid, settings, cells, runs: results.map((r) => ({ cell: r.cell, policy: r.policy, settings: r.settings, tried: r.tried, runs: r.runs })), wallS };
   await writeFile(join(dir, 'results.json'), `${JSON.stringify(doc, null, 2)}\n`);
   await writeFile(join(dir, 'report.md'), mapMarkdown({ cells, grid, settings, heatmaps, wallS, workload }));
   process.stdout.write(`${mapTable(cells, grid)}\n\n${cells.length} cells, ${tasks.length} capacity searches on ${Math.min(jobs, tasks.length)} thread(s) in ${wallS.toFixed(0)} s\nreport: ${dir}\n`);
@@ -234,6 +236,7 @@ export function registerSim(program: Command): void {
     .option('--max-devices <n>', 'largest device count a search tries (default 512)', positiveInt)
     .option('--precision <x>', 'bisection stops when the failing count is within this share of the passing one (default 0.125)', unitOpen)
     .option('--jobs <n>', 'worker threads (default: the machine\'s cores)', positiveInt)
+    .option('--no-tune', 'every policy at its default settings (default: each at its best settings per cell: pass budget, chunking, batch size, SLED\'s wait)')
     .option('--json', 'print {cells: [...]} as the last line')
     .option('--out <dir>', 'report folder (default reports/map-<timestamp>)')
     .action(async (flags: MapFlags) => map(flags));

@@ -7,7 +7,7 @@ import { scenario } from '../../sim/scenarios.ts';
 import { searchCapacity, sweepVariants, type RunSummary } from '../../sim/sweep.ts';
 
 const small: MapGrid = { servers: ['a100-80gb/34b'], tpotMs: [150], mixes: ['jetson-orin-nano'], agreements: [0.85], policies: ['wisp', 'centralized'], seed: 1 };
-const quick = { durationS: 12, warmupS: 1, search: { start: 1, max: 8, precision: 0.125 } };
+const quick = { durationS: 12, warmupS: 1, search: { start: 1, max: 8, precision: 0.125 }, tune: false };
 
 describe('sim: the regime map', () => {
   it('enumerates the default grid: 3 servers × 4 SLOs × 3 mixes × 2 agreements, in a fixed order', () => {
@@ -64,7 +64,7 @@ describe('sim: the regime map', () => {
   });
 
   it('ratios, the best policy, the table and the heatmap', () => {
-    const f = (capacity: number, goodputTokS = 1, censored = false) => ({ capacity, goodputTokS, censored });
+    const f = (capacity: number, goodputTokS = 1, censored = false) => ({ capacity, goodputTokS, censored, settings: 'defaults' });
     expect(capacityRatio(f(8), f(4))).to.equal(2);
     expect(capacityRatio(f(3), f(0))).to.equal(Infinity);
     expect(capacityRatio(f(0), f(0))).to.equal(null);
@@ -74,7 +74,7 @@ describe('sim: the regime map', () => {
     expect(bestPolicy({ ...cell, policies: { wisp: f(0), centralized: f(0) } })).to.equal('none');
     const g: MapGrid = { ...small, mixes: ['phone'], tpotMs: [60], agreements: [0.7], policies: ['wisp', 'sled', 'centralized'] };
     const table = mapTable([cell], g);
-    expect(table).to.contain('| a100-80gb/34b | 60 | phone | 0.7 | 8 | 2 | ≥8 | 300 | 1 | 200 | 1.00x | 4.00x | wisp |');
+    expect(table).to.contain('| a100-80gb/34b | 60 | phone | 0.7 | 8 | 2 | ≥8 | 300 | 1 | 200 | 1.00x | 4.00x | wisp | defaults | defaults | defaults |');
     const svg = svgRatioHeatmap([cell], g, 'wisp', 'sled', 'Capacity of wisp ÷ sled');
     expect(svg).to.contain('4.00x').and.contain('8/2').and.contain('a100-80gb/34b · phone');
   });
