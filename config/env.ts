@@ -40,7 +40,7 @@ const ENV_TABLE: ReadonlyArray<Omit<EnvVar, 'defaultValue'>> = [
   { name: 'WISP_DEVICE_ID', key: 'edge.deviceId', kind: 'string', description: 'Stable id of this edge device' },
   { name: 'WISP_SLO_TTFT_MS', key: 'slo.ttftMs', kind: 'number', description: 'Default time-to-first-token SLO, ms' },
   { name: 'WISP_SLO_TPOT_MS', key: 'slo.tpotMs', kind: 'number', description: 'Default time-per-output-token SLO, ms' },
-  { name: 'WISP_POLICY', key: 'scheduler.policy', kind: 'string', description: 'wisp | sled | centralized' },
+  { name: 'WISP_POLICY', key: 'scheduler.policy', kind: 'string', description: 'wisp | sled | centralized | adaptive' },
   { name: 'WISP_B_MAX', key: 'scheduler.bMax', kind: 'integer', description: 'Most requests per verification batch' },
   { name: 'WISP_WAIT_MS', key: 'scheduler.waitMs', kind: 'number', description: 'SLED: dispatch when the oldest request waited this long, ms' },
   { name: 'WISP_MAX_BATCH_TOKENS', key: 'scheduler.maxBatchTokens', kind: 'integer', description: 'Cap on tokens fed in one batch (verifications, and whole prompts without chunked prefill)' },

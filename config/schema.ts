@@ -68,11 +68,13 @@ export const DeviceProfileSchema = z.strictObject({
   draftModel: str(),
   /** Power draw by activity, W (for energy per token). */
   powerW: PowerSchema,
+  /** Per-token agreement of its draft with the target, measured offline (e.g. from `wisp bench`'s acceptance samples): the adaptive policy's prior until the device has verified drafts of its own. */
+  agreement: z.number().min(0).max(0.999).optional(),
 });
 export type DeviceProfile = z.infer<typeof DeviceProfileSchema>;
 
 /** The batch policies: the one list config, simulator, benchmarks and CLI read. */
-export const POLICIES = ['wisp', 'sled', 'centralized'] as const;
+export const POLICIES = ['wisp', 'sled', 'centralized', 'adaptive'] as const;
 export type PolicyName = (typeof POLICIES)[number];
 
 /** Whether `name` is one of POLICIES. */

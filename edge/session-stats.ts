@@ -30,6 +30,7 @@ export function sessionStats(ctx: EdgeSessionContext, slo: Slo, startedAtMs: num
     verifyMs: c.verifyMs,
     acceptedByPosition: c.acceptedByPosition,
     draftedByPosition: c.draftedByPosition,
+    ...(ctx.mode !== 'adaptive' ? { mode: ctx.mode } : {}),
   };
 }
 

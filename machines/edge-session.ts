@@ -4,6 +4,7 @@
  *   opening ─(round-0 result: first target token)─▶ drafting ─▶ awaiting ─(result)─▶ drafting …
  *      │                                                                     └▶ done | failed
  *      └─ centralized mode: streaming (the server decodes; tokens arrive as TokenStream chunks)
+ *   adaptive: the first answer says which — a round-0 result (drafting) or a stream (streaming)
  *
  * The whole behaviour is one pure transition, `reduceEdgeSession(context, event) → {context,
  * effects}` (as machines/scheduler.ts has reduceScheduler): the XState machine below runs it
@@ -13,7 +14,7 @@
  * here; every event that carries a time carries it (`atMs`), stamped by the adapter.
  */
 import { enqueueActions, fromPromise, setup } from 'xstate';
-import type { ErrorCode, ErrorMessage, ServingMode, TokenStream, VerifyResult } from '../protocol/messages.ts';
+import type { ErrorCode, ErrorMessage, RequestedMode, TokenStream, VerifyResult } from '../protocol/messages.ts';
 import type { SparseDist } from '../inference/types.ts';
 import type { DraftTokenFeatures } from '../policies/types.ts';
 
@@ -45,7 +46,8 @@ export interface EdgeSessionInput {
   sessionId: string;
   deviceId: string;
   requestId: string;
-  mode: ServingMode;
+  /** `adaptive` until the server's first answer says which: a round-0 result (speculate) or a stream (it decodes). */
+  mode: RequestedMode;
   promptTokens: number[];
   maxNewTokens: number;
   eosTokenId: number | null;
@@ -308,6 +310,7 @@ export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessio
     case 'RESULT': {
       const r = event.result;
       if (ctx.phase === 'opening' && r.round === 0) {
+        if (ctx.mode === 'adaptive') ctx.mode = 'speculative';
         commit(ctx, [r.token]);
         ctx.firstTokenAtMs = event.atMs;
         ctx.lastTokenAtMs = event.atMs;
@@ -330,6 +333,7 @@ export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessio
     }
     case 'STREAM':
       if ((ctx.phase === 'opening' || ctx.phase === 'streaming') && event.chunk.seq === ctx.streamSeq) {
+        if (ctx.mode === 'adaptive') ctx.mode = 'centralized';
         // The chunk's tokens, and the server's queueing and pass time for it (prefill, then each decode step).
         commit(ctx, event.chunk.tokens);
         ctx.streamSeq += 1;

@@ -8,7 +8,7 @@
  * Times are the `atMs` stamps on events (the scheduler's clock).
  */
 import { enqueueActions, setup } from 'xstate';
-import type { BatchItem, ErrorCode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
+import type { BatchItem, ErrorCode, ServingMode, SessionClose, SessionOpen, Slo, VerifyBatch, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
 import { PROTOCOL_VERSION } from '../protocol/messages.ts';
 import { requestKey } from '../protocol/builders.ts';
 import type { PendingRequest } from '../policies/types.ts';
@@ -23,6 +23,7 @@ import {
 } from '../policies/index.ts';
 import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
 import { passTokenBudget, type BudgetLoad } from '../policies/pass-budget.ts';
+import { chooseServingMode, notePrompt, promptTokensPerMs, type PromptRate } from '../policies/serving-mode.ts';
 
 export interface SchedulerSettings {
   policy: PolicyName;
@@ -63,6 +64,8 @@ export interface WorkerEntry {
   decoding: number;
   /** The pass-time curve the worker reported (policies/pass-budget.ts), or null. */
   passCurveMs: number[] | null;
+  /** Prompt tokens admitted to it per ms, an exponentially weighted rate (policies/serving-mode.ts), absent before the first. */
+  promptRate?: PromptRate;
 }
 
 export interface SessionEntry {
@@ -79,6 +82,10 @@ export interface SessionEntry {
   lastSeenMs?: number;
   /** KV-cache tokens reserved for it on its worker (prompt + most new tokens); 0 while it waits for memory. */
   kvTokens?: number;
+  /** How it is served, once admitted (an `adaptive` open is resolved then, once). */
+  mode?: ServingMode;
+  /** Most new tokens it asked for (the adaptive choice weighs how often its sessions bring prompts). */
+  maxNewTokens?: number;
 }
 
 export interface PendingEntry {
@@ -175,6 +182,45 @@ function addPending(ctx: SchedulerContext, workerId: string, entry: PendingEntry
   if (s && (s.lastSeenMs ?? -Infinity) < entry.request.arrivalMs) ctx.sessions[s.sessionId] = { ...s, lastSeenMs: entry.request.arrivalMs };
 }
 
+/**
+ * The mode an admitted session is served in: what its open asked for, or for `adaptive` the
+ * choice of policies/serving-mode.ts on its worker's state now — made once, at admission, so a
+ * redelivered open gets the same answer. A device that gave no drafting pace speculates.
+ */
+function resolveMode(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, w: WorkerEntry, atMs: number): ServingMode {
+  if (s.mode) return s.mode;
+  if (m.mode !== 'adaptive') return m.mode;
+  if (!m.drafting) return 'speculative';
+  let decoding = 0;
+  let speculating = 0;
+  for (const o of Object.values(ctx.sessions)) {
+    if (o.workerId !== w.workerId || o.sessionId === s.sessionId || !o.mode) continue;
+    if (o.mode === 'centralized') decoding++;
+    else speculating++;
+  }
+  return chooseServingMode({
+    drafting: m.drafting,
+    rttMs: m.rttMs ?? 2 * ctx.settings.defaultReturnLatencyMs,
+    tpotMs: s.slo.tpotMs,
+    estimator: w.estimator,
+    decoding,
+    speculating,
+    promptTokensPerMs: w.promptRate ? promptTokensPerMs(w.promptRate, atMs) : 0,
+    promptTokens: m.promptTokens.length,
+    maxNewTokens: m.maxNewTokens,
+  }).mode;
+}
+
+/** The pending prefill of an admitted open, its mode resolved (the session entry keeps it). */
+function admittedOpen(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, atMs: number): PendingEntry {
+  let w = ctx.workers[s.workerId];
+  // A first admission counts toward the worker's prompt rate (a redelivered open does not).
+  if (w && !s.mode) w = ctx.workers[w.workerId] = { ...w, promptRate: notePrompt(w.promptRate, m.promptTokens.length, atMs) };
+  const mode = w ? resolveMode(ctx, s, m, w, atMs) : m.mode === 'adaptive' ? 'speculative' : m.mode;
+  ctx.sessions[s.sessionId] = { ...ctx.sessions[s.sessionId], mode };
+  return openRequest(s, m.mode === mode ? m : { ...m, mode }, atMs);
+}
+
 function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntry {
   return {
     message: m,
@@ -246,6 +292,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     workerId: w.workerId,
     slo: m.slo,
     promptLength: m.promptTokens.length,
+    maxNewTokens: m.maxNewTokens,
     firstTokenAtMs: null,
     returnLatencyMs: m.rttMs !== undefined ? m.rttMs / 2 : ctx.settings.defaultReturnLatencyMs,
     replyTo: m.replyTo,
@@ -255,7 +302,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     ctx.workers[w.workerId] = { ...w, sessions: w.sessions + 1 };
   } else if ((existing.kvTokens ?? 0) > 0 || ctx.workers[existing.workerId]?.kvCapacityTokens == null) {
     // A redelivered open of an admitted session: queue it again (it replaces the older copy).
-    addPending(ctx, existing.workerId, openRequest(existing, m, atMs));
+    addPending(ctx, existing.workerId, admittedOpen(ctx, existing, m, atMs));
     return;
   } else {
     // Still waiting for memory: the newer copy takes the older one's place in the queue.
@@ -293,7 +340,7 @@ function admitWaiting(ctx: SchedulerContext, workerId: string, atMs: number): vo
     if (w.kvCapacityTokens !== null && w.kvReservedTokens + need > w.kvCapacityTokens) break;
     w = { ...w, kvReservedTokens: w.kvReservedTokens + need };
     ctx.sessions[s.sessionId] = { ...s, kvTokens: need };
-    const entry = openRequest(s, q.message, q.atMs);
+    const entry = admittedOpen(ctx, ctx.sessions[s.sessionId], q.message, q.atMs);
     addPending(ctx, workerId, q.atMs === atMs ? entry : { ...entry, admittedAtMs: atMs });
     admitted++;
   }
@@ -490,6 +537,7 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     kvReservedTokens: prev?.kvReservedTokens ?? 0,
     decoding: m.decoding ?? 0,
     passCurveMs: m.passCurveMs ?? prev?.passCurveMs ?? null,
+    ...(prev?.promptRate ? { promptRate: prev.promptRate } : {}),
   };
   if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);
   else if (prev && prev.kvCapacityTokens !== (m.kvCapacityTokens ?? null)) admitWaiting(ctx, m.workerId, atMs);

@@ -48,6 +48,15 @@ export function holdsForFollowUp(batch: Pick<VerifyBatch, 'followUp'> | null, qu
   return batch?.followUp === true && queued === 0 && decodeActive > 0;
 }
 
+/**
+ * Whether the decode step of the sessions a worker decodes shares `batch`'s pass: with prompt
+ * chunks (chunked prefill) or verifications (the adaptive policy, whose sessions are served
+ * either way on one worker) — but not a pass of whole prompts, which runs alone as it always did.
+ */
+export function stepSharesPass(batch: Pick<VerifyBatch, 'items'>): boolean {
+  return batch.items.some((i) => i.chunk !== undefined || i.request.type === 'verify');
+}
+
 /** Id prefix of a centralized continuous-batching decode step's report (not a dispatched batch). */
 export const DECODE_STEP_PREFIX = 'step-';
 

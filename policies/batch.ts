@@ -19,6 +19,9 @@ export const POLICY_NAMES: readonly PolicyName[] = POLICIES;
 export function selectBatch(policy: PolicyName, state: BatchPolicyState, nowMs: number): BatchDecision {
   switch (policy) {
     case 'wisp':
+    // Adaptive batches its verifications as WISP does; the decode rows of the sessions the server
+    // decodes share the pass (decodeTokens). What it adds is the choice of mode (serving-mode.ts).
+    case 'adaptive':
       return selectBatchWisp(state, nowMs);
     case 'sled':
       return selectBatchSled(state, nowMs);

@@ -45,6 +45,11 @@ export const SparseDistSchema = z
 /** How the session is served: speculative (edge drafts) or centralized (server decodes alone). */
 export const ServingModeSchema = z.enum(['speculative', 'centralized']);
 export type ServingMode = z.infer<typeof ServingModeSchema>;
+/** How a device asks to be served: a mode, or `adaptive` — the scheduler picks one (policies/serving-mode.ts). */
+export const RequestedModeSchema = z.enum(['speculative', 'centralized', 'adaptive']);
+export type RequestedMode = z.infer<typeof RequestedModeSchema>;
+/** A device's drafting pace, for the scheduler's choice of mode: ms per drafted token, per-token agreement with the target. */
+export const DraftingPaceSchema = z.object({ msPerToken: ms, agreement: z.number().min(0).max(0.999), kMax: z.number().int().min(1).max(LIMITS.draftTokens) });
 
 /** client → devices */
 export const PromptRequestSchema = z
@@ -75,7 +80,10 @@ export const SessionOpenSchema = z.object({
   requestId: id,
   draftModel: id,
   targetModel: id.optional(),
-  mode: ServingModeSchema,
+  /** `adaptive`: the scheduler chooses, and the worker answers in that mode (a round-0 VerifyResult: speculate; a TokenStream: the server decodes). */
+  mode: RequestedModeSchema,
+  /** With `adaptive`: how fast the device drafts and how well its draft agrees (absent: it speculates). */
+  drafting: DraftingPaceSchema.optional(),
   promptTokens: z.array(tokenId).min(1).max(LIMITS.promptTokens),
   maxNewTokens: z.number().int().min(1).max(LIMITS.maxNewTokens),
   slo: SloSchema,
@@ -158,6 +166,8 @@ export const SessionStatsSchema = z.object({
   verifyMs: ms,
   acceptedByPosition: z.array(z.number().int().min(0)),
   draftedByPosition: z.array(z.number().int().min(0)),
+  /** How it was served, once the server's first answer said (absent before). */
+  mode: ServingModeSchema.optional(),
 });
 export type SessionStats = z.infer<typeof SessionStatsSchema>;
 

@@ -10,7 +10,7 @@
  *   sessions attain their SLO.
  */
 import type { SessionStats, Slo } from '../protocol/messages.ts';
-import type { AcceptanceSummary, KvMemorySummary, LoadPoint, PolicyResult, Ratio, ServerTimeParts, SessionTimeParts, Summary, WastedDraftSummary } from './schema.ts';
+import type { AcceptanceSummary, KvMemorySummary, LoadPoint, ModeSummary, PolicyResult, Ratio, ServerTimeParts, SessionTimeParts, Summary, WastedDraftSummary } from './schema.ts';
 
 /** One judged session (finished, or unfinished but already past its TTFT SLO). */
 export interface SessionRecord {
@@ -315,6 +315,26 @@ export function loadPoint(records: readonly SessionRecord[], o: LoadPointOptions
     ...(o.batches ? { serverMs: serverTimeParts(batches, o.windowMs, o.workers ?? 1) } : {}),
     ...optional('sessionMsPerToken', sessionMsPerToken(finished)),
     ...(o.kvCapacityTokens !== undefined ? { kv: kvMemorySummary(batches, o.kvCapacityTokens) } : {}),
+    ...optional('modes', modeSummary(finished)),
+  };
+}
+
+/** How finished sessions were served (undefined when none says: records of a device that does not report its mode). */
+export function modeSummary(records: readonly SessionRecord[]): ModeSummary | undefined {
+  const known = records.filter((r) => r.stats.mode !== undefined);
+  if (known.length === 0) return undefined;
+  const decoded = known.filter((r) => r.stats.mode === 'centralized');
+  const tokens = known.reduce((a, r) => a + r.outputTokens, 0);
+  let drafts = 0;
+  let rounds = 0;
+  for (const r of known) if (r.stats.mode === 'speculative') {
+    drafts += r.stats.drafted;
+    rounds += r.stats.rounds;
+  }
+  return {
+    decodedSessionShare: decoded.length / known.length,
+    decodedTokenShare: tokens === 0 ? 0 : decoded.reduce((a, r) => a + r.outputTokens, 0) / tokens,
+    meanDraftsPerRound: rounds === 0 ? 0 : drafts / rounds,
   };
 }
 

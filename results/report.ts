@@ -160,8 +160,8 @@ function pointsTable(name: string, r: PolicyResult): string {
   const rows = [
     `**${name}** — capacity ${r.capacity}, best goodput ${r.goodputTokS.toFixed(1)} tok/s at ${r.goodputAtDevices} devices, ${r.energyJPerToken.toFixed(3)} J/token at capacity`,
     '',
-    '| devices | sessions | attainment (by class) | goodput tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | accept rate | accepted/round | drafted/round | wasted draft | J/token | batch mean/p99 | est. APE mean | queue ms/round | truncated/round | server time verify/decode/prefill/idle | session ms/token drafting/network/queue/verify/memory | KV used mean/peak, waiting mean/peak |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| devices | sessions | attainment (by class) | goodput tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | accept rate | accepted/round | drafted/round | wasted draft | J/token | batch mean/p99 | est. APE mean | queue ms/round | truncated/round | server time verify/decode/prefill/idle | session ms/token drafting/network/queue/verify/memory | KV used mean/peak, waiting mean/peak | decoded by the server: sessions/tokens, drafts per round of the rest |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   const shares = (p: LoadPoint): string => {
     const t = p.serverMs;
@@ -181,7 +181,7 @@ function pointsTable(name: string, r: PolicyResult): string {
       .map(([k, v]) => `${k} ${(v * 100).toFixed(0)}%`)
       .join(', ');
     rows.push(
-      `| ${p.devices} | ${p.sessions} | ${(p.attainment * 100).toFixed(1)}% (${byClass}) | ${p.goodputTokS.toFixed(1)} | ${pct(p.ttftMs, 0)} | ${pct(p.tpotMs, 1)} | ${(p.acceptance.rate * 100).toFixed(0)}% | ${p.acceptance.acceptedPerRound.toFixed(2)} | ${p.acceptance.draftedPerRound.toFixed(2)} | ${(p.wastedDraft.fraction * 100).toFixed(0)}% | ${p.energyJPerToken.toFixed(3)} | ${p.batchSize.mean.toFixed(1)}/${p.batchSize.p99.toFixed(0)} | ${p.estimatorApe.count === 0 ? '—' : `${(p.estimatorApe.mean * 100).toFixed(1)}%`} | ${p.queueMsPerRound.toFixed(1)} | ${p.truncatedPerRound.toFixed(2)} | ${shares(p)} | ${perToken(p)} | ${kv(p)} |`,
+      `| ${p.devices} | ${p.sessions} | ${(p.attainment * 100).toFixed(1)}% (${byClass}) | ${p.goodputTokS.toFixed(1)} | ${pct(p.ttftMs, 0)} | ${pct(p.tpotMs, 1)} | ${(p.acceptance.rate * 100).toFixed(0)}% | ${p.acceptance.acceptedPerRound.toFixed(2)} | ${p.acceptance.draftedPerRound.toFixed(2)} | ${(p.wastedDraft.fraction * 100).toFixed(0)}% | ${p.energyJPerToken.toFixed(3)} | ${p.batchSize.mean.toFixed(1)}/${p.batchSize.p99.toFixed(0)} | ${p.estimatorApe.count === 0 ? '—' : `${(p.estimatorApe.mean * 100).toFixed(1)}%`} | ${p.queueMsPerRound.toFixed(1)} | ${p.truncatedPerRound.toFixed(2)} | ${shares(p)} | ${perToken(p)} | ${kv(p)} | ${p.modes ? `${(p.modes.decodedSessionShare * 100).toFixed(0)}%/${(p.modes.decodedTokenShare * 100).toFixed(0)}%, ${p.modes.meanDraftsPerRound.toFixed(1)}` : '—'} |`,
     );
   }
   return rows.join('\n');

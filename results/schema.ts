@@ -63,6 +63,14 @@ export const KvMemorySummarySchema = z.object({
 });
 export type KvMemorySummary = z.infer<typeof KvMemorySummarySchema>;
 
+export const ModeSummarySchema = z.object({
+  decodedSessionShare: nonNeg,
+  decodedTokenShare: nonNeg,
+  /** Mean draft tokens per round over the speculated sessions (0 when none). */
+  meanDraftsPerRound: nonNeg,
+});
+export type ModeSummary = z.infer<typeof ModeSummarySchema>;
+
 /** Everything measured at one load (one number of concurrent devices). */
 export const LoadPointSchema = z.object({
   devices: z.number().int().positive(),
@@ -93,6 +101,8 @@ export const LoadPointSchema = z.object({
   /** Mean session time per output token by part, ms (finished sessions that report their parts). */
   sessionMsPerToken: SessionTimePartsSchema.optional(),
   kv: KvMemorySummarySchema.optional(),
+  /** How the finished sessions were served: share of sessions and of output tokens the server decoded, and the mean drafts per round of the rest. */
+  modes: ModeSummarySchema.optional(),
 });
 export type LoadPoint = z.infer<typeof LoadPointSchema>;
 

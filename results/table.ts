@@ -85,6 +85,14 @@ export function timeBreakdownLines(results: BenchResults): string[] {
     const kv = p.kv && p.kv.capacityTokens !== null ? `; KV cache ${fmt(p.kv.meanUtilisation * 100, 0)}% used (peak ${fmt(p.kv.peakUtilisation * 100, 0)}%), ${fmt(p.kv.meanWaiting)} sessions waiting for memory (peak ${p.kv.peakWaiting})` : '';
     out.push(`  ${name} @ ${p.devices} devices — server: ${serverTimeText(p)}${kv}`);
     out.push(`  ${' '.repeat(name.length)}   sessions: ${sessionTimeText(p)}`);
+    if (name === 'adaptive' && p.modes) out.push(`  ${' '.repeat(name.length)}   served: ${modesText(p)}`);
   }
   return out;
+}
+
+/** "38% of sessions (35% of tokens) decoded by the server; 4.5 drafts per round on the rest". */
+export function modesText(p: LoadPoint): string {
+  const m = p.modes;
+  if (!m) return '—';
+  return `${fmt(m.decodedSessionShare * 100, 0)}% of sessions (${fmt(m.decodedTokenShare * 100, 0)}% of tokens) decoded by the server; ${fmt(m.meanDraftsPerRound)} drafts per round on the rest`;
 }

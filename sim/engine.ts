@@ -22,6 +22,7 @@
 import {
   PROTOCOL_VERSION,
   type ErrorCode,
+  type RequestedMode,
   type SessionOpen,
   type Slo,
   type TokenStream,
@@ -37,8 +38,9 @@ import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../e
 import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';
 import { applyEdgeSessionEvent, startEdgeSession, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
-import { FOLLOW_UP_HOLD_MS, holdsForFollowUp } from '../machines/verifier-worker.ts';
+import { FOLLOW_UP_HOLD_MS, holdsForFollowUp, stepSharesPass } from '../machines/verifier-worker.ts';
 import { learnFromRound, type ControllerState } from '../policies/controller.ts';
+import { agreementOf, countAgreement, NO_AGREEMENT_SEEN, type AgreementCounts } from '../policies/serving-mode.ts';
 import { passCurveMs } from '../policies/pass-budget.ts';
 import type { BatchShape } from '../policies/types.ts';
 import type { DraftedTokenDraw } from './acceptance.ts';
@@ -94,6 +96,8 @@ interface SimDevice {
   /** Latest arrival on each direction of the device's link (messages stay in order). */
   upLastMs: number;
   downLastMs: number;
+  /** What it has seen of its draft's agreement (reported in an adaptive open, as the live device does). */
+  agreement: AgreementCounts;
 }
 
 interface Decoding {
@@ -201,7 +205,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const wallStart = performance.now();
   const c = config;
   const speculative = c.policy !== 'centralized';
-  const pipelining = c.pipelinedDrafting && c.policy === 'wisp';
+  const requestedMode: RequestedMode = c.policy === 'centralized' ? 'centralized' : c.policy === 'adaptive' ? 'adaptive' : 'speculative';
+  const pipelining = c.pipelinedDrafting && (c.policy === 'wisp' || c.policy === 'adaptive');
   const q = new EventQueue<SimEvent>();
   const records: SessionRecord[] = [];
   const batches: BatchRecord[] = [];
@@ -248,6 +253,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       sessions: 0,
       upLastMs: 0,
       downLastMs: 0,
+      agreement: NO_AGREEMENT_SEEN,
     };
     devices.push(dev);
     byId.set(dev.id, dev);
@@ -349,8 +355,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     const batch = w.queue.shift();
     if (batch) {
       const itemShapes = batch.items.map(itemShape);
-      // Chunked prefill in centralized serving: the batch's prompt chunks ride along in the next decode step.
-      const step = c.scheduler.chunkedPrefill ? w.decoding.slice() : [];
+      // The decode step of the sessions decoding here shares the pass, as on the live worker.
+      const step = stepSharesPass(batch) ? w.decoding.slice() : [];
       const shapes = [...step.map(decodeShape), ...itemShapes];
       const tokens = { verify: 0, decode: step.length, prefill: 0 };
       batch.items.forEach((it, i) => (it.request.type === 'open' ? (tokens.prefill += itemShapes[i].n) : (tokens.verify += itemShapes[i].n)));
@@ -476,6 +482,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         case 'roundVerified': {
           // The controller learns; the expected round overhead follows the measured rounds.
           dev.controller = learnFromRound(dev.controller!, e.draft.features, e.result.accepted, e.result.verified);
+          dev.agreement = countAgreement(dev.agreement, e.result.accepted, Math.min(e.result.verified, e.draft.tokens.length));
           dev.roundOverheadMs = nextRoundOverheadMs(dev.roundOverheadMs, now - dev.verifySentAtMs);
           s.allAccepted = Math.min(e.result.accepted, e.result.verified, e.draft.tokens.length) === e.draft.tokens.length;
           break;
@@ -505,7 +512,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       sessionId,
       deviceId: dev.id,
       requestId: sessionId,
-      mode: speculative ? 'speculative' : 'centralized',
+      mode: requestedMode,
       promptTokens: promptOf(promptLength),
       maxNewTokens,
       eosTokenId: null,
@@ -537,6 +544,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       replyTo: dev.id,
       sentAtMs: now,
       rttMs: dev.cls.profile.rttMs,
+      ...(ctx.mode === 'adaptive' ? { drafting: { msPerToken: dev.cls.profile.draftMsPerToken, agreement: agreementOf(dev.agreement, dev.cls.acceptance.meanAcceptance), kMax: dev.controller!.kMax } } : {}),
     };
     const arrive = upArrival(dev, now);
     q.push(arrive, { k: 'sched', ev: { type: 'OPEN', message: open, atMs: arrive } });

@@ -33,6 +33,7 @@ export function tuningCandidates(policy: PolicyName): TuningCandidate[] {
   const defaults: TuningCandidate = { label: DEFAULT_SETTINGS_LABEL, scheduler: {} };
   switch (policy) {
     case 'wisp':
+    case 'adaptive':
       return [defaults, ...COMMON, BIG_BATCHES];
     case 'sled':
       return [defaults, ...COMMON, BIG_BATCHES, { label: 'wait 0 ms', scheduler: { waitMs: 0 } }, { label: 'wait 20 ms', scheduler: { waitMs: 20 } }];

@@ -174,12 +174,16 @@ export function assembleCells(g: MapGrid, results: readonly MapTaskResult[]): Ma
   });
 }
 
-/** The capacity ratios the map shows: WISP over each baseline in the grid. */
+/** The capacity ratios the map shows: WISP over each baseline, and adaptive over each other policy, of those in the grid. */
 export function ratioPairs(policies: readonly PolicyName[]): [PolicyName, PolicyName][] {
-  const out: [PolicyName, PolicyName][] = [];
-  if (policies.includes('wisp') && policies.includes('centralized')) out.push(['wisp', 'centralized']);
-  if (policies.includes('wisp') && policies.includes('sled')) out.push(['wisp', 'sled']);
-  return out;
+  const wanted: [PolicyName, PolicyName][] = [
+    ['wisp', 'centralized'],
+    ['wisp', 'sled'],
+    ['adaptive', 'centralized'],
+    ['adaptive', 'sled'],
+    ['adaptive', 'wisp'],
+  ];
+  return wanted.filter(([a, b]) => policies.includes(a) && policies.includes(b));
 }
 
 /** a / b as the map shows it: null when both are 0, Infinity when only b is. */

@@ -51,9 +51,9 @@ export function sweepVariants(s: Scenario, policies: readonly PolicyName[], extr
   const out: SweepVariant[] = policies.map((policy) => ({
     key: policy,
     policy,
-    // The extras are ours, for WISP; the baselines run as their papers describe them.
-    pipelinedDrafting: policy === 'wisp' && pipe,
-    truncation: policy === 'wisp' && trunc,
+    // The extras are ours, for WISP (and adaptive, which batches as WISP does); the baselines run as their papers describe them.
+    pipelinedDrafting: (policy === 'wisp' || policy === 'adaptive') && pipe,
+    truncation: (policy === 'wisp' || policy === 'adaptive') && trunc,
   }));
   if (extrasVariants && policies.includes('wisp')) {
     if (pipe) out.push({ key: 'wisp-no-pipelining', policy: 'wisp', pipelinedDrafting: false, truncation: trunc });

@@ -10,7 +10,7 @@ import {
   type DeviceInbox,
   type PromptRequest,
   type Sampling,
-  type ServingMode,
+  type RequestedMode,
   type SessionStats,
   type Slo,
 } from '../../protocol/messages.ts';
@@ -22,6 +22,7 @@ import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
 import { learnFromRound, type ControllerState } from '../../policies/controller.ts';
+import { agreementOf, countAgreement, NO_AGREEMENT_SEEN, type AgreementCounts } from '../../policies/serving-mode.ts';
 import { stopRuleOf } from '../../edge/drafting.ts';
 import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../../edge/link.ts';
 import { deviceEnergyJ, emptySessionStats, sessionStats } from '../../edge/session-stats.ts';
@@ -39,7 +40,8 @@ export interface EdgeDeviceOptions {
   profile: DeviceProfile;
   /** Multiplies every emulated time (draft pacing, network); 0 = none. */
   timeScale: number;
-  mode: ServingMode;
+  /** `adaptive`: the scheduler picks each session's mode from the pace this device reports. */
+  mode: RequestedMode;
   /** Keep drafting while a round is verified (see drafter.ts). */
   pipelinedDrafting: boolean;
   controller: ControllerState;
@@ -115,6 +117,9 @@ export class EdgeDevice {
    * Starts at a guess: the profile's round trip plus 50 real-world ms of server time.
    */
   #roundOverheadMs: number;
+  /** What this device has seen of its draft's agreement, and its drafting pace (EWMA, ms/token): reported in an adaptive open. */
+  #agreement: AgreementCounts = NO_AGREEMENT_SEEN;
+  #draftMsPerToken: number;
   #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; link: Promise<void> }>();
   #consumer: ConsumerHandle | null = null;
   #busy: Promise<unknown> = Promise.resolve();
@@ -129,6 +134,7 @@ export class EdgeDevice {
     this.#controller = opts.controller;
     this.#random = opts.random ?? Math.random;
     this.#roundOverheadMs = initialRoundOverheadMs(opts.profile.rttMs, opts.timeScale);
+    this.#draftMsPerToken = opts.profile.draftMsPerToken * opts.timeScale;
   }
 
   async start(): Promise<void> {
@@ -256,6 +262,7 @@ export class EdgeDevice {
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
             rttMs,
+            ...(o.mode === 'adaptive' ? { drafting: { msPerToken: this.#draftMsPerToken, agreement: agreementOf(this.#agreement, o.profile.agreement), kMax: this.#controller.kMax } } : {}),
           }));
         },
         sendVerify: (_, p) => {
@@ -288,6 +295,9 @@ export class EdgeDevice {
         roundVerified: (_, p) => {
           o.metrics?.roundVerified({ drafted: p.draft.tokens.length, verified: p.result.verified, accepted: p.result.accepted });
           this.#controller = learnFromRound(this.#controller, p.draft.features, p.result.accepted, p.result.verified);
+          this.#agreement = countAgreement(this.#agreement, p.result.accepted, Math.min(p.result.verified, p.draft.tokens.length));
+          const paced = p.draft.draftMsPerToken;
+          if (paced.length > 0) this.#draftMsPerToken = 0.8 * this.#draftMsPerToken + 0.2 * (paced.reduce((a, b) => a + b, 0) / paced.length);
           if (o.onTokenJudged) {
             // Labels as the controller learns them: accepted up to the first rejection, then that one.
             const judged = Math.min(p.result.verified, p.draft.tokens.length, p.result.accepted + 1);

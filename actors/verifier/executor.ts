@@ -26,7 +26,7 @@ import type { DecoderRunner, ForwardItem, KvCacheHandle } from '../../inference/
 import type { BatchShape } from '../../policies/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
-import { DECODE_STEP_PREFIX, type BatchReport } from '../../machines/verifier-worker.ts';
+import { DECODE_STEP_PREFIX, stepSharesPass, type BatchReport } from '../../machines/verifier-worker.ts';
 import type { VerifierMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startBatchSpan, startItemSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
 import { errorCode } from '../../common/errors.ts';
@@ -205,6 +205,11 @@ export class BatchExecutor {
       await this.refuse(item, 'token_out_of_vocab', `prompt token ${bad} is outside the vocabulary (size ${this.deps.runner.info.vocabSize})`);
       return null;
     }
+    if (m.mode === 'adaptive') {
+      // The scheduler resolves `adaptive` before it dispatches an open; one that did not is a bug upstream.
+      await this.refuse(item, 'malformed', 'mode "adaptive" reached a worker: the scheduler must choose speculative or centralized');
+      return null;
+    }
     const maxPositions = this.deps.runner.info.maxPositions;
     if (m.promptTokens.length >= maxPositions) {
       await this.refuse(item, 'prompt_too_long', `prompt of ${m.promptTokens.length} tokens does not fit the ${maxPositions}-token context`);
@@ -363,8 +368,8 @@ export class BatchExecutor {
       else itemSpan?.end({ [ATTR.outcome]: 'answered without running (duplicate, stale or refused)' });
     }
     const shapeOf = (j: Job): BatchShape => (j.prefill && j.session.cache.length > 0 ? { n: j.tokens.length, L: j.session.cache.length, prefill: true } : { n: j.tokens.length, L: j.session.cache.length });
-    // Chunked prefill in centralized serving: the decode step of the sessions decoding here shares the pass.
-    const step = batch.items.some((i) => i.chunk !== undefined) ? this.#decoding() : [];
+    // The decode step of the sessions decoding here shares the pass (chunked prefill, adaptive serving).
+    const step = stepSharesPass(batch) ? this.#decoding() : [];
     const stepShapes = step.map((st) => ({ n: 1, L: st.cache.length }));
     const openShapes = opens.map(shapeOf);
     const verifyShapes = verifies.map(shapeOf);

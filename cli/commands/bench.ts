@@ -33,7 +33,7 @@ export function registerBench(program: Command): void {
     .command('bench')
     .description('live benchmark: capacity and goodput of wisp, sled and centralized side by side')
     .option('--quick', 'a short sweep (under 3 minutes)')
-    .option('--policies <list>', 'policies to run', 'wisp,sled,centralized')
+    .option('--policies <list>', 'policies to run', 'wisp,sled,centralized,adaptive')
     .option('--devices <list>', 'concurrent devices per load (default: 2,4,8,16,32,64; quick: 2,4,8,16)')
     .option('--warmup-s <s>', 'warm-up per load, seconds (default 4; quick 2)')
     .option('--window-s <s>', 'measured window per load, seconds (default 20; quick 6)')

@@ -1,5 +1,5 @@
 /**
- * Every scheduling policy (`wisp`, `sled`, `centralized`) stays lossless with truncation on,
+ * Every scheduling policy (`wisp`, `sled`, `centralized`, `adaptive`) stays lossless with truncation on,
  * on the real broker, Redis and the forged tiny models.
  *
  * - Greedy: token for token what the target alone produces (generateTarget).
@@ -152,6 +152,52 @@ describe('policies stay lossless (truncation on)', function () {
       });
     });
   }
+
+  describe('adaptive: sessions the server decodes beside sessions their devices speculate, on one worker', () => {
+    let sys: TestSystem;
+    after(async () => {
+      await sys?.stop();
+    });
+
+    it('each session is exact for its mode: greedy equals the target alone; sampled decoded ones equal it too, speculated ones commit only allowed tokens', async () => {
+      // The devices' drafts agree with the target almost always (their profile says so): a round
+      // then commits about K_max + 1 tokens.
+      const profile = testConfig().deviceProfile;
+      sys = await runPolicy('adaptive', { devices: { [profile]: { agreement: 0.99 } } });
+      // A lenient TPOT SLO: decoding meets it, so the server decodes. One no pass can meet: the
+      // mode predicted faster wins — with drafting free here (time scale 0) and rounds of
+      // K_max + 1 tokens, speculation, as long as a pass is predicted to cost about the same
+      // for 1 or 5 tokens per row.
+      const lenient = { ttftMs: 60_000, tpotMs: 10_000 };
+      const strict = { ttftMs: 60_000, tpotMs: 0.001 };
+      const runs = prompts.flatMap((prompt, i) =>
+        [lenient, strict].flatMap((slo) => [
+          { i, slo, sampling: GREEDY, p: sys.client.submit({ prompt, maxNewTokens: MAX_NEW, sampling: GREEDY, slo }, 40_000) },
+          { i, slo, sampling: sampled(i), p: sys.client.submit({ prompt, maxNewTokens: MAX_NEW, sampling: sampled(i), slo }, 40_000) },
+        ]),
+      );
+      const modes: Record<string, number> = {};
+      for (const run of runs) {
+        const r = await run.p;
+        expect(r.error, JSON.stringify(r.error)).to.equal(null);
+        const mode = r.stats?.mode;
+        expect(mode, 'the device reports the mode it was served in').to.be.oneOf(['speculative', 'centralized']);
+        if (run.slo === lenient) expect(mode, 'a lenient SLO: the server decodes').to.equal('centralized');
+        modes[mode!] = (modes[mode!] ?? 0) + 1;
+        const label = `prompt ${run.i}, ${mode}, ${run.sampling === GREEDY ? 'greedy' : 'sampled'}`;
+        if (run.sampling === GREEDY) expect(r.tokens, label).to.deep.equal(greedyRef[run.i]);
+        else if (mode === 'centralized') expect(r.tokens, label).to.deep.equal(sampledRef[run.i]);
+        else expect(await firstDisallowed(m, promptTokens[run.i], r.tokens, run.sampling), label).to.equal(null);
+        if (mode === 'centralized') expect(r.stats?.drafted, `${label}: no drafting`).to.equal(0);
+        else expect(r.stats?.drafted, `${label}: drafted`).to.be.greaterThan(0);
+      }
+      // The strict sessions speculate while the scheduler's estimator holds its priors (a pass
+      // costs about the same for 1 or 5 tokens per row). Once it has learned this CPU, where a
+      // pass costs in proportion to its tokens, decoding is faster for them too, and they decode.
+      expect(modes.speculative ?? 0, 'some sessions speculated').to.be.greaterThan(0);
+      expect(modes.centralized ?? 0, 'some sessions were decoded').to.be.at.least(8);
+    });
+  });
 
   describe('sled with fixed draft length (confidence threshold 0)', () => {
     let sys: TestSystem;

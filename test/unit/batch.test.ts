@@ -224,7 +224,7 @@ describe('policies/batch selectBatch', () => {
     for (const name of ['wisp', 'sled', 'centralized'] as PolicyName[]) {
       expect(ids(selectBatch(name, state(pending, { waitMs: 0 }), 10)), name).to.deep.equal(['k:1']);
     }
-    expect(() => selectBatch('fifo' as PolicyName, state(pending), 0)).to.throw(PolicyConfigError, 'unknown batch policy "fifo" (known: wisp, sled, centralized)');
+    expect(() => selectBatch('fifo' as PolicyName, state(pending), 0)).to.throw(PolicyConfigError, 'unknown batch policy "fifo" (known: wisp, sled, centralized, adaptive)');
     expect(() => selectBatch('wisp', state(pending, { bMax: 0 }), 0)).to.throw(PolicyConfigError, 'bMax must be an integer ≥ 1, got 0');
   });
 });

@@ -132,7 +132,7 @@ describe('config', () => {
     const cases: Array<[() => WispConfig, string]> = [
       [() => loadConfig({ env: { WISP_B_MAX: 'abc' } }), 'config: scheduler.bMax: expected a positive integer, got "abc" (from WISP_B_MAX)'],
       [() => loadConfig({ env: { WISP_B_MAX: '2.5' } }), 'config: scheduler.bMax: expected a positive integer, got 2.5 (from WISP_B_MAX)'],
-      [() => loadConfig({ env: { WISP_POLICY: 'fifo' } }), 'config: scheduler.policy: expected one of wisp|sled|centralized, got "fifo" (from WISP_POLICY)'],
+      [() => loadConfig({ env: { WISP_POLICY: 'fifo' } }), 'config: scheduler.policy: expected one of wisp|sled|centralized|adaptive, got "fifo" (from WISP_POLICY)'],
       [() => loadConfig({ env: { WISP_TRUNCATION: 'maybe' } }), 'config: scheduler.truncation: expected true or false, got "maybe" (from WISP_TRUNCATION)'],
       [() => loadConfig({ env: { WISP_TIME_SCALE: '-1' } }), 'config: timeScale: expected a non-negative number, got -1 (from WISP_TIME_SCALE)'],
       [() => loadConfig({ env: { WISP_AMQP_URL: 'http://x' } }), 'config: amqpUrl: expected an amqp:// or amqps:// URL, got "http://x" (from WISP_AMQP_URL)'],

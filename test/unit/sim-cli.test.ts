@@ -18,7 +18,7 @@ describe('wisp sim (CLI)', function () {
       const lines = stdout.trim().split('\n');
       const results = JSON.parse(lines[lines.length - 1]) as { kind: string; policies: Record<string, { capacity: number; goodputTokS: number }>; ratios: object };
       expect(results.kind).to.equal('sim');
-      expect(Object.keys(results.policies)).to.deep.equal(['wisp', 'sled', 'centralized']);
+      expect(Object.keys(results.policies)).to.deep.equal(['wisp', 'sled', 'centralized', 'adaptive']);
       for (const p of Object.values(results.policies)) {
         expect(p.capacity).to.be.a('number');
         expect(p.goodputTokS).to.be.greaterThan(0);
@@ -91,10 +91,10 @@ describe('wisp sim (CLI)', function () {
         ['a100-80gb/34b', 150, 'phone', 0.85],
       ]);
       for (const c of doc.cells) {
-        expect(Object.keys(c.policies)).to.deep.equal(['wisp', 'sled', 'centralized']);
+        expect(Object.keys(c.policies)).to.deep.equal(['wisp', 'sled', 'centralized', 'adaptive']);
         for (const f of Object.values(c.policies)) expect(f.capacity).to.be.within(0, 4);
       }
-      expect((await readdir(out)).sort()).to.deep.equal(['capacity-wisp-vs-centralized.svg', 'capacity-wisp-vs-sled.svg', 'report.md', 'results.json']);
+      expect((await readdir(out)).sort()).to.deep.equal(['capacity-adaptive-vs-centralized.svg', 'capacity-adaptive-vs-sled.svg', 'capacity-adaptive-vs-wisp.svg', 'capacity-wisp-vs-centralized.svg', 'capacity-wisp-vs-sled.svg', 'report.md', 'results.json']);
       const report = await readFile(join(out, 'report.md'), 'utf8');
       expect(report).to.contain('Capacity precision').and.contain('| a100-80gb/34b | 150 | Jetson | 0.85 |');
       expect(await readFile(join(out, 'capacity-wisp-vs-centralized.svg'), 'utf8')).to.match(/^<svg[\s\S]*<\/svg>$/);

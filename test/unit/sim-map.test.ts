@@ -15,7 +15,7 @@ describe('sim: the regime map', () => {
     expect(cells).to.have.length(72);
     expect(cells[0]).to.deep.equal({ server: 'a40-48gb/7b', tpotMs: 40, mix: 'jetson-orin-nano', agreement: 0.7 });
     expect(cells[1].agreement).to.equal(0.85);
-    expect(mapTasks(DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS)).to.have.length(216);
+    expect(mapTasks(DEFAULT_MAP_GRID, DEFAULT_MAP_SETTINGS)).to.have.length(288);
     expect(() => checkGrid({ ...small, tpotMs: [] })).to.throw(/--tpot-ms: at least one value/);
     expect(() => checkGrid({ ...small, mixes: ['phone:0'] })).to.throw(/weight > 0/);
   });

@@ -1,0 +1,185 @@
+import { expect } from 'chai';
+import { createActor } from 'xstate';
+import { applyEdgeSessionEvent, startEdgeSession } from '../../machines/edge-session.ts';
+import { schedulerMachine, type SchedulerSettings } from '../../machines/scheduler.ts';
+import { stepSharesPass } from '../../machines/verifier-worker.ts';
+import { createVarlenEstimatorState } from '../../policies/estimator.ts';
+import {
+  agreementOf,
+  chooseServingMode,
+  countAgreement,
+  expectedTokensPerRound,
+  NO_AGREEMENT_SEEN,
+  notePrompt,
+  PRIOR_AGREEMENT,
+  PROMPT_RATE_TAU_MS,
+  promptTokensPerMs,
+  type ServingModeInput,
+} from '../../policies/serving-mode.ts';
+import { PROTOCOL_VERSION, SessionOpenSchema, type SessionOpen, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
+
+/** A memory-bound server: 40 ms a pass plus 0.05 ms per token fed (policies/estimator.ts varlenFeatures: 1, tokens, …). */
+const ENGINE = createVarlenEstimatorState({ pass: { theta: [40, 0.05 * 256, 0, 0, 0, 0, 0, 0, 0], floorMs: 0 } });
+
+const input = (over: Partial<ServingModeInput> = {}): ServingModeInput => ({
+  drafting: { msPerToken: 10, agreement: 0.85, kMax: 8 },
+  rttMs: 10,
+  tpotMs: 100,
+  estimator: ENGINE,
+  decoding: 0,
+  speculating: 0,
+  promptTokensPerMs: 0,
+  promptTokens: 200,
+  maxNewTokens: 100,
+  ...over,
+});
+
+describe('adaptive: how a session is served (policies/serving-mode.ts)', () => {
+  it('expects 1 + α + … + α^k tokens from a round of k drafts', () => {
+    expect(expectedTokensPerRound(0.5, 0)).to.equal(1);
+    expect(expectedTokensPerRound(0.5, 2)).to.be.closeTo(1.75, 1e-12);
+    expect(expectedTokensPerRound(0, 5)).to.equal(1);
+  });
+
+  it('decodes on the server where a decode pass meets the SLO with its margin', () => {
+    const c = chooseServingMode(input());
+    expect(c.decodeTpotMs).to.be.closeTo(40.05, 0.01);
+    expect(c.mode).to.equal('centralized');
+  });
+
+  it('speculates where the decode pass is slower than the SLO allows and a fast drafter meets it', () => {
+    const c = chooseServingMode(input({ tpotMs: 45 }));
+    // 40 ms a pass > 0.8 × 45; a round of k drafts at 10 ms with 0.85 agreement commits ~1 + k·0.85… tokens.
+    expect(c.decodeTpotMs).to.be.greaterThan(0.8 * 45);
+    expect(c.speculativeTpotMs).to.be.at.most(0.8 * 45);
+    expect(c.mode).to.equal('speculative');
+    expect(c.k).to.be.within(2, 8);
+  });
+
+  it('a slow drafter decodes even when nothing meets the SLO: the faster mode wins', () => {
+    const c = chooseServingMode(input({ tpotMs: 45, drafting: { msPerToken: 50, agreement: 0.7, kMax: 8 } }));
+    expect(c.speculativeTpotMs).to.be.greaterThan(c.decodeTpotMs);
+    expect(c.mode).to.equal('centralized');
+  });
+
+  it('the decode pass grows with the sessions and the prompts arriving: load moves sessions to their devices', () => {
+    const light = chooseServingMode(input({ tpotMs: 80 }));
+    const loaded = chooseServingMode(input({ tpotMs: 80, decoding: 300, promptTokensPerMs: 5 }));
+    expect(light.mode).to.equal('centralized');
+    expect(loaded.decodeTpotMs).to.be.greaterThan(light.decodeTpotMs + 30);
+    expect(loaded.mode).to.equal('speculative');
+  });
+
+  it('refuses a pace, agreement or SLO out of range', () => {
+    expect(() => chooseServingMode(input({ tpotMs: 0 }))).to.throw(RangeError);
+    expect(() => chooseServingMode(input({ drafting: { msPerToken: 10, agreement: 1, kMax: 8 } }))).to.throw(RangeError);
+    expect(() => chooseServingMode(input({ drafting: { msPerToken: -1, agreement: 0.5, kMax: 8 } }))).to.throw(RangeError);
+  });
+
+  it('learns the agreement from verified rounds, from its prior, and the prompt rate decays', () => {
+    expect(agreementOf(NO_AGREEMENT_SEEN)).to.equal(PRIOR_AGREEMENT);
+    expect(agreementOf(NO_AGREEMENT_SEEN, 0.9)).to.be.closeTo(0.9, 1e-12);
+    let c = countAgreement(NO_AGREEMENT_SEEN, 3, 4); // 3 accepted, then a rejection
+    c = countAgreement(c, 4, 4); // all accepted: no rejection seen
+    expect(c).to.deep.equal({ accepted: 7, rejected: 1 });
+    for (let i = 0; i < 200; i++) c = countAgreement(c, 1, 2);
+    expect(agreementOf(c)).to.be.closeTo(0.5, 0.02);
+    const r = notePrompt(notePrompt(undefined, 100, 0), 100, 0);
+    expect(promptTokensPerMs(r, 0)).to.be.closeTo(200 / PROMPT_RATE_TAU_MS, 1e-12);
+    expect(promptTokensPerMs(r, PROMPT_RATE_TAU_MS)).to.be.closeTo((200 / PROMPT_RATE_TAU_MS) * Math.exp(-1), 1e-12);
+  });
+});
+
+describe('adaptive: the edge session learns its mode from the first answer', () => {
+  const start = () =>
+    startEdgeSession({ sessionId: 's', deviceId: 'd', requestId: 'r', mode: 'adaptive', promptTokens: [1, 2], maxNewTokens: 4, eosTokenId: null, verifyTimeoutMs: 1_000, maxRetries: 1, kMax: 4, startedAtMs: 0 }).context;
+
+  it('a round-0 result: it speculates (drafts the next round)', () => {
+    const ctx = start();
+    const effects = applyEdgeSessionEvent(ctx, { type: 'RESULT', atMs: 5, result: { v: PROTOCOL_VERSION, type: 'result', sessionId: 's', round: 0, accepted: 0, token: 7, verified: 0, committedLength: 3, queueMs: 0, verifyMs: 1, batchSize: 1, workerId: 'w' } });
+    expect(ctx.mode).to.equal('speculative');
+    expect(ctx.phase).to.equal('drafting');
+    expect(effects.some((e) => e.kind === 'draft')).to.equal(true);
+  });
+
+  it('a stream: the server decodes it, and the session relays the tokens', () => {
+    const ctx = start();
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 5, chunk: { v: PROTOCOL_VERSION, type: 'stream', sessionId: 's', seq: 0, tokens: [7], committedLength: 3, done: false, workerId: 'w' } });
+    expect(ctx.mode).to.equal('centralized');
+    expect(ctx.phase).to.equal('streaming');
+    expect(ctx.generated).to.deep.equal([7]);
+  });
+});
+
+describe('adaptive: the scheduler resolves the mode once, at admission', () => {
+  const settings: SchedulerSettings = {
+    policy: 'adaptive',
+    bMax: 8,
+    waitMs: 0,
+    maxBatchTokens: 512,
+    ageBoundMs: 1_000,
+    truncation: false,
+    defaultSlo: { ttftMs: 1_000, tpotMs: 100 },
+    defaultReturnLatencyMs: 0,
+  };
+  const worker: WorkerStatus = { v: PROTOCOL_VERSION, type: 'worker', workerId: 'w1', model: 'm', vocabSize: 100, maxPositions: 512, state: 'ready', sessions: 0, kvBytes: 0, incarnation: 'i1', sentAtMs: 0, passLayout: 'varlen' };
+  const open = (sessionId: string, tpotMs: number, drafting: SessionOpen['drafting'] | undefined): SessionOpen => ({
+    v: PROTOCOL_VERSION,
+    type: 'open',
+    sessionId,
+    deviceId: 'd1',
+    requestId: `r-${sessionId}`,
+    draftModel: 'draft-1',
+    mode: 'adaptive',
+    ...(drafting ? { drafting } : {}),
+    promptTokens: [1, 2, 3, 4],
+    maxNewTokens: 8,
+    slo: { ttftMs: 1_000, tpotMs },
+    sampling: { temperature: 0, topP: 1, seed: 0 },
+    replyTo: 'wisp.device.d1',
+    sentAtMs: 0,
+  });
+  function harness() {
+    const batches: VerifyBatch[] = [];
+    const actor = createActor(
+      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, scheduleWake: () => {} } }),
+      { input: settings },
+    );
+    actor.start();
+    actor.send({ type: 'WORKER_STATUS', message: worker, atMs: 0 });
+    return { actor, batches, sessions: () => actor.getSnapshot().context.sessions };
+  }
+  const modeSent = (b: VerifyBatch) => (b.items[0].request.type === 'open' ? b.items[0].request.mode : null);
+
+  it('the worker gets a resolved mode, the session keeps it, and a redelivered open gets the same one', () => {
+    const h = harness();
+    const pace = { msPerToken: 1, agreement: 0.9, kMax: 4 };
+    // The varlen priors put a pass near 47 ms: a 10 s TPOT SLO is met decoding, a 30 ms one only speculating.
+    h.actor.send({ type: 'OPEN', message: open('lenient', 10_000, pace), atMs: 1 });
+    expect(modeSent(h.batches[0])).to.equal('centralized');
+    expect(h.sessions().lenient.mode).to.equal('centralized');
+    h.actor.send({ type: 'WORKER_STATUS', message: { ...worker, doneBatchId: h.batches[0].batchId }, atMs: 2 });
+    h.actor.send({ type: 'OPEN', message: open('strict', 30, pace), atMs: 3 });
+    expect(modeSent(h.batches[1])).to.equal('speculative');
+    h.actor.send({ type: 'WORKER_STATUS', message: { ...worker, doneBatchId: h.batches[1].batchId }, atMs: 4 });
+    // The same open again (a device retry): the mode chosen before, whatever the load says now.
+    h.actor.send({ type: 'OPEN', message: open('strict', 10_000, pace), atMs: 5 });
+    expect(modeSent(h.batches[2])).to.equal('speculative');
+    for (const b of h.batches) expect(SessionOpenSchema.parse(b.items[0].request).mode).to.not.equal('adaptive');
+  });
+
+  it('a device that gave no drafting pace speculates', () => {
+    const h = harness();
+    h.actor.send({ type: 'OPEN', message: open('s', 10_000, undefined), atMs: 1 });
+    expect(modeSent(h.batches[0])).to.equal('speculative');
+  });
+
+  it('the decode step shares passes of verifications and prompt chunks, not passes of whole prompts', () => {
+    const item = (request: VerifyBatch['items'][number]['request'], chunk?: { start: number; end: number }) => ({ request, verifyTokens: 0, arrivedAtMs: 0, ...(chunk ? { chunk } : {}) });
+    const o = open('s', 100, undefined);
+    const v = { v: PROTOCOL_VERSION, type: 'verify' as const, sessionId: 's', deviceId: 'd1', round: 1, committedLength: 5, draftTokens: [1], predictedAcceptance: [0.5], replyTo: 'q', sentAtMs: 0 };
+    expect(stepSharesPass({ items: [item(o)] })).to.equal(false);
+    expect(stepSharesPass({ items: [item(o, { start: 0, end: 2 })] })).to.equal(true);
+    expect(stepSharesPass({ items: [item(v)] })).to.equal(true);
+  });
+});
