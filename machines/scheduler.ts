@@ -23,7 +23,7 @@ import {
 } from '../policies/index.ts';
 import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
 import { passTokenBudget, type BudgetLoad } from '../policies/pass-budget.ts';
-import { chooseServingMode, notePrompt, promptTokensPerMs, type PromptRate } from '../policies/serving-mode.ts';
+import { chooseServingMode } from '../policies/serving-mode.ts';
 
 export interface SchedulerSettings {
   policy: PolicyName;
@@ -64,8 +64,6 @@ export interface WorkerEntry {
   decoding: number;
   /** The pass-time curve the worker reported (policies/pass-budget.ts), or null. */
   passCurveMs: number[] | null;
-  /** Prompt tokens admitted to it per ms, an exponentially weighted rate (policies/serving-mode.ts), absent before the first. */
-  promptRate?: PromptRate;
 }
 
 export interface SessionEntry {
@@ -84,8 +82,6 @@ export interface SessionEntry {
   kvTokens?: number;
   /** How it is served, once admitted (an `adaptive` open is resolved then, once). */
   mode?: ServingMode;
-  /** Most new tokens it asked for (the adaptive choice weighs how often its sessions bring prompts). */
-  maxNewTokens?: number;
 }
 
 export interface PendingEntry {
@@ -187,38 +183,36 @@ function addPending(ctx: SchedulerContext, workerId: string, entry: PendingEntry
  * choice of policies/serving-mode.ts on its worker's state now — made once, at admission, so a
  * redelivered open gets the same answer. A device that gave no drafting pace speculates.
  */
-function resolveMode(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, w: WorkerEntry, atMs: number): ServingMode {
+function resolveMode(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, w: WorkerEntry): ServingMode {
   if (s.mode) return s.mode;
   if (m.mode !== 'adaptive') return m.mode;
   if (!m.drafting) return 'speculative';
-  let decoding = 0;
-  let speculating = 0;
-  for (const o of Object.values(ctx.sessions)) {
-    if (o.workerId !== w.workerId || o.sessionId === s.sessionId || !o.mode) continue;
-    if (o.mode === 'centralized') decoding++;
-    else speculating++;
+  // The rows of a pass are the worker's sessions: their typical context, not this one's.
+  let promptSum = 0;
+  let count = 0;
+  for (const id in ctx.sessions) {
+    const o = ctx.sessions[id];
+    if (o.workerId === w.workerId) (promptSum += o.promptLength), count++;
   }
   return chooseServingMode({
     drafting: m.drafting,
     rttMs: m.rttMs ?? 2 * ctx.settings.defaultReturnLatencyMs,
     tpotMs: s.slo.tpotMs,
     estimator: w.estimator,
-    decoding,
-    speculating,
-    promptTokensPerMs: w.promptRate ? promptTokensPerMs(w.promptRate, atMs) : 0,
+    // Every session placed on the worker (this one counted in w.sessions already), whatever its mode.
+    otherSessions: Math.max(0, w.sessions - 1),
+    contextTokens: Math.round((count > 0 ? promptSum / count : m.promptTokens.length) + m.maxNewTokens / 2),
     promptTokens: m.promptTokens.length,
     maxNewTokens: m.maxNewTokens,
   }).mode;
 }
 
-/** The pending prefill of an admitted open, its mode resolved (the session entry keeps it). */
-function admittedOpen(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, atMs: number): PendingEntry {
-  let w = ctx.workers[s.workerId];
-  // A first admission counts toward the worker's prompt rate (a redelivered open does not).
-  if (w && !s.mode) w = ctx.workers[w.workerId] = { ...w, promptRate: notePrompt(w.promptRate, m.promptTokens.length, atMs) };
-  const mode = w ? resolveMode(ctx, s, m, w, atMs) : m.mode === 'adaptive' ? 'speculative' : m.mode;
+/** The pending prefill of an admitted open (`arrivalMs`: when it arrived, for its deadline), its mode resolved (the session entry keeps it). */
+function admittedOpen(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, arrivalMs: number): PendingEntry {
+  const w = ctx.workers[s.workerId];
+  const mode = w ? resolveMode(ctx, s, m, w) : m.mode === 'adaptive' ? 'speculative' : m.mode;
   ctx.sessions[s.sessionId] = { ...ctx.sessions[s.sessionId], mode };
-  return openRequest(s, m.mode === mode ? m : { ...m, mode }, atMs);
+  return openRequest(s, m.mode === mode ? m : { ...m, mode }, arrivalMs);
 }
 
 function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntry {
@@ -292,7 +286,6 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     workerId: w.workerId,
     slo: m.slo,
     promptLength: m.promptTokens.length,
-    maxNewTokens: m.maxNewTokens,
     firstTokenAtMs: null,
     returnLatencyMs: m.rttMs !== undefined ? m.rttMs / 2 : ctx.settings.defaultReturnLatencyMs,
     replyTo: m.replyTo,
@@ -338,7 +331,7 @@ function admitWaiting(ctx: SchedulerContext, workerId: string, atMs: number): vo
     }
     const need = kvNeed(q.message, w.maxPositions);
     if (w.kvCapacityTokens !== null && w.kvReservedTokens + need > w.kvCapacityTokens) break;
-    w = { ...w, kvReservedTokens: w.kvReservedTokens + need };
+    ctx.workers[workerId] = { ...w, kvReservedTokens: w.kvReservedTokens + need };
     ctx.sessions[s.sessionId] = { ...s, kvTokens: need };
     const entry = admittedOpen(ctx, ctx.sessions[s.sessionId], q.message, q.atMs);
     addPending(ctx, workerId, q.atMs === atMs ? entry : { ...entry, admittedAtMs: atMs });
@@ -422,6 +415,14 @@ function budgetLoad(entries: readonly PendingEntry[], decoding: number, nowMs: n
   return { otherTokens, prompts, nowMs };
 }
 
+/** Mean cached context of the pending verifications (the decoded sessions' contexts are alike), tokens; 256 when none. */
+function typicalContext(entries: readonly PendingEntry[]): number {
+  let sum = 0;
+  let n = 0;
+  for (const e of entries) if (e.request.kind === 'verify') (sum += e.request.contextLength), n++;
+  return n === 0 ? 256 : Math.round(sum / n);
+}
+
 /** Asks the policy, for every ready worker, what to run now; returns dispatch and wake effects. */
 export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): void {
   let wakeAtMs: number | null = null;
@@ -445,6 +446,7 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
         ...(chunked
           ? { chunkedPrefill: true, passTokenBudget: passTokenBudget(w.passCurveMs ?? w.estimator, ctx.settings.defaultSlo.tpotMs, ctx.settings.passTokenBudget ?? 0, budgetLoad(entries, w.decoding, nowMs)), decodeTokens: w.decoding }
           : {}),
+        ...(ctx.settings.policy === 'adaptive' && w.decoding > 0 ? { sharedDecodeRows: { count: w.decoding, context: typicalContext(entries) } } : {}),
       },
       nowMs,
     );
@@ -537,7 +539,6 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     kvReservedTokens: prev?.kvReservedTokens ?? 0,
     decoding: m.decoding ?? 0,
     passCurveMs: m.passCurveMs ?? prev?.passCurveMs ?? null,
-    ...(prev?.promptRate ? { promptRate: prev.promptRate } : {}),
   };
   if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);
   else if (prev && prev.kvCapacityTokens !== (m.kvCapacityTokens ?? null)) admitWaiting(ctx, m.workerId, atMs);

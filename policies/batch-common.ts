@@ -9,7 +9,7 @@
  * verifications with prompt chunks under one token budget, so no prompt stalls anyone: a
  * member's size is its verified drafts, or the prompt tokens its chunk feeds.
  */
-import { addShape, EMPTY_PASS, predictPassMs, type EstimatorState, type PassAggregate } from './estimator.ts';
+import { addShape, EMPTY_PASS, predictPassMs, uniformPassAggregate, type EstimatorState, type PassAggregate } from './estimator.ts';
 import { PolicyConfigError } from './errors.ts';
 import type { BatchDecision, BatchMember, BatchShape, PendingRequest } from './types.ts';
 
@@ -35,6 +35,13 @@ export interface BatchPolicyState {
   passTokenBudget?: number;
   /** With chunked prefill: tokens of decode steps that will share the pass (centralized sessions decoding on the worker). */
   decodeTokens?: number;
+  /**
+   * Decode rows that share every pass with verifications (adaptive: the sessions the server
+   * decodes, one token each over about `context` cached tokens): priced into every prediction,
+   * so deadline checks see the pass as it will run. Not counted against the token caps (the
+   * budget rule accounts for them through decodeTokens).
+   */
+  sharedDecodeRows?: { count: number; context: number };
 }
 
 /** The smallest prompt chunk worth a pass (shorter prompts go whole). */
@@ -73,6 +80,7 @@ export function checkBatchState(s: BatchPolicyState): void {
   if (s.urgencyFactor !== undefined && !(s.urgencyFactor >= 0)) throw new PolicyConfigError(`urgencyFactor must be ≥ 0, got ${s.urgencyFactor}`);
   if (s.passTokenBudget !== undefined && !(s.passTokenBudget >= 1)) throw new PolicyConfigError(`passTokenBudget must be ≥ 1, got ${s.passTokenBudget}`);
   if (s.decodeTokens !== undefined && !(s.decodeTokens >= 0)) throw new PolicyConfigError(`decodeTokens must be ≥ 0, got ${s.decodeTokens}`);
+  if (s.sharedDecodeRows !== undefined && !(s.sharedDecodeRows.count >= 0 && s.sharedDecodeRows.context >= 0)) throw new PolicyConfigError(`sharedDecodeRows must have count and context ≥ 0, got ${JSON.stringify(s.sharedDecodeRows)}`);
 }
 
 /** Draft tokens a request carries (0 for a prefill). */
@@ -143,12 +151,17 @@ export class BatchDraft {
   readonly members: { req: PendingRequest; size: number }[] = [];
   private agg: PassAggregate = EMPTY_PASS;
   private latencyMs = 0;
+  /** Tokens of the shared decode rows in `agg` (priced, not capped). */
+  private readonly baseTokens: number;
 
   constructor(
     private readonly state: BatchPolicyState,
     kind: RequestKind,
   ) {
     this.kind = kind;
+    const rows = state.sharedDecodeRows;
+    if (rows && rows.count > 0) this.agg = uniformPassAggregate(rows.count, 1, Math.max(1, Math.round(rows.context)));
+    this.baseTokens = this.agg.totals.tokens;
   }
 
   get size(): number {
@@ -156,7 +169,7 @@ export class BatchDraft {
   }
 
   get sumTokens(): number {
-    return this.agg.totals.tokens;
+    return this.agg.totals.tokens - this.baseTokens;
   }
 
   /** Predicted latency of the batch as it stands, ms. */
@@ -178,7 +191,7 @@ export class BatchDraft {
     if (this.members.length >= this.state.bMax) return false;
     const n = memberShape(r, size).n;
     if (this.members.length === 0) return !(this.state.chunkedPrefill && r.kind === 'prefill') || n <= Math.max(tokenCap(this.state), Math.min(fullSize(r), MIN_CHUNK_TOKENS));
-    return this.agg.totals.tokens + n <= (r.kind === 'prefill' ? tokenCap(this.state) : verifyTokenCap(this.state));
+    return this.sumTokens + n <= (r.kind === 'prefill' ? tokenCap(this.state) : verifyTokenCap(this.state));
   }
 
   /** The largest size of `r` from `lo` up to its full size within the caps (null when even `lo` is over). */

@@ -19,8 +19,9 @@ export const POLICY_NAMES: readonly PolicyName[] = POLICIES;
 export function selectBatch(policy: PolicyName, state: BatchPolicyState, nowMs: number): BatchDecision {
   switch (policy) {
     case 'wisp':
-    // Adaptive batches its verifications as WISP does; the decode rows of the sessions the server
-    // decodes share the pass (decodeTokens). What it adds is the choice of mode (serving-mode.ts).
+    // Adaptive batches its verifications as WISP does, pricing in the decode rows of the sessions
+    // the server decodes, which share the pass (sharedDecodeRows). What it adds is the choice of
+    // mode (serving-mode.ts).
     case 'adaptive':
       return selectBatchWisp(state, nowMs);
     case 'sled':

@@ -12,12 +12,13 @@
  *   α^k for a per-token agreement α, at the best k ≤ kMax.
  * The server decodes the session when that meets the SLO with a margin: its token costs the
  * server one row of a memory-bound pass and the device nothing. Otherwise the device speculates
- * when that meets it; when neither does, the faster one wins. As load grows the decode pass
+ * when that meets it, or when neither does but speculation is predicted clearly faster. As load grows the decode pass
  * slows past the SLO and new sessions go to the devices that draft fast enough, where each
  * verify pass commits several tokens per session for one read of its KV cache.
  */
 import { addShape, EMPTY_PASS, predictPassMs, type EstimatorState, type PassAggregate } from './estimator.ts';
-import type { ServingMode } from '../protocol/messages.ts';
+import type { RequestedMode, ServingMode } from '../protocol/messages.ts';
+import type { PolicyName } from './types.ts';
 
 /** What the device says of itself in its SessionOpen (protocol `drafting`). */
 export interface DraftingPace {
@@ -29,35 +30,15 @@ export interface DraftingPace {
   kMax: number;
 }
 
-/** Prompt tokens arriving at a worker per ms: an exponentially weighted rate with time constant PROMPT_RATE_TAU_MS. */
-export interface PromptRate {
-  tokensPerMs: number;
-  atMs: number;
-}
-
-/** Time constant of the prompt rate, ms: a few sessions' lifetimes, so it follows the load, not each arrival. */
-export const PROMPT_RATE_TAU_MS = 10_000;
-
-/** The rate at `nowMs` (decayed since it was last updated). */
-export function promptTokensPerMs(r: PromptRate, nowMs: number): number {
-  return r.tokensPerMs * Math.exp(-Math.max(0, nowMs - r.atMs) / PROMPT_RATE_TAU_MS);
-}
-
-/** The rate with a prompt of `tokens` arrived at `atMs`. */
-export function notePrompt(r: PromptRate | undefined, tokens: number, atMs: number): PromptRate {
-  return { tokensPerMs: (r ? promptTokensPerMs(r, atMs) : 0) + tokens / PROMPT_RATE_TAU_MS, atMs };
-}
-
 export interface ServingModeInput {
   drafting: DraftingPace;
   rttMs: number;
   tpotMs: number;
   estimator: EstimatorState;
-  /** The worker's sessions the server decodes, and those speculating (this one in neither). */
-  decoding: number;
-  speculating: number;
-  /** Prompt tokens arriving at the worker per ms (PromptRate): what prompt chunks each pass carries. */
-  promptTokensPerMs: number;
+  /** The worker's other sessions, however served (each mode is judged for all of them served that way). */
+  otherSessions: number;
+  /** A typical cached context of the worker's sessions (a prompt and half an answer), tokens. */
+  contextTokens: number;
   /** This session's prompt and most new tokens. */
   promptTokens: number;
   maxNewTokens: number;
@@ -73,7 +54,15 @@ export interface ServingModeChoice {
 }
 
 /** Share of the TPOT SLO a predicted mode must stay within to be chosen (room for the load to grow). */
-export const MODE_SLO_MARGIN = 0.8;
+export const MODE_SLO_MARGIN = 0.9;
+
+/**
+ * When neither mode is predicted within the margin, speculation must be predicted this much
+ * faster to be chosen: its prediction is the optimistic one (a round's wait at the server is
+ * taken as two steady passes; lone decode steps and bursts lengthen it), decoding's the one
+ * that tracks the measured TPOT of decoded sessions.
+ */
+export const SPECULATION_EDGE = 0.8;
 
 /** Tokens a round of k drafts commits on average at per-token agreement α: 1 + α + … + α^k. */
 export function expectedTokensPerRound(agreement: number, k: number): number {
@@ -94,18 +83,20 @@ function withMembers(a: PassAggregate, count: number, n: number, L: number): Pas
  * - speculated: a session's round is `round.outsideMs` away (drafting, the round trip) and about
  *   two passes at the server (waiting for one, then in it), R = outside + 2P, and it sends one
  *   verification per round, so a pass holds the sessions × P / R that arrived during the pass
- *   before;
- * and the prompt tokens that arrive meanwhile (promptTokensPerMs × P), chunked into the same
- * passes. The pass and its members depend on each other: a few fixed-point steps.
+ *   before (a few fixed-point steps: the pass and its members depend on each other).
+ * Prompts are left out: with chunked prefill their chunks fill what the pass token budget leaves
+ * beside these rows, and the budget keeps a pass within the TPOT SLO (policies/pass-budget.ts),
+ * so prompts cost TTFT rather than lengthen the pass. (Pricing the worker's measured prompt rate
+ * into every pass instead over-predicted decoding at high load — 120 ms against a measured
+ * 95 ms on A100/34b at 96 devices — and sent sessions to speculation where decoding would have
+ * served them.)
  */
-export function steadyPassMs(estimator: EstimatorState, sessions: number, promptTokensPerMs: number, L: number, round: { verifyTokens: number; outsideMs: number } | null): number {
-  const n = round ? round.verifyTokens : 1;
-  let passMs = predictPassMs(estimator, withMembers(EMPTY_PASS, round ? Math.min(sessions, 1) : sessions, n, L));
+export function steadyPassMs(estimator: EstimatorState, sessions: number, L: number, round: { verifyTokens: number; outsideMs: number } | null): number {
+  if (!round) return predictPassMs(estimator, withMembers(EMPTY_PASS, sessions, 1, L));
+  let passMs = predictPassMs(estimator, withMembers(EMPTY_PASS, Math.min(sessions, 1), round.verifyTokens, L));
   for (let i = 0; i < 6; i++) {
-    const members = round ? Math.min(sessions, Math.max(1, Math.round((sessions * passMs) / (round.outsideMs + 2 * passMs)))) : sessions;
-    const pass = withMembers(EMPTY_PASS, members, n, L);
-    const chunk = Math.round(promptTokensPerMs * passMs);
-    passMs = predictPassMs(estimator, chunk >= 1 ? addShape(pass, { n: chunk, L: 0 }) : pass);
+    const members = Math.min(sessions, Math.max(1, Math.round((sessions * passMs) / (round.outsideMs + 2 * passMs))));
+    passMs = predictPassMs(estimator, withMembers(EMPTY_PASS, members, round.verifyTokens, L));
   }
   return passMs;
 }
@@ -114,21 +105,20 @@ export function steadyPassMs(estimator: EstimatorState, sessions: number, prompt
 export function chooseServingMode(x: ServingModeInput): ServingModeChoice {
   const d = x.drafting;
   if (!(d.msPerToken >= 0) || !(d.agreement >= 0 && d.agreement < 1) || !(d.kMax >= 1)) throw new RangeError(`drafting pace out of range: ${JSON.stringify(d)}`);
-  if (!(x.tpotMs > 0) || !(x.rttMs >= 0) || !(x.decoding >= 0) || !(x.speculating >= 0) || !(x.promptTokensPerMs >= 0) || !(x.promptTokens >= 1) || !(x.maxNewTokens >= 1)) throw new RangeError('tpotMs, rttMs, session counts, prompt rate or lengths out of range');
-  // A typical cached context: this session's prompt and half its answer.
-  const L = Math.max(1, Math.round(x.promptTokens + x.maxNewTokens / 2));
+  if (!(x.tpotMs > 0) || !(x.rttMs >= 0) || !(x.otherSessions >= 0) || !(x.promptTokens >= 1) || !(x.maxNewTokens >= 1)) throw new RangeError('tpotMs, rttMs, session counts, prompt rate or lengths out of range');
+  const L = Math.max(1, Math.round(x.contextTokens));
   // Each mode is judged as if every session on the worker were served that way: the sessions
   // after this one follow the same rule, so within a session's lifetime that is where the worker
   // goes. Judged against the split as it stands, each newcomer would join the slow decode pass
   // of the many before it, even where all of them speculating would serve everyone in time.
-  const all = x.decoding + x.speculating + 1;
-  const decodeTpotMs = steadyPassMs(x.estimator, all, x.promptTokensPerMs, L, null);
+  const all = x.otherSessions + 1;
+  const decodeTpotMs = steadyPassMs(x.estimator, all, L, null);
   let speculativeTpotMs = Infinity;
   let bestK = 1;
   for (let k = 1; k <= d.kMax; k++) {
     const outsideMs = k * d.msPerToken + x.rttMs;
     const tokensPerRound = expectedTokensPerRound(d.agreement, k);
-    const passMs = steadyPassMs(x.estimator, all, x.promptTokensPerMs, L, { verifyTokens: k + 1, outsideMs });
+    const passMs = steadyPassMs(x.estimator, all, L, { verifyTokens: k + 1, outsideMs });
     const tpot = (outsideMs + 2 * passMs) / tokensPerRound;
     if (tpot < speculativeTpotMs) {
       speculativeTpotMs = tpot;
@@ -136,7 +126,7 @@ export function chooseServingMode(x: ServingModeInput): ServingModeChoice {
     }
   }
   const limit = MODE_SLO_MARGIN * x.tpotMs;
-  const mode: ServingMode = decodeTpotMs <= limit ? 'centralized' : speculativeTpotMs <= limit ? 'speculative' : decodeTpotMs <= speculativeTpotMs ? 'centralized' : 'speculative';
+  const mode: ServingMode = decodeTpotMs <= limit ? 'centralized' : speculativeTpotMs <= limit || speculativeTpotMs <= SPECULATION_EDGE * decodeTpotMs ? 'speculative' : 'centralized';
   return { mode, decodeTpotMs, speculativeTpotMs, k: bestK };
 }
 
@@ -168,4 +158,14 @@ export function countAgreement(c: AgreementCounts, accepted: number, verified: n
 export function agreementOf(c: AgreementCounts, prior = PRIOR_AGREEMENT): number {
   const a = (c.accepted + prior * PRIOR_AGREEMENT_TOKENS) / (c.accepted + c.rejected + PRIOR_AGREEMENT_TOKENS);
   return Math.min(0.999, Math.max(0, a));
+}
+
+/** How a policy's devices ask to be served: the server decodes (centralized), the scheduler picks (adaptive), or they speculate. */
+export function requestedModeOf(policy: PolicyName): RequestedMode {
+  return policy === 'centralized' ? 'centralized' : policy === 'adaptive' ? 'adaptive' : 'speculative';
+}
+
+/** Whether a policy runs WISP's extras (pipelined drafting, truncation): WISP, and adaptive, which batches as WISP does. */
+export function hasWispExtras(policy: PolicyName): boolean {
+  return policy === 'wisp' || policy === 'adaptive';
 }

@@ -233,6 +233,7 @@ export type ErrorMessage = z.infer<typeof ErrorMessageSchema>;
 export const BatchItemSchema = z.object({
   // Discriminated by `type`: a plain union tried SessionOpen first and paid for its failure on
   // every verify item (~0.15 ms per batch, on the worker's hot path).
+  // An open reaches a worker with its mode resolved; one with `adaptive` is refused there (executor).
   request: z.discriminatedUnion('type', [SessionOpenSchema, VerifyRequestSchema]),
   /** Draft tokens to verify (≤ sent; the scheduler may truncate). Ignored for opens. */
   verifyTokens: z.number().int().min(0),

@@ -319,7 +319,7 @@ export function loadPoint(records: readonly SessionRecord[], o: LoadPointOptions
   };
 }
 
-/** How finished sessions were served (undefined when none says: records of a device that does not report its mode). */
+/** How finished sessions were served (undefined when none says: records from before devices reported their mode). */
 export function modeSummary(records: readonly SessionRecord[]): ModeSummary | undefined {
   const known = records.filter((r) => r.stats.mode !== undefined);
   if (known.length === 0) return undefined;

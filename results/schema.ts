@@ -64,8 +64,8 @@ export const KvMemorySummarySchema = z.object({
 export type KvMemorySummary = z.infer<typeof KvMemorySummarySchema>;
 
 export const ModeSummarySchema = z.object({
-  decodedSessionShare: nonNeg,
-  decodedTokenShare: nonNeg,
+  decodedSessionShare: z.number().min(0).max(1),
+  decodedTokenShare: z.number().min(0).max(1),
   /** Mean draft tokens per round over the speculated sessions (0 when none). */
   meanDraftsPerRound: nonNeg,
 });

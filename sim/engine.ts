@@ -22,7 +22,6 @@
 import {
   PROTOCOL_VERSION,
   type ErrorCode,
-  type RequestedMode,
   type SessionOpen,
   type Slo,
   type TokenStream,
@@ -40,7 +39,7 @@ import { applyEdgeSessionEvent, startEdgeSession, type EdgeSessionContext, type 
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
 import { FOLLOW_UP_HOLD_MS, holdsForFollowUp, stepSharesPass } from '../machines/verifier-worker.ts';
 import { learnFromRound, type ControllerState } from '../policies/controller.ts';
-import { agreementOf, countAgreement, NO_AGREEMENT_SEEN, type AgreementCounts } from '../policies/serving-mode.ts';
+import { agreementOf, countAgreement, hasWispExtras, NO_AGREEMENT_SEEN, requestedModeOf, type AgreementCounts } from '../policies/serving-mode.ts';
 import { passCurveMs } from '../policies/pass-budget.ts';
 import type { BatchShape } from '../policies/types.ts';
 import type { DraftedTokenDraw } from './acceptance.ts';
@@ -205,8 +204,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const wallStart = performance.now();
   const c = config;
   const speculative = c.policy !== 'centralized';
-  const requestedMode: RequestedMode = c.policy === 'centralized' ? 'centralized' : c.policy === 'adaptive' ? 'adaptive' : 'speculative';
-  const pipelining = c.pipelinedDrafting && (c.policy === 'wisp' || c.policy === 'adaptive');
+  const requestedMode = requestedModeOf(c.policy);
+  const pipelining = c.pipelinedDrafting && hasWispExtras(c.policy);
   const q = new EventQueue<SimEvent>();
   const records: SessionRecord[] = [];
   const batches: BatchRecord[] = [];

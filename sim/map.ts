@@ -52,8 +52,9 @@ export const DEFAULT_MAP_GRID: MapGrid = {
 
 /**
  * 60 simulated seconds per load (10 s warm-up) and a search that doubles from 1 device to 512,
- * then bisects until the failing count is within 1/8 of the passing one: the default grid then
- * runs in a few minutes on two cores (README), and a capacity is known to ±12.5 % (±1 device).
+ * then bisects until the failing count is within 1/8 of the passing one, so a capacity is known
+ * to ±12.5 % (±1 device). Tuned (each policy at its best settings), the default grid takes most
+ * of an hour on two cores; `--no-tune`, about a quarter of that (README).
  */
 export const DEFAULT_MAP_SETTINGS: MapRunSettings = { durationS: 60, warmupS: 10, search: { start: 1, max: 512, precision: 0.125 }, tune: true };
 

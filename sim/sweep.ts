@@ -6,6 +6,7 @@
  */
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BenchResults, type LoadPoint, type PolicyResult } from '../results/metrics.ts';
 import type { PolicyName } from '../policies/types.ts';
+import { hasWispExtras } from '../policies/serving-mode.ts';
 import { runSimulation } from './engine.ts';
 import { describeServer, PAPER_FIGURES, runConfig, serverCostOf, type AcceptanceOverride, type Scenario } from './scenarios.ts';
 import type { ServerCostModel } from './server-cost.ts';
@@ -52,8 +53,8 @@ export function sweepVariants(s: Scenario, policies: readonly PolicyName[], extr
     key: policy,
     policy,
     // The extras are ours, for WISP (and adaptive, which batches as WISP does); the baselines run as their papers describe them.
-    pipelinedDrafting: (policy === 'wisp' || policy === 'adaptive') && pipe,
-    truncation: (policy === 'wisp' || policy === 'adaptive') && trunc,
+    pipelinedDrafting: hasWispExtras(policy) && pipe,
+    truncation: hasWispExtras(policy) && trunc,
   }));
   if (extrasVariants && policies.includes('wisp')) {
     if (pipe) out.push({ key: 'wisp-no-pipelining', policy: 'wisp', pipelinedDrafting: false, truncation: trunc });

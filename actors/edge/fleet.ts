@@ -5,7 +5,8 @@
  * and profile (devices of one fleet may run different drafts).
  */
 import { join } from 'node:path';
-import { PromptRequestSchema, type RequestedMode, type Slo } from '../../protocol/messages.ts';
+import { PromptRequestSchema, type Slo } from '../../protocol/messages.ts';
+import { requestedModeOf } from '../../policies/serving-mode.ts';
 import type { BrokerTransport, ConsumerHandle } from '../../broker/transport.ts';
 import { PROMPTS_QUEUE, devicePromptQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
@@ -72,7 +73,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
     checkTokenizerMatchesModel(tokenizer, runner.info);
     drafts.set(name, runner);
   }
-  const mode: RequestedMode = opts.policy === 'centralized' ? 'centralized' : opts.policy === 'adaptive' ? 'adaptive' : 'speculative';
+  const mode = requestedModeOf(opts.policy);
   const devices: EdgeDevice[] = [];
   for (let i = 0; i < opts.devices; i++) {
     const profileName = opts.profileNames[i % opts.profileNames.length];

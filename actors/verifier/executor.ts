@@ -186,8 +186,10 @@ export class BatchExecutor {
         return null;
       }
       // A repeated open (retry, redelivery) gets the same answer while the session is at round 0;
-      // later it is stale. It never restarts a session that has moved on.
-      if (last && existing.lastResult && existing.lastRound === 0) await this.deps.reply(m.replyTo, existing.lastResult);
+      // later it is stale. It never restarts a session that has moved on. A session this worker
+      // decodes got its first token as stream chunk 0: that chunk again (a device past it drops
+      // it), so an adaptive device still opening learns the right mode.
+      if (last && existing.lastResult && existing.lastRound === 0) await this.deps.reply(m.replyTo, existing.mode === 'centralized' ? this.firstChunk(existing) : existing.lastResult);
       return null;
     }
     // Not held here: the ledger says whether it was opened already (elsewhere, or before a crash).
@@ -265,6 +267,11 @@ export class BatchExecutor {
     }
     if (s.deviceId !== m.deviceId) {
       await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+      return null;
+    }
+    if (s.decoding) {
+      // The server decodes this session: a verification would feed its cache a second time.
+      await this.refuse(item, 'malformed', `session ${m.sessionId} is decoded by the server; it takes no verifications`);
       return null;
     }
     if (m.round <= s.lastRound) {
@@ -521,6 +528,13 @@ export class BatchExecutor {
       batchSize,
       workerId: this.deps.workerId,
     });
+  }
+
+  /** Stream chunk 0 of a decoded session as it was first sent: its first token. */
+  private firstChunk(s: WorkerSession): TokenStream {
+    const first = s.tokens[s.promptLength];
+    const done = s.maxNewTokens <= 1 || first === this.deps.eosTokenId;
+    return { v: PROTOCOL_VERSION, type: 'stream', sessionId: s.sessionId, seq: 0, tokens: [first], committedLength: s.promptLength + 1, done, workerId: this.deps.workerId };
   }
 
   private streamChunk(s: WorkerSession, tokens: number[], done: boolean): TokenStream {
