@@ -331,7 +331,8 @@ function admitWaiting(ctx: SchedulerContext, workerId: string, atMs: number): vo
     }
     const need = kvNeed(q.message, w.maxPositions);
     if (w.kvCapacityTokens !== null && w.kvReservedTokens + need > w.kvCapacityTokens) break;
-    ctx.workers[workerId] = { ...w, kvReservedTokens: w.kvReservedTokens + need };
+    w = { ...w, kvReservedTokens: w.kvReservedTokens + need };
+    ctx.workers[workerId] = w;
     ctx.sessions[s.sessionId] = { ...s, kvTokens: need };
     const entry = admittedOpen(ctx, ctx.sessions[s.sessionId], q.message, q.atMs);
     addPending(ctx, workerId, q.atMs === atMs ? entry : { ...entry, admittedAtMs: atMs });

@@ -10,9 +10,9 @@
  * - edge speculation: a round of k drafts, the round trip and the verify pass (and as long
  *   again waiting in the queue, a pass in flight), over the tokens a round commits, 1 + α + … +
  *   α^k for a per-token agreement α, at the best k ≤ kMax.
- * The server decodes the session when that meets the SLO with a margin: its token costs the
- * server one row of a memory-bound pass and the device nothing. Otherwise the device speculates
- * when that meets it, or when neither does but speculation is predicted clearly faster. As load grows the decode pass
+ * The server decodes the session when that meets the SLO: its token costs the server one row of
+ * a memory-bound pass and the device nothing. Otherwise the device speculates when that meets
+ * the SLO with a margin, or when neither does but speculation is predicted clearly faster. As load grows the decode pass
  * slows past the SLO and new sessions go to the devices that draft fast enough, where each
  * verify pass commits several tokens per session for one read of its KV cache.
  */
@@ -53,7 +53,7 @@ export interface ServingModeChoice {
   k: number;
 }
 
-/** Share of the TPOT SLO a predicted mode must stay within to be chosen (room for the load to grow). */
+/** Share of the TPOT SLO predicted speculation must stay within to be chosen (room for its optimism and for the load to grow). */
 export const MODE_SLO_MARGIN = 0.9;
 
 /**
@@ -126,7 +126,9 @@ export function chooseServingMode(x: ServingModeInput): ServingModeChoice {
     }
   }
   const limit = MODE_SLO_MARGIN * x.tpotMs;
-  const mode: ServingMode = decodeTpotMs <= limit ? 'centralized' : speculativeTpotMs <= limit || speculativeTpotMs <= SPECULATION_EDGE * decodeTpotMs ? 'speculative' : 'centralized';
+  // Decoding's prediction tracks the measured TPOT of decoded sessions: it is held to the SLO
+  // itself. Speculation's is the optimistic one: it is held to the margin.
+  const mode: ServingMode = decodeTpotMs <= x.tpotMs ? 'centralized' : speculativeTpotMs <= limit || speculativeTpotMs <= SPECULATION_EDGE * decodeTpotMs ? 'speculative' : 'centralized';
   return { mode, decodeTpotMs, speculativeTpotMs, k: bestK };
 }
 
