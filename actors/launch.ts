@@ -125,6 +125,7 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
       truncation: config.scheduler.truncation,
       chunkedPrefill: config.scheduler.chunkedPrefill,
       passTokenBudget: config.scheduler.passTokenBudget,
+      modeSwitching: config.scheduler.modeSwitching,
       defaultSlo: config.slo,
       defaultReturnLatencyMs: 0,
     },

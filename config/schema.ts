@@ -102,6 +102,8 @@ export const SchedulerKnobsSchema = z.strictObject({
   chunkedPrefill: bool(),
   /** Tokens one pass may feed once prompt chunks join it (verified, decoded and chunk tokens); 0 = the rule of policies/pass-budget.ts. Verifications alone are capped by maxBatchTokens. */
   passTokenBudget: nonNegInt(),
+  /** Adaptive: revisit each session's mode (server decoding or edge speculation) at its rounds; off: chosen once, at admission. */
+  modeSwitching: bool(),
 });
 export type SchedulerKnobs = z.infer<typeof SchedulerKnobsSchema>;
 

@@ -30,6 +30,8 @@ export function sessionStats(ctx: EdgeSessionContext, slo: Slo, startedAtMs: num
     verifyMs: c.verifyMs,
     acceptedByPosition: c.acceptedByPosition,
     draftedByPosition: c.draftedByPosition,
+    ...(c.decodedTokens > 0 ? { decodedTokens: c.decodedTokens } : {}),
+    ...(c.modeSwitches > 0 ? { modeSwitches: c.modeSwitches } : {}),
     ...(ctx.mode !== 'adaptive' ? { mode: ctx.mode } : {}),
   };
 }

@@ -4,7 +4,9 @@
  *   opening ─(round-0 result: first target token)─▶ drafting ─▶ awaiting ─(result)─▶ drafting …
  *      │                                                                     └▶ done | failed
  *      └─ centralized mode: streaming (the server decodes; tokens arrive as TokenStream chunks)
- *   adaptive: the first answer says which — a round-0 result (drafting) or a stream (streaming)
+ *   adaptive: the first answer says which — a round-0 result (drafting) or a stream (streaming);
+ *   later a result marked `decodes` moves a drafting session to streaming, and a chunk marked
+ *   `speculate` a streaming one back to drafting (the scheduler revisits each session's mode)
  *
  * The whole behaviour is one pure transition, `reduceEdgeSession(context, event) → {context,
  * effects}` (as machines/scheduler.ts has reduceScheduler): the XState machine below runs it
@@ -69,6 +71,9 @@ export interface SessionCounters {
   verifyMs: number;
   draftedByPosition: number[];
   acceptedByPosition: number[];
+  /** Tokens the server decoded for it (stream chunks), and how often the scheduler switched its mode. */
+  decodedTokens: number;
+  modeSwitches: number;
 }
 
 /** Where a session is: waiting for its first token, relaying a stream, drafting, waiting for a verdict, or over. */
@@ -141,6 +146,8 @@ function emptyCounters(): SessionCounters {
     verifyMs: 0,
     draftedByPosition: [],
     acceptedByPosition: [],
+    decodedTokens: 0,
+    modeSwitches: 0,
   };
 }
 
@@ -209,6 +216,8 @@ export function countRound(c: SessionCounters, draft: DraftOutput, result: Verif
     verifyMs: c.verifyMs + result.verifyMs,
     draftedByPosition,
     acceptedByPosition,
+    decodedTokens: c.decodedTokens,
+    modeSwitches: c.modeSwitches,
   };
 }
 
@@ -326,6 +335,13 @@ export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessio
         commit(ctx, fresh);
         ctx.lastTokenAtMs = event.atMs;
         ctx.counters = countRound(ctx.counters, draft, r);
+        if (r.decodes === true) {
+          // The scheduler switched the session to server decoding: its tokens stream from here.
+          ctx.mode = 'centralized';
+          ctx.streamSeq = r.streamSeq ?? ctx.streamSeq;
+          ctx.attempt = 0;
+          ctx.counters = { ...ctx.counters, modeSwitches: ctx.counters.modeSwitches + 1 };
+        }
         flush(ctx, effects);
         decide(ctx, effects);
       }
@@ -338,14 +354,19 @@ export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessio
         commit(ctx, event.chunk.tokens);
         ctx.streamSeq += 1;
         ctx.attempt = 0;
-        if (event.chunk.queueMs !== undefined || event.chunk.verifyMs !== undefined) {
+        {
           const c = ctx.counters;
-          ctx.counters = { ...c, queueMs: c.queueMs + (event.chunk.queueMs ?? 0), verifyMs: c.verifyMs + (event.chunk.verifyMs ?? 0) };
+          ctx.counters = { ...c, queueMs: c.queueMs + (event.chunk.queueMs ?? 0), verifyMs: c.verifyMs + (event.chunk.verifyMs ?? 0), decodedTokens: c.decodedTokens + event.chunk.tokens.length };
         }
         ctx.firstTokenAtMs ??= event.atMs;
         ctx.lastTokenAtMs = event.atMs;
         flush(ctx, effects);
-        if (isFinished(ctx)) end(ctx, 'done', effects);
+        if (event.chunk.speculate === true && !isFinished(ctx)) {
+          // The server handed the session back: draft the next round from the committed text.
+          ctx.mode = 'speculative';
+          ctx.counters = { ...ctx.counters, modeSwitches: ctx.counters.modeSwitches + 1 };
+          decide(ctx, effects);
+        } else if (isFinished(ctx)) end(ctx, 'done', effects);
         else {
           effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
           ctx.phase = 'streaming';

@@ -23,7 +23,7 @@ import {
 } from '../policies/index.ts';
 import { prefillDeadlineMs, roundDeadlineMs } from '../policies/deadline.ts';
 import { passTokenBudget, type BudgetLoad } from '../policies/pass-budget.ts';
-import { chooseServingMode } from '../policies/serving-mode.ts';
+import { calibrate, calibrationAt, currentModeTpots, pickServingMode, predictServingModes, UNCALIBRATED, type DraftingPace, type ModeCalibration, type ServingModeChoice } from '../policies/serving-mode.ts';
 
 export interface SchedulerSettings {
   policy: PolicyName;
@@ -39,6 +39,8 @@ export interface SchedulerSettings {
   chunkedPrefill?: boolean;
   /** Tokens one pass may feed with chunked prefill; 0 or absent: the rule of policies/pass-budget.ts. */
   passTokenBudget?: number;
+  /** Adaptive: revisit each session's mode at every round (false: chosen once, at admission). Default on. */
+  modeSwitching?: boolean;
 }
 
 export interface WorkerEntry {
@@ -64,6 +66,21 @@ export interface WorkerEntry {
   decoding: number;
   /** The pass-time curve the worker reported (policies/pass-budget.ts), or null. */
   passCurveMs: number[] | null;
+  /** Adaptive: how far each mode's prediction is off on this worker (policies/serving-mode.ts). */
+  calibration?: ModeCalibration;
+  /** Adaptive: each device pace's predicted modes while the worker's sessions and estimator stand. */
+  modePredictions?: ModePredictions;
+}
+
+interface ModePredictions {
+  sessions: number;
+  decoding: number;
+  estimator: EstimatorState;
+  /** A typical cached context of the worker's sessions (a prompt and half an answer), tokens. */
+  contextTokens: number;
+  byPace: Record<string, ServingModeChoice>;
+  /** Each pace's modes predicted for the worker as it is (what measurements calibrate). */
+  current: Record<string, { decodeTpotMs: number; speculativeTpotMs: number }>;
 }
 
 export interface SessionEntry {
@@ -80,8 +97,12 @@ export interface SessionEntry {
   lastSeenMs?: number;
   /** KV-cache tokens reserved for it on its worker (prompt + most new tokens); 0 while it waits for memory. */
   kvTokens?: number;
-  /** How it is served, once admitted (an `adaptive` open is resolved then, once). */
+  /** How it is served, once admitted (an `adaptive` open is resolved then, and revisited at its rounds). */
   mode?: ServingMode;
+  /** Adaptive: what its mode is judged on — its device's drafting pace and round trip — from its open. */
+  pace?: { drafting: DraftingPace; rttMs: number; maxNewTokens: number };
+  /** Adaptive, while it speculates: when its last round arrived and its committed length then. */
+  lastRound?: { atMs: number; committed: number };
 }
 
 export interface PendingEntry {
@@ -89,6 +110,8 @@ export interface PendingEntry {
   message: SessionOpen | VerifyRequest;
   /** An open that waited for memory: when it was admitted. */
   admittedAtMs?: number;
+  /** A verification after which the server decodes the session (adaptive switched it). */
+  thenDecode?: boolean;
 }
 
 export interface SchedulerContext {
@@ -179,14 +202,44 @@ function addPending(ctx: SchedulerContext, workerId: string, entry: PendingEntry
 }
 
 /**
- * The mode an admitted session is served in: what its open asked for, or for `adaptive` the
- * choice of policies/serving-mode.ts on its worker's state now — made once, at admission, so a
- * redelivered open gets the same answer. A device that gave no drafting pace speculates.
+ * Each mode's predicted time per output token for a session on worker `w`, uncalibrated
+ * (policies/serving-mode.ts), kept per device pace while the worker's session count and
+ * estimator stand: every round of every adaptive session asks. Null for a session whose device
+ * gave no drafting pace.
  */
-function resolveMode(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, w: WorkerEntry): ServingMode {
-  if (s.mode) return s.mode;
-  if (m.mode !== 'adaptive') return m.mode;
-  if (!m.drafting) return 'speculative';
+function modePrediction(ctx: SchedulerContext, w: WorkerEntry, s: SessionEntry): ServingModeChoice | null {
+  if (!s.pace) return null;
+  const cache = modeCache(ctx, w, s);
+  return (cache.byPace[paceKey(s)] ??= predictServingModes({
+    drafting: s.pace.drafting,
+    rttMs: s.pace.rttMs,
+    tpotMs: s.slo.tpotMs,
+    estimator: w.estimator,
+    // Every session placed on the worker (this one counted in w.sessions already), whatever its mode.
+    otherSessions: Math.max(0, w.sessions - 1),
+    contextTokens: cache.contextTokens,
+    promptTokens: Math.max(1, s.promptLength),
+    maxNewTokens: s.pace.maxNewTokens,
+  }));
+}
+
+/** Both modes' prediction for `s` on `w` as the worker is now (policies/serving-mode.ts currentModeTpots). */
+function currentPrediction(ctx: SchedulerContext, w: WorkerEntry, s: SessionEntry): { decodeTpotMs: number; speculativeTpotMs: number } | null {
+  const all = modePrediction(ctx, w, s);
+  if (!all || !s.pace) return null;
+  const cache = modeCache(ctx, ctx.workers[w.workerId], s);
+  return (cache.current[paceKey(s)] ??= currentModeTpots(w.estimator, Math.max(1, w.sessions), Math.min(w.decoding, w.sessions), cache.contextTokens, s.pace.drafting, s.pace.rttMs, all.k));
+}
+
+function paceKey(s: SessionEntry): string {
+  const p = s.pace!;
+  return `${p.drafting.msPerToken}|${p.drafting.agreement.toFixed(3)}|${p.drafting.kMax}|${p.rttMs}|${s.slo.tpotMs}|${p.maxNewTokens}`;
+}
+
+/** The worker's prediction cache, new when its session count, decoding count or estimator changed. */
+function modeCache(ctx: SchedulerContext, w: WorkerEntry, s: SessionEntry): ModePredictions {
+  const cache = w.modePredictions;
+  if (cache && cache.sessions === w.sessions && cache.decoding === w.decoding && cache.estimator === w.estimator) return cache;
   // The rows of a pass are the worker's sessions: their typical context, not this one's.
   let promptSum = 0;
   let count = 0;
@@ -194,23 +247,47 @@ function resolveMode(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, w: 
     const o = ctx.sessions[id];
     if (o.workerId === w.workerId) (promptSum += o.promptLength), count++;
   }
-  return chooseServingMode({
-    drafting: m.drafting,
-    rttMs: m.rttMs ?? 2 * ctx.settings.defaultReturnLatencyMs,
-    tpotMs: s.slo.tpotMs,
+  const fresh: ModePredictions = {
+    sessions: w.sessions,
+    decoding: w.decoding,
     estimator: w.estimator,
-    // Every session placed on the worker (this one counted in w.sessions already), whatever its mode.
-    otherSessions: Math.max(0, w.sessions - 1),
-    contextTokens: Math.round((count > 0 ? promptSum / count : m.promptTokens.length) + m.maxNewTokens / 2),
-    promptTokens: m.promptTokens.length,
-    maxNewTokens: m.maxNewTokens,
-  }).mode;
+    contextTokens: Math.round((count > 0 ? promptSum / count : s.promptLength) + (s.pace?.maxNewTokens ?? 0) / 2),
+    byPace: {},
+    current: {},
+  };
+  ctx.workers[w.workerId] = { ...ctx.workers[w.workerId], modePredictions: fresh };
+  return fresh;
+}
+
+/** The mode the adaptive rule picks for `s` on `w` now (`current`: the mode it is in, when revisited), or null without a pace. */
+function pickMode(ctx: SchedulerContext, w: WorkerEntry, s: SessionEntry, nowMs: number, current?: ServingMode): ServingMode | null {
+  const p = modePrediction(ctx, w, s);
+  if (!p) return null;
+  // Calibrated only where modes are revisited (the once-at-admission ablation is the first design, as it was).
+  const cal = switchesModes(ctx) ? (ctx.workers[w.workerId]?.calibration ?? UNCALIBRATED) : UNCALIBRATED;
+  return pickServingMode(p.decodeTpotMs * calibrationAt(cal, 'decode', nowMs), p.speculativeTpotMs * calibrationAt(cal, 'speculative', nowMs), s.slo.tpotMs, current);
+}
+
+/** Whether the scheduler revisits adaptive sessions' modes at their rounds. */
+function switchesModes(ctx: SchedulerContext): boolean {
+  return ctx.settings.policy === 'adaptive' && ctx.settings.modeSwitching !== false;
+}
+
+/**
+ * The mode an admitted session is served in: what its open asked for, or for `adaptive` the
+ * rule of policies/serving-mode.ts on its worker's state now (a redelivered open gets the mode
+ * the session has). A device that gave no drafting pace speculates.
+ */
+function resolveMode(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, w: WorkerEntry, nowMs: number): ServingMode {
+  if (s.mode) return s.mode;
+  if (m.mode !== 'adaptive') return m.mode;
+  return pickMode(ctx, w, s, nowMs) ?? 'speculative';
 }
 
 /** The pending prefill of an admitted open (`arrivalMs`: when it arrived, for its deadline), its mode resolved (the session entry keeps it). */
-function admittedOpen(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, arrivalMs: number): PendingEntry {
+function admittedOpen(ctx: SchedulerContext, s: SessionEntry, m: SessionOpen, arrivalMs: number, nowMs = arrivalMs): PendingEntry {
   const w = ctx.workers[s.workerId];
-  const mode = w ? resolveMode(ctx, s, m, w) : m.mode === 'adaptive' ? 'speculative' : m.mode;
+  const mode = w ? resolveMode(ctx, s, m, w, nowMs) : m.mode === 'adaptive' ? 'speculative' : m.mode;
   ctx.sessions[s.sessionId] = { ...ctx.sessions[s.sessionId], mode };
   return openRequest(s, m.mode === mode ? m : { ...m, mode }, arrivalMs);
 }
@@ -289,6 +366,7 @@ function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects
     firstTokenAtMs: null,
     returnLatencyMs: m.rttMs !== undefined ? m.rttMs / 2 : ctx.settings.defaultReturnLatencyMs,
     replyTo: m.replyTo,
+    ...(m.mode === 'adaptive' && m.drafting ? { pace: { drafting: m.drafting, rttMs: m.rttMs ?? 2 * ctx.settings.defaultReturnLatencyMs, maxNewTokens: m.maxNewTokens } } : {}),
   };
   if (!existing) {
     ctx.sessions[m.sessionId] = { ...s, kvTokens: 0 };
@@ -334,7 +412,7 @@ function admitWaiting(ctx: SchedulerContext, workerId: string, atMs: number): vo
     w = { ...w, kvReservedTokens: w.kvReservedTokens + need };
     ctx.workers[workerId] = w;
     ctx.sessions[s.sessionId] = { ...s, kvTokens: need };
-    const entry = admittedOpen(ctx, ctx.sessions[s.sessionId], q.message, q.atMs);
+    const entry = admittedOpen(ctx, ctx.sessions[s.sessionId], q.message, q.atMs, atMs);
     addPending(ctx, workerId, q.atMs === atMs ? entry : { ...entry, admittedAtMs: atMs });
     admitted++;
   }
@@ -389,7 +467,9 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, eff
   // Tokens committed after the first one: the next result must arrive by t0 + τ·(that + 1).
   const afterFirst = Math.max(0, m.committedLength - s.promptLength - 1);
   const t0 = s.firstTokenAtMs ?? atMs;
+  const thenDecode = switchesModes(ctx) ? reviseSpeculating(ctx, s, m, atMs) : false;
   addPending(ctx, s.workerId, {
+    ...(thenDecode ? { thenDecode } : {}),
     message: m,
     request: {
       requestId: requestKey(m.sessionId, m.round),
@@ -403,6 +483,51 @@ function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, eff
       deadlineMs: roundDeadlineMs(t0, s.slo.tpotMs, afterFirst, s.returnLatencyMs),
     },
   });
+}
+
+/**
+ * Adaptive, at a round of a speculating session: folds the time its last round took per token
+ * it committed into the worker's calibration of speculation, then revisits its mode. True when
+ * the server decodes it after this round (the session entry says so from now on).
+ */
+function reviseSpeculating(ctx: SchedulerContext, s: SessionEntry, m: VerifyRequest, atMs: number): boolean {
+  const w = ctx.workers[s.workerId];
+  if (!w || !s.pace) return false;
+  // A round from a session the scheduler had switched to decoding: the switch did not happen
+  // there (its round was answered from the worker's record), so it speculates still.
+  let entry: SessionEntry = s.mode === 'centralized' ? { ...s, mode: 'speculative' } : s;
+  const p = currentPrediction(ctx, w, entry);
+  if (p && entry.lastRound && m.committedLength > entry.lastRound.committed) {
+    const observed = (atMs - entry.lastRound.atMs) / (m.committedLength - entry.lastRound.committed);
+    const cur = ctx.workers[w.workerId];
+    ctx.workers[w.workerId] = { ...cur, calibration: calibrate(cur.calibration ?? UNCALIBRATED, 'speculative', observed, p.speculativeTpotMs, atMs) };
+  }
+  entry = { ...entry, lastRound: { atMs, committed: m.committedLength } };
+  // A round that may finish the session is not worth a switch.
+  const left = entry.pace!.maxNewTokens - (m.committedLength - entry.promptLength);
+  const decode = left > m.draftTokens.length + 1 && pickMode(ctx, ctx.workers[w.workerId], entry, atMs, 'speculative') === 'centralized';
+  if (decode) entry = { ...entry, mode: 'centralized', lastRound: undefined };
+  ctx.sessions[s.sessionId] = entry;
+  return decode;
+}
+
+/**
+ * Adaptive, as a batch for worker `w` is made: the sessions it decodes that go back to their
+ * devices (the batch names them; each gets one more token from the server). Sessions with work
+ * pending (a round just switched, a prompt) are left as they are.
+ */
+function handBack(ctx: SchedulerContext, w: WorkerEntry, entries: readonly PendingEntry[], nowMs: number): string[] {
+  if (w.decoding === 0) return [];
+  const busy = new Set(entries.map((e) => e.request.sessionId));
+  const out: string[] = [];
+  for (const id in ctx.sessions) {
+    const s = ctx.sessions[id];
+    if (s.workerId !== w.workerId || s.mode !== 'centralized' || !s.pace || s.firstTokenAtMs === null || busy.has(id)) continue;
+    if (pickMode(ctx, ctx.workers[w.workerId], s, nowMs, 'centralized') !== 'speculative') continue;
+    ctx.sessions[id] = { ...s, mode: 'speculative', lastRound: undefined };
+    out.push(id);
+  }
+  return out;
 }
 
 /** What a worker's next pass carries besides prompt chunks, and the prompts waiting (policies/pass-budget.ts). */
@@ -479,8 +604,10 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
         deadlineMs: e.request.deadlineMs,
         ...(e.admittedAtMs !== undefined ? { admittedAtMs: e.admittedAtMs } : {}),
         ...(chunk ? { chunk } : {}),
+        ...(e.thenDecode ? { thenDecode: true } : {}),
       };
     });
+    const speculate = switchesModes(ctx) ? handBack(ctx, w, entries, nowMs) : [];
     const batch: VerifyBatch = {
       v: PROTOCOL_VERSION,
       type: 'batch',
@@ -490,12 +617,13 @@ export function pump(ctx: SchedulerContext, nowMs: number, effects: Effect[]): v
       predictedMs: decision.predictedMs,
       dispatchedAtMs: nowMs,
       evict: ctx.evictions[w.workerId] ?? [],
+      ...(speculate.length > 0 ? { speculate } : {}),
     };
     ctx.evictions[w.workerId] = [];
     ctx.pending[w.workerId] = entries.flatMap((e) => (chosen.has(e.request.requestId) ? (partial.has(e.request.requestId) ? [partial.get(e.request.requestId)!] : []) : [e]));
     if (chunked && ctx.pending[w.workerId].length > 0) batch.followUp = true;
     // The first token of a session comes with the chunk that finishes its prompt.
-    ctx.workers[w.workerId] = { ...w, ready: false, inflight: { batchId, opened: finishing } };
+    ctx.workers[w.workerId] = { ...ctx.workers[w.workerId], ready: false, inflight: { batchId, opened: finishing } };
     ctx.stats = { ...ctx.stats, dispatched: ctx.stats.dispatched + items.length, batches: ctx.stats.batches + 1 };
     effects.push({ kind: 'dispatch', batch });
   }
@@ -513,6 +641,13 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     const parts = layout === 'padded' && m.lastBatch.parts && m.lastBatch.parts.length > 1 ? m.lastBatch.parts : [{ shapes: m.lastBatch.shapes, actualMs: m.lastBatch.actualMs }];
     for (const p of parts) estimator = observeBatch(estimator, p.shapes, p.actualMs);
     effects.push({ kind: 'persist', workerId: m.workerId, model: m.model, estimator });
+  }
+  let calibration = prev?.calibration;
+  if (switchesModes(ctx) && prev && m.lastBatch && m.decodeTpotMs !== undefined && (m.decoding ?? 0) > 0) {
+    // How long a decoded session's tokens take here, against the pass predicted for the worker as it is.
+    const paced = decodedPaced(ctx, m.workerId);
+    const predicted = paced ? currentPrediction(ctx, prev, paced)?.decodeTpotMs : undefined;
+    if (predicted !== undefined) calibration = calibrate(ctx.workers[m.workerId]?.calibration ?? calibration ?? UNCALIBRATED, 'decode', m.decodeTpotMs, predicted, atMs);
   }
   const restarted = prev !== undefined && prev.incarnation !== m.incarnation;
   const finished = prev?.inflight && (restarted || m.doneBatchId === prev.inflight.batchId) ? prev.inflight : null;
@@ -540,6 +675,8 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     kvReservedTokens: prev?.kvReservedTokens ?? 0,
     decoding: m.decoding ?? 0,
     passCurveMs: m.passCurveMs ?? prev?.passCurveMs ?? null,
+    ...(calibration ? { calibration } : {}),
+    ...(prev?.modePredictions ? { modePredictions: prev.modePredictions } : {}),
   };
   if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);
   else if (prev && prev.kvCapacityTokens !== (m.kvCapacityTokens ?? null)) admitWaiting(ctx, m.workerId, atMs);
@@ -551,6 +688,15 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
       else acceptVerify(ctx, p.message, p.atMs, effects, p.workerHint);
     }
   }
+}
+
+/** A session the worker decodes whose device gave a drafting pace (any one: decoding's prediction does not depend on it), or null. */
+function decodedPaced(ctx: SchedulerContext, workerId: string): SessionEntry | null {
+  for (const id in ctx.sessions) {
+    const s = ctx.sessions[id];
+    if (s.workerId === workerId && s.mode === 'centralized' && s.pace) return s;
+  }
+  return null;
 }
 
 /** Moves a lost worker's sessions and pending work to the remaining workers. */

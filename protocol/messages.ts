@@ -49,7 +49,13 @@ export type ServingMode = z.infer<typeof ServingModeSchema>;
 export const RequestedModeSchema = z.enum(['speculative', 'centralized', 'adaptive']);
 export type RequestedMode = z.infer<typeof RequestedModeSchema>;
 /** A device's drafting pace, for the scheduler's choice of mode: ms per drafted token, per-token agreement with the target. */
-export const DraftingPaceSchema = z.object({ msPerToken: ms, agreement: z.number().min(0).max(0.999), kMax: z.number().int().min(1).max(LIMITS.draftTokens) });
+export const DraftingPaceSchema = z.object({
+  msPerToken: ms,
+  agreement: z.number().min(0).max(0.999),
+  kMax: z.number().int().min(1).max(LIMITS.draftTokens),
+  /** It drafts the next round while a round is verified (pipelined drafting). */
+  pipelined: z.boolean().optional(),
+});
 
 /** client → devices */
 export const PromptRequestSchema = z
@@ -133,6 +139,12 @@ export const VerifyResultSchema = z.object({
   verifyMs: ms,
   batchSize: z.number().int().min(1),
   workerId: id,
+  /**
+   * Adaptive serving: from this round on the server decodes the session (the scheduler switched
+   * it); the device stops drafting and relays stream chunks from sequence number `streamSeq`.
+   */
+  decodes: z.boolean().optional(),
+  streamSeq: z.number().int().min(0).optional(),
 });
 export type VerifyResult = z.infer<typeof VerifyResultSchema>;
 
@@ -150,6 +162,8 @@ export const TokenStreamSchema = z.object({
   /** On the chunk that answers the open (the prefill): its queueing and model time, ms. */
   queueMs: ms.optional(),
   verifyMs: ms.optional(),
+  /** Adaptive serving: the server's last decoded chunk; the device drafts from the committed text on. */
+  speculate: z.boolean().optional(),
 });
 export type TokenStream = z.infer<typeof TokenStreamSchema>;
 
@@ -166,8 +180,11 @@ export const SessionStatsSchema = z.object({
   verifyMs: ms,
   acceptedByPosition: z.array(z.number().int().min(0)),
   draftedByPosition: z.array(z.number().int().min(0)),
-  /** How it was served, once the server's first answer said (absent before). */
+  /** How it was served last, once the server's first answer said (absent before). */
   mode: ServingModeSchema.optional(),
+  /** Tokens the server decoded for it, and how often its mode was switched (adaptive; absent: none). */
+  decodedTokens: z.number().int().min(0).optional(),
+  modeSwitches: z.number().int().min(0).optional(),
 });
 export type SessionStats = z.infer<typeof SessionStatsSchema>;
 
@@ -245,6 +262,8 @@ export const BatchItemSchema = z.object({
   history: z.array(tokenId).optional(),
   /** An open that waited for KV-cache memory: when the scheduler admitted it (scheduler clock). */
   admittedAtMs: ms.optional(),
+  /** Adaptive serving, on a verification: after this round the server decodes the session (its result says so). */
+  thenDecode: z.boolean().optional(),
   /**
    * Chunked prefill: the prompt tokens [start, end) this pass feeds, on top of the chunks before
    * it; the session's first token comes with the chunk that ends the prompt. Absent: the whole
@@ -274,6 +293,11 @@ export const VerifyBatchSchema = z.object({
    * decode step rides in that pass instead of running alone first.
    */
   followUp: z.boolean().optional(),
+  /**
+   * Adaptive serving: sessions this worker decodes that go back to speculation on their device;
+   * each gets its next decoded token in a chunk marked `speculate`, and no more.
+   */
+  speculate: z.array(id).max(LIMITS.batchMembers).optional(),
 });
 export type VerifyBatch = z.infer<typeof VerifyBatchSchema>;
 
@@ -297,6 +321,8 @@ export const WorkerStatusSchema = z.object({
   kvCapacityTokens: z.number().int().positive().optional(),
   /** Centralized sessions it decodes in continuous batching (their tokens share every pass). */
   decoding: z.number().int().min(0).optional(),
+  /** Mean time between a decoded session's tokens over the worker's recent passes, ms (absent before any). */
+  decodeTpotMs: ms.optional(),
   /**
    * A worker that knows its server's cost (a serving engine, a cost model): the time of a pass of
    * T one-token members at T = 16, 32, …, 8,192 (policies/pass-budget.ts), ms; the scheduler

@@ -319,21 +319,34 @@ export function loadPoint(records: readonly SessionRecord[], o: LoadPointOptions
   };
 }
 
-/** How finished sessions were served (undefined when none says: records from before devices reported their mode). */
+/**
+ * How finished sessions were served (undefined when none says: records from before devices
+ * reported their mode): the share of sessions that ended decoded by the server, the share of
+ * tokens the server decoded (a session switched between modes counts each token where it came
+ * from), the share of sessions switched at least once, and the mean draft tokens per round.
+ */
 export function modeSummary(records: readonly SessionRecord[]): ModeSummary | undefined {
   const known = records.filter((r) => r.stats.mode !== undefined);
   if (known.length === 0) return undefined;
-  const decoded = known.filter((r) => r.stats.mode === 'centralized');
-  const tokens = known.reduce((a, r) => a + r.outputTokens, 0);
+  let decodedSessions = 0;
+  let switched = 0;
+  let tokens = 0;
+  let decodedTokens = 0;
   let drafts = 0;
   let rounds = 0;
-  for (const r of known) if (r.stats.mode === 'speculative') {
+  for (const r of known) {
+    if (r.stats.mode === 'centralized') decodedSessions++;
+    if ((r.stats.modeSwitches ?? 0) > 0) switched++;
+    tokens += r.outputTokens;
+    // A session always decoded carries no count when it reported none (records from before the counter).
+    decodedTokens += r.stats.decodedTokens ?? (r.stats.mode === 'centralized' && r.stats.rounds === 0 ? r.outputTokens : 0);
     drafts += r.stats.drafted;
     rounds += r.stats.rounds;
   }
   return {
-    decodedSessionShare: decoded.length / known.length,
-    decodedTokenShare: tokens === 0 ? 0 : decoded.reduce((a, r) => a + r.outputTokens, 0) / tokens,
+    decodedSessionShare: decodedSessions / known.length,
+    decodedTokenShare: tokens === 0 ? 0 : Math.min(1, decodedTokens / tokens),
+    switchedSessionShare: switched / known.length,
     meanDraftsPerRound: rounds === 0 ? 0 : drafts / rounds,
   };
 }

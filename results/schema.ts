@@ -66,6 +66,8 @@ export type KvMemorySummary = z.infer<typeof KvMemorySummarySchema>;
 export const ModeSummarySchema = z.object({
   decodedSessionShare: z.number().min(0).max(1),
   decodedTokenShare: z.number().min(0).max(1),
+  /** Sessions whose mode the scheduler switched at least once (absent in reports from before switching). */
+  switchedSessionShare: z.number().min(0).max(1).optional(),
   /** Mean draft tokens per round over the speculated sessions (0 when none). */
   meanDraftsPerRound: nonNeg,
 });

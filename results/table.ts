@@ -94,5 +94,6 @@ export function timeBreakdownLines(results: BenchResults): string[] {
 export function modesText(p: LoadPoint): string {
   const m = p.modes;
   if (!m) return '—';
-  return `${fmt(m.decodedSessionShare * 100, 0)}% of sessions (${fmt(m.decodedTokenShare * 100, 0)}% of tokens) decoded by the server; ${fmt(m.meanDraftsPerRound)} drafts per round on the rest`;
+  const switched = m.switchedSessionShare !== undefined && m.switchedSessionShare > 0 ? `, ${fmt(m.switchedSessionShare * 100, 0)}% switched mode at least once` : '';
+  return `${fmt(m.decodedSessionShare * 100, 0)}% of sessions ended decoded by the server, ${fmt(m.decodedTokenShare * 100, 0)}% of tokens decoded there${switched}; ${fmt(m.meanDraftsPerRound)} drafts per round speculated`;
 }

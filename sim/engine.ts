@@ -76,6 +76,8 @@ interface SimSession {
   prefillEndMs: number | null;
   /** Where the session's time went so far, ms (network is what remains of its duration). */
   time: { drafting: number; queue: number; verify: number; memoryWait: number };
+  /** The next stream chunk's sequence number the server sends it (kept across mode switches). */
+  streamSeq: number;
 }
 
 interface SimDevice {
@@ -105,8 +107,12 @@ interface Decoding {
   sessionId: string;
   promptLength: number;
   maxNewTokens: number;
-  /** Tokens the server has produced for it. */
+  /** Tokens the server has produced for it (generated tokens, drafted ones included once it was switched). */
   produced: number;
+  /** When its last token came out (the worker's mean decode interval, WorkerStatus.decodeTpotMs). */
+  lastStepEndMs: number;
+  /** Adaptive serving: handed back to its device with its next token (VerifyBatch.speculate). */
+  handoff?: boolean;
 }
 
 interface SimWorker {
@@ -117,6 +123,8 @@ interface SimWorker {
   rng: Rng;
   /** Counts holds for a follow-up batch (machines/verifier-worker.ts holdsForFollowUp); a stale hold's end is ignored. */
   holdGen: number;
+  /** EWMA of the time between a decoded session's tokens, ms (as the live executor keeps it). */
+  decodeTpotMs: number | undefined;
   current: {
     batch: VerifyBatch;
     shapes: BatchShape[];
@@ -137,7 +145,7 @@ type SimEvent =
   | { k: 'stepDone'; w: SimWorker; shapes: BatchShape[]; startedAtMs: number; actualMs: number }
   | { k: 'holdEnd'; w: SimWorker; gen: number }
   | { k: 'result'; dev: SimDevice; sessionId: string; result: VerifyResult }
-  | { k: 'stream'; dev: SimDevice; sessionId: string; seq: number }
+  | { k: 'stream'; dev: SimDevice; sessionId: string; seq: number; speculate?: boolean }
   | { k: 'failed'; dev: SimDevice; sessionId: string; code: ErrorCode; message: string };
 
 /** A drafted token of the simulator: the draft's features and whether the target accepts it. */
@@ -229,6 +237,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     truncation: c.scheduler.truncation,
     chunkedPrefill: c.scheduler.chunkedPrefill,
     passTokenBudget: c.scheduler.passTokenBudget,
+    modeSwitching: c.scheduler.modeSwitching,
     defaultSlo: c.slo,
     defaultReturnLatencyMs: 0,
   });
@@ -260,7 +269,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const workers: SimWorker[] = [];
   const workerById = new Map<string, SimWorker>();
   for (let i = 0; i < c.workers; i++) {
-    const w: SimWorker = { id: `w${i}`, busy: false, queue: [], decoding: [], rng: new Rng(deriveSeed(c.seed, STREAMS.server, i)), holdGen: 0, current: null };
+    const w: SimWorker = { id: `w${i}`, busy: false, queue: [], decoding: [], rng: new Rng(deriveSeed(c.seed, STREAMS.server, i)), holdGen: 0, decodeTpotMs: undefined, current: null };
     workers.push(w);
     workerById.set(w.id, w);
   }
@@ -316,6 +325,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       kvBytes: 0,
       passLayout: c.server.cost.layout,
       decoding: w.decoding.length,
+      ...(w.decodeTpotMs !== undefined ? { decodeTpotMs: w.decodeTpotMs } : {}),
       passCurveMs: curve,
       ...(c.server.cost.kvCapacityTokens !== null ? { kvCapacityTokens: c.server.cost.kvCapacityTokens } : {}),
       incarnation: 'sim',
@@ -353,6 +363,10 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   const startNext = (w: SimWorker): void => {
     const batch = w.queue.shift();
     if (batch) {
+      for (const id of batch.speculate ?? []) {
+        const d = w.decoding.find((x) => x.sessionId === id);
+        if (d) d.handoff = true;
+      }
       const itemShapes = batch.items.map(itemShape);
       // The decode step of the sessions decoding here shares the pass, as on the live worker.
       const step = stepSharesPass(batch) ? w.decoding.slice() : [];
@@ -403,7 +417,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       if (r.type === 'open' && it.chunk && it.chunk.end < r.promptTokens.length) continue; // a middle chunk: no token yet
       if (r.type === 'open') {
         if (r.mode === 'centralized') {
-          if (r.maxNewTokens > 1 && mine) w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1 });
+          if (r.maxNewTokens > 1 && mine) w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1, lastStepEndMs: now });
+          if (mine) s.streamSeq = 1;
           sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId, seq: 0 });
         } else {
           sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, 0, 0, 0, r.promptTokens.length + 1, queueMs, verifyMs, size, w.id) });
@@ -415,7 +430,14 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       truncated += r.draftTokens.length - m;
       let accepted = 0;
       while (accepted < m && s.outcomes[accepted]) accepted++;
-      sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, r.round, accepted, m, r.committedLength + accepted + 1, queueMs, verifyMs, size, w.id) });
+      let res = result(r.sessionId, r.round, accepted, m, r.committedLength + accepted + 1, queueMs, verifyMs, size, w.id);
+      const generated = r.committedLength + accepted + 1 - s.ctx.promptTokens.length;
+      if (it.thenDecode === true && generated < s.ctx.maxNewTokens) {
+        // Adaptive serving: the server decodes it from here, as the live executor does.
+        w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: s.ctx.promptTokens.length, maxNewTokens: s.ctx.maxNewTokens, produced: generated, lastStepEndMs: now });
+        res = { ...res, decodes: true, streamSeq: s.streamSeq };
+      }
+      sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: res });
     }
     if (inWindow(cur.startedAtMs)) {
       const t = cur.tokens;
@@ -435,11 +457,20 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
   /** Every session of `step` gets its next token; those done leave continuous batching. */
   const stepTokens = (w: SimWorker, step: readonly Decoding[], startedAtMs: number): void => {
     const ended = new Set<Decoding>();
+    let intervalSum = 0;
     for (const d of step) {
       d.session.time.verify += now - startedAtMs;
       d.produced++;
-      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.produced - 1 });
-      if (d.produced >= d.maxNewTokens) ended.add(d);
+      intervalSum += now - d.lastStepEndMs;
+      d.lastStepEndMs = now;
+      const done = d.produced >= d.maxNewTokens;
+      const speculate = d.handoff === true && !done;
+      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.session.streamSeq++, ...(speculate ? { speculate } : {}) });
+      if (done || speculate) ended.add(d);
+    }
+    if (step.length > 0) {
+      const mean = intervalSum / step.length;
+      w.decodeTpotMs = w.decodeTpotMs === undefined ? mean : 0.8 * w.decodeTpotMs + 0.2 * mean;
     }
     if (ended.size > 0) w.decoding = w.decoding.filter((d) => !ended.has(d));
   };
@@ -520,7 +551,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       kMax: c.controller.kMax,
       startedAtMs: now,
     });
-    const s: SimSession = { ctx: context, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, verifyAtMs: now, prefillEndMs: null, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 } };
+    const s: SimSession = { ctx: context, slo: c.slo, offset, outcomes: [], allAccepted: false, lookahead: null, verifyAtMs: now, prefillEndMs: null, time: { drafting: 0, queue: 0, verify: 0, memoryWait: 0 }, streamSeq: 0 };
     dev.session = s;
     if (effects.some((e) => e.kind === 'sendOpen')) sendOpen(dev, s);
   };
@@ -543,7 +574,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       replyTo: dev.id,
       sentAtMs: now,
       rttMs: dev.cls.profile.rttMs,
-      ...(ctx.mode === 'adaptive' ? { drafting: { msPerToken: dev.cls.profile.draftMsPerToken, agreement: agreementOf(dev.agreement, dev.cls.acceptance.meanAcceptance), kMax: dev.controller!.kMax } } : {}),
+      ...(ctx.mode === 'adaptive' ? { drafting: { msPerToken: dev.cls.profile.draftMsPerToken, agreement: agreementOf(dev.agreement, dev.cls.acceptance.meanAcceptance), kMax: dev.controller!.kMax, ...(pipelining ? { pipelined: true } : {}) } } : {}),
     };
     const arrive = upArrival(dev, now);
     q.push(arrive, { k: 'sched', ev: { type: 'OPEN', message: open, atMs: arrive } });
@@ -670,13 +701,16 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
 
   const onResult = (dev: SimDevice, sessionId: string, r: VerifyResult): void => {
     const s = dev.session;
-    if (s && s.ctx.sessionId === sessionId) apply(dev, s, { type: 'RESULT', result: r, atMs: now });
+    if (!s || s.ctx.sessionId !== sessionId) return;
+    // Switched to server decoding: the look-ahead past this round is never used.
+    if (r.decodes === true) s.lookahead = null;
+    apply(dev, s, { type: 'RESULT', result: r, atMs: now });
   };
 
-  const onStream = (dev: SimDevice, sessionId: string, seq: number): void => {
+  const onStream = (dev: SimDevice, sessionId: string, seq: number, speculate: boolean): void => {
     const s = dev.session;
     if (!s || s.ctx.sessionId !== sessionId) return;
-    const chunk: TokenStream = { v: PROTOCOL_VERSION, type: 'stream', sessionId, seq, tokens: [TOKEN], committedLength: 1, done: false, workerId: 'sim' };
+    const chunk: TokenStream = { v: PROTOCOL_VERSION, type: 'stream', sessionId, seq, tokens: [TOKEN], committedLength: 1, done: false, workerId: 'sim', ...(speculate ? { speculate } : {}) };
     apply(dev, s, { type: 'STREAM', chunk, atMs: now });
   };
 
@@ -715,7 +749,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         onResult(event.dev, event.sessionId, event.result);
         break;
       case 'stream':
-        onStream(event.dev, event.sessionId, event.seq);
+        onStream(event.dev, event.sessionId, event.seq, event.speculate === true);
         break;
       case 'failed': {
         const s = event.dev.session;

@@ -37,6 +37,8 @@ export interface ScenarioOptions {
   chunkedPrefill?: boolean;
   /** Tokens one pass may feed (> 0), replacing the budget rule. */
   passTokenBudget?: number;
+  /** false: adaptive chooses each session's mode once, at admission. */
+  modeSwitching?: boolean;
 }
 
 /** `s` with the options applied (a new scenario; `s` is left alone). @throws ScenarioError, EngineSpecError */
@@ -83,5 +85,6 @@ export function applyScenarioOptions(base: Scenario, o: ScenarioOptions): Scenar
   if (o.truncation === false) s.scheduler.truncation = false;
   if (o.chunkedPrefill === false) s.scheduler.chunkedPrefill = false;
   if (o.passTokenBudget !== undefined) s.scheduler.passTokenBudget = o.passTokenBudget;
+  if (o.modeSwitching === false) s.scheduler.modeSwitching = false;
   return s;
 }

@@ -262,7 +262,7 @@ export class EdgeDevice {
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
             rttMs,
-            ...(o.mode === 'adaptive' ? { drafting: { msPerToken: this.#draftMsPerToken, agreement: agreementOf(this.#agreement, o.profile.agreement), kMax: this.#controller.kMax } } : {}),
+            ...(o.mode === 'adaptive' ? { drafting: { msPerToken: this.#draftMsPerToken, agreement: agreementOf(this.#agreement, o.profile.agreement), kMax: this.#controller.kMax, ...(o.pipelinedDrafting ? { pipelined: true } : {}) } } : {}),
           }));
         },
         sendVerify: (_, p) => {

@@ -53,6 +53,10 @@ export interface WorkerSession {
   lastStepEndMs?: number;
   /** Prompt tokens in its cache while its prompt is fed in chunks; absent once it has its first token. */
   prefilled?: number;
+  /** Adaptive serving: decoded, and handed back to its device with its next token (VerifyBatch.speculate). */
+  handoff?: boolean;
+  /** Adaptive serving, while decoded after speculating: its committed length in the ledger (decode steps do not write it). */
+  ledgerLength?: number;
 }
 
 /** The durable per-session record a worker writes and, after a crash elsewhere, reads back. */
@@ -110,12 +114,18 @@ export class BatchExecutor {
   readonly sessions = new Map<string, WorkerSession>();
   /** Replies of the last batch or decode step whose broker confirms are still outstanding. */
   #replying: Promise<unknown> = Promise.resolve();
+  #decodeTpotMs: number | undefined;
   constructor(private readonly deps: ExecutorDeps) {}
 
   get kvBytes(): number {
     let total = 0;
     for (const s of this.sessions.values()) total += s.cache.bytes;
     return total;
+  }
+
+  /** Mean time between a decoded session's tokens over the recent passes (an EWMA), ms; undefined before any. */
+  get decodeTpotMs(): number | undefined {
+    return this.#decodeTpotMs;
   }
 
   get decodeActive(): number {
@@ -269,14 +279,15 @@ export class BatchExecutor {
       await this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
       return null;
     }
+    if (m.round <= s.lastRound) {
+      // A retry of the round already done gets the same answer (one that switched the session to
+      // server decoding says so again); older rounds are stale.
+      if (m.round === s.lastRound && s.lastResult) await this.deps.reply(m.replyTo, s.lastResult);
+      return null;
+    }
     if (s.decoding) {
       // The server decodes this session: a verification would feed its cache a second time.
       await this.refuse(item, 'malformed', `session ${m.sessionId} is decoded by the server; it takes no verifications`);
-      return null;
-    }
-    if (m.round <= s.lastRound) {
-      // A retry of the round already done gets the same answer; older rounds are stale.
-      if (m.round === s.lastRound && s.lastResult) await this.deps.reply(m.replyTo, s.lastResult);
       return null;
     }
     if (m.committedLength !== s.tokens.length) {
@@ -363,6 +374,10 @@ export class BatchExecutor {
   async #execute(batch: VerifyBatch, itemSpans: Map<BatchItem, SpanHandle> | null): Promise<BatchReport> {
     const startedMs = this.deps.now();
     for (const id of batch.evict) this.sessions.delete(id);
+    for (const id of batch.speculate ?? []) {
+      const s = this.sessions.get(id);
+      if (s?.decoding) s.handoff = true;
+    }
     const opens: Job[] = [];
     const verifies: Job[] = [];
     for (const item of batch.items) {
@@ -462,7 +477,16 @@ export class BatchExecutor {
       const fresh = [...drafts.slice(0, outcome.accepted), outcome.token];
       s.tokens.push(...fresh);
       s.cache.rollback(s.tokens.length - 1);
-      const result = this.result(job, m.round, outcome.accepted, outcome.token, job.verifyTokens, startedMs, doneMs, size);
+      let result = this.result(job, m.round, outcome.accepted, outcome.token, job.verifyTokens, startedMs, doneMs, size);
+      if (job.item.thenDecode === true && !this.#finished(s, outcome.token)) {
+        // Adaptive serving: the server decodes it from here; its cache already holds committed − 1
+        // tokens, as a decoded session's does, so the next decode step continues exactly.
+        s.mode = 'centralized';
+        s.decoding = true;
+        s.lastStepEndMs = doneMs;
+        s.ledgerLength = s.tokens.length;
+        result = { ...result, decodes: true, streamSeq: s.streamSeq };
+      }
       s.lastRound = m.round;
       s.lastResult = result;
       s.lastAccessMs = doneMs;
@@ -541,6 +565,11 @@ export class BatchExecutor {
     return { v: PROTOCOL_VERSION, type: 'stream', sessionId: s.sessionId, seq: s.streamSeq++, tokens, committedLength: s.tokens.length, done, workerId: this.deps.workerId };
   }
 
+  /** Whether a session has all its tokens after `token`: its budget, the end of sequence, or the model's context. */
+  #finished(s: WorkerSession, token: number): boolean {
+    return s.tokens.length - s.promptLength >= s.maxNewTokens || token === this.deps.eosTokenId || s.tokens.length >= this.deps.runner.info.maxPositions;
+  }
+
   /** The centralized sessions decoding on this worker. */
   #decoding(): WorkerSession[] {
     return [...this.sessions.values()].filter((s) => s.decoding);
@@ -549,6 +578,10 @@ export class BatchExecutor {
   /** Each decoding session's next token from its row of `logits`, streamed to its device. */
   #stepTokens(active: readonly WorkerSession[], logits: readonly Float32Array[], startedMs: number, doneMs: number, modelMs: number): Promise<void>[] {
     const V = this.deps.runner.info.vocabSize;
+    let intervalSum = 0;
+    let intervals = 0;
+    for (const s of active) if (s.lastStepEndMs !== undefined) (intervalSum += doneMs - s.lastStepEndMs), intervals++;
+    if (intervals > 0) this.#decodeTpotMs = this.#decodeTpotMs === undefined ? intervalSum / intervals : 0.8 * this.#decodeTpotMs + 0.2 * (intervalSum / intervals);
     return active.map((s, i) => {
       // Each chunk says how long the session waited for this step (other passes ran) and how long the step took.
       const queueMs = Math.max(0, startedMs - (s.lastStepEndMs ?? startedMs));
@@ -557,10 +590,22 @@ export class BatchExecutor {
       const token = sampleTargetToken(row.subarray(row.length - V), s.sampling, s.tokens.length);
       s.tokens.push(token);
       s.lastAccessMs = doneMs;
-      const generated = s.tokens.length - s.promptLength;
-      const finished = generated >= s.maxNewTokens || token === this.deps.eosTokenId || s.tokens.length >= this.deps.runner.info.maxPositions;
+      const finished = this.#finished(s, token);
       if (finished) s.decoding = false;
-      return this.deps.reply(s.replyTo, { ...this.streamChunk(s, [token], finished), queueMs, verifyMs: modelMs });
+      const chunk = { ...this.streamChunk(s, [token], finished), queueMs, verifyMs: modelMs };
+      const handoff = s.handoff === true && !finished;
+      delete s.handoff;
+      if (!handoff) return this.deps.reply(s.replyTo, chunk);
+      // Adaptive serving: this token is its last from the server; its device drafts from here.
+      // Its next verification is recorded after these tokens, so the ledger gets the decoded ones
+      // first (decode steps do not write it), and the device hears of the switch after that.
+      s.decoding = false;
+      s.mode = 'speculative';
+      chunk.speculate = true;
+      const from = s.ledgerLength ?? s.promptLength + 1;
+      delete s.ledgerLength;
+      const recorded = s.lastResult ? this.commit(s, s.tokens.slice(from), { ...s.lastResult, committedLength: s.tokens.length }) : Promise.resolve();
+      return recorded.then(() => this.deps.reply(s.replyTo, chunk));
     });
   }
 

@@ -75,6 +75,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
         ? { lastBatch: { batchId: report.batchId, shapes: report.shapes, actualMs: report.actualMs, predictedMs: report.predictedMs, ...(report.parts ? { parts: report.parts } : {}) } }
         : {}),
       decoding: executor?.decodeActive ?? 0,
+      ...(executor?.decodeTpotMs !== undefined ? { decodeTpotMs: executor.decodeTpotMs } : {}),
       ...(curve ? { passCurveMs: curve } : {}),
       sentAtMs: clock.now(),
     });

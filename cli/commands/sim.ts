@@ -11,8 +11,9 @@ import type { ScenarioOptions } from '../../sim/scenario-options.ts';
 import { argParser, NON_NEG, NON_NEG_INT, parseNumberList, POSITIVE, POSITIVE_INT, UNIT_OPEN } from '../flags.ts';
 
 /** The flags of `wisp sim`: the scenario overrides (sim/scenario-options.ts) and the run's own. */
-interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 'truncation' | 'deviceMix' | 'chunkedPrefill'> {
+interface SimFlags extends Omit<ScenarioOptions, 'noKvLimit' | 'pipelining' | 'truncation' | 'deviceMix' | 'chunkedPrefill' | 'modeSwitching'> {
   chunkedPrefill: boolean;
+  modeSwitching: boolean;
   scenario: string;
   /** `profile[:weight],…`, parsed with sim/mix.ts when the command runs. */
   deviceMix?: string;
@@ -164,6 +165,7 @@ export function registerSim(program: Command): void {
     .option('--no-pipelining', 'WISP: no pipelined drafting (an extra of ours)')
     .option('--no-truncation', 'WISP: no server-side draft truncation (an extra of ours)')
     .option('--no-chunked-prefill', 'every prompt a pass of its own (default: prompts in chunks that share passes, every policy)')
+    .option('--no-mode-switching', 'adaptive: choose each session\'s mode once, at admission (default: revisited at its rounds)')
     .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)', positiveInt)
     .option('--no-variants', 'do not also run WISP with each extra switched off')
     .option('--refine <n>', 'bisection steps refining each capacity between swept counts', nonNegInt)

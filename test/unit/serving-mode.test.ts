@@ -6,12 +6,20 @@ import { stepSharesPass } from '../../machines/verifier-worker.ts';
 import { createVarlenEstimatorState } from '../../policies/estimator.ts';
 import {
   agreementOf,
+  calibrate,
+  calibrationAt,
+  CALIBRATION_FADE_MS,
   chooseServingMode,
   countAgreement,
+  currentModeTpots,
   expectedTokensPerRound,
   MODE_SLO_MARGIN,
   NO_AGREEMENT_SEEN,
+  pickServingMode,
   PRIOR_AGREEMENT,
+  roundOutsideMs,
+  SWITCH_EDGE,
+  UNCALIBRATED,
   type ServingModeInput,
 } from '../../policies/serving-mode.ts';
 import { PROTOCOL_VERSION, SessionOpenSchema, type SessionOpen, type VerifyBatch, type WorkerStatus } from '../../protocol/messages.ts';
@@ -89,6 +97,94 @@ describe('adaptive: how a session is served (policies/serving-mode.ts)', () => {
   });
 });
 
+describe('adaptive: revisiting a session\'s mode (policies/serving-mode.ts)', () => {
+  it('a new or decoded session is decoded within the SLO, and speculates past it only where that is clearly faster', () => {
+    for (const current of [undefined, 'centralized'] as const) {
+      expect(pickServingMode(100, 10, 100, current)).to.equal('centralized');
+      expect(pickServingMode(101, 101 * SWITCH_EDGE - 1, 100, current)).to.equal('speculative');
+      // Past the SLO but speculation barely faster: not worth a switch.
+      expect(pickServingMode(101, 101 * SWITCH_EDGE + 1, 100, current)).to.equal('centralized');
+    }
+  });
+
+  it('a speculating session goes to the server when decoding is well within the SLO, or clearly faster than a failing speculation', () => {
+    expect(pickServingMode(MODE_SLO_MARGIN * 100, 50, 100, 'speculative')).to.equal('centralized');
+    // Between the margin and the SLO nothing moves, whichever way the session is served now.
+    expect(pickServingMode(95, 50, 100, 'speculative')).to.equal('speculative');
+    expect(pickServingMode(95, 50, 100, 'centralized')).to.equal('centralized');
+    expect(pickServingMode(150, 200, 100, 'speculative')).to.equal('centralized');
+    expect(pickServingMode(190, 200, 100, 'speculative')).to.equal('speculative');
+  });
+
+  it('calibration: an EWMA of observed over predicted, kept in range, fading back to 1 when nothing measures it', () => {
+    let c = calibrate(UNCALIBRATED, 'decode', 60, 40, 1_000);
+    expect(c.decode).to.be.closeTo(0.9 + 0.1 * 1.5, 1e-12);
+    expect(c.speculative).to.equal(1);
+    c = calibrate(c, 'speculative', 1_000, 1, 1_000);
+    expect(c.speculative).to.be.closeTo(0.9 + 0.1 * 4, 1e-12); // the ratio is capped at 4
+    expect(calibrationAt(c, 'decode', 1_000)).to.equal(c.decode);
+    expect(calibrationAt(c, 'decode', 1_000 + CALIBRATION_FADE_MS)).to.be.closeTo(1 + (c.decode - 1) / Math.E, 1e-12);
+    expect(calibrationAt(c, 'decode', 1_000 + 20 * CALIBRATION_FADE_MS)).to.be.closeTo(1, 1e-6);
+    expect(calibrate(c, 'decode', NaN, 40, 2_000)).to.equal(c);
+    // A calibrated decode prediction past the SLO sends a session that would decode to its device.
+    expect(chooseServingMode(input({ tpotMs: 60 })).mode).to.equal('centralized');
+    expect(chooseServingMode(input({ tpotMs: 60 }), { decode: 2, speculative: 1 }).mode).to.equal('speculative');
+  });
+
+  it('pipelined drafting: a round away keeps the look-ahead\'s drafts when everything was accepted (α^(k+1))', () => {
+    const d = { msPerToken: 20, agreement: 0.8, kMax: 8 };
+    expect(roundOutsideMs(d, 4, 10, 30)).to.equal(90);
+    // The look-ahead drafts while the round is away (10 + 2 × 30 ms), at most the k tokens the next round needs.
+    expect(roundOutsideMs({ ...d, pipelined: true }, 4, 10, 30)).to.be.closeTo(90 - 0.8 ** 5 * 70, 1e-9);
+    expect(roundOutsideMs({ ...d, pipelined: true }, 2, 10, 30)).to.be.closeTo(50 - 0.8 ** 3 * 40, 1e-9);
+    expect(chooseServingMode(input({ tpotMs: 38, drafting: { ...d, pipelined: true } })).speculativeTpotMs).to.be.lessThan(chooseServingMode(input({ tpotMs: 38, drafting: d })).speculativeTpotMs);
+  });
+
+  it('predicts both modes for the worker as it is: decoded rows share the verifications\' passes', () => {
+    const pace = { msPerToken: 10, agreement: 0.85, kMax: 8 };
+    const allDecoded = currentModeTpots(ENGINE, 10, 10, 250, pace, 10, 4);
+    const half = currentModeTpots(ENGINE, 10, 5, 250, pace, 10, 4);
+    expect(allDecoded.decodeTpotMs).to.be.closeTo(40 + 0.05 * 10, 1e-9);
+    // Five decode rows and the verifications in flight: a longer pass than five rows alone.
+    expect(half.decodeTpotMs).to.be.greaterThan(40 + 0.05 * 5);
+    expect(half.speculativeTpotMs).to.be.lessThan(half.decodeTpotMs);
+  });
+});
+
+describe('adaptive: the edge session switches modes when the server says', () => {
+  const result = (round: number, over: Record<string, unknown> = {}) => ({ v: PROTOCOL_VERSION, type: 'result' as const, sessionId: 's', round, accepted: 1, token: 9, verified: 2, committedLength: 3, queueMs: 0, verifyMs: 1, batchSize: 1, workerId: 'w', ...over });
+  const chunk = (seq: number, over: Record<string, unknown> = {}) => ({ v: PROTOCOL_VERSION, type: 'stream' as const, sessionId: 's', seq, tokens: [5], committedLength: 3, done: false, workerId: 'w', ...over });
+  const draft = { tokens: [3, 4], predictedAcceptance: [0.5, 0.5], features: [], draftMsPerToken: [1, 1] };
+
+  it('a result marked `decodes` commits the round and relays the stream from its sequence number; a chunk marked `speculate` drafts the next round', () => {
+    const ctx = startEdgeSession({ sessionId: 's', deviceId: 'd', requestId: 'r', mode: 'adaptive', promptTokens: [1, 2], maxNewTokens: 20, eosTokenId: null, verifyTimeoutMs: 1_000, maxRetries: 1, kMax: 4, startedAtMs: 0 }).context;
+    applyEdgeSessionEvent(ctx, { type: 'RESULT', atMs: 1, result: result(0, { accepted: 0, verified: 0, token: 7 }) });
+    applyEdgeSessionEvent(ctx, { type: 'DRAFTED', atMs: 2, draft });
+    expect(ctx.phase).to.equal('awaiting');
+    const switched = applyEdgeSessionEvent(ctx, { type: 'RESULT', atMs: 3, result: result(1, { decodes: true, streamSeq: 4 }) });
+    expect(ctx.generated).to.deep.equal([7, 3, 9]);
+    expect([ctx.mode, ctx.phase, ctx.streamSeq]).to.deep.equal(['centralized', 'streaming', 4]);
+    expect(switched.some((e) => e.kind === 'draft')).to.equal(false);
+    // A chunk out of sequence is ignored; the next one is relayed.
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 4, chunk: chunk(0) });
+    expect(ctx.generated).to.have.length(3);
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 5, chunk: chunk(4) });
+    const back = applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 6, chunk: chunk(5, { speculate: true, tokens: [6] }) });
+    expect(ctx.generated).to.deep.equal([7, 3, 9, 5, 6]);
+    expect([ctx.mode, ctx.phase, ctx.round]).to.deep.equal(['speculative', 'drafting', 2]);
+    expect(back.find((e) => e.kind === 'draft')).to.deep.include({ round: 2 });
+    expect(ctx.counters.decodedTokens).to.equal(2);
+    expect(ctx.counters.modeSwitches).to.equal(2);
+  });
+
+  it('a `speculate` chunk that ends the answer ends the session', () => {
+    const ctx = startEdgeSession({ sessionId: 's', deviceId: 'd', requestId: 'r', mode: 'centralized', promptTokens: [1, 2], maxNewTokens: 2, eosTokenId: null, verifyTimeoutMs: 1_000, maxRetries: 1, kMax: 4, startedAtMs: 0 }).context;
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 1, chunk: chunk(0) });
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 2, chunk: chunk(1, { speculate: true }) });
+    expect(ctx.phase).to.equal('done');
+  });
+});
+
 describe('adaptive: the edge session learns its mode from the first answer', () => {
   const start = () =>
     startEdgeSession({ sessionId: 's', deviceId: 'd', requestId: 'r', mode: 'adaptive', promptTokens: [1, 2], maxNewTokens: 4, eosTokenId: null, verifyTimeoutMs: 1_000, maxRetries: 1, kMax: 4, startedAtMs: 0 }).context;
@@ -110,7 +206,7 @@ describe('adaptive: the edge session learns its mode from the first answer', () 
   });
 });
 
-describe('adaptive: the scheduler resolves the mode once, at admission', () => {
+describe('adaptive: the scheduler resolves the mode at admission and revisits it at the rounds', () => {
   const settings: SchedulerSettings = {
     policy: 'adaptive',
     bMax: 8,
@@ -177,6 +273,64 @@ describe('adaptive: the scheduler resolves the mode once, at admission', () => {
     expect(ctx.workers.w1.kvReservedTokens).to.equal(24);
     expect(ctx.memoryWait.w1.map((q) => q.message.sessionId)).to.deep.equal(['c']);
     expect([ctx.sessions.a.mode, ctx.sessions.b.mode, ctx.sessions.c.mode]).to.deep.equal(['centralized', 'centralized', undefined]);
+  });
+
+  it('revisits a session at its rounds from what the worker measured: to the server when decoding is fast there, back to its device when it is slow', () => {
+    const h = harness();
+    const pace = { msPerToken: 1, agreement: 0.9, kMax: 4 };
+    let t = 1;
+    // A decoded session (a 10 s SLO), so the worker reports how long its decoded tokens take.
+    h.actor.send({ type: 'OPEN', message: open('lenient', 10_000, pace), atMs: t++ });
+    const status = (batch: VerifyBatch | undefined, decodeTpotMs: number): WorkerStatus => ({
+      ...worker,
+      decoding: 1,
+      decodeTpotMs,
+      ...(batch ? { doneBatchId: batch.batchId } : {}),
+      lastBatch: { batchId: batch?.batchId ?? 'step-x', shapes: [{ n: 1, L: 10 }], actualMs: 47, predictedMs: 47 },
+    });
+    const report = (ms: number, times: number) => {
+      for (let i = 0; i < times; i++) h.actor.send({ type: 'WORKER_STATUS', message: status(h.batches[h.batches.length - 1], ms), atMs: t++ });
+    };
+    // Decoded tokens take 200 ms where ~47 were predicted: decoding a 60 ms session would miss its SLO.
+    report(200, 30);
+    const w = () => h.actor.getSnapshot().context.workers.w1;
+    expect(w().calibration!.decode).to.be.greaterThan(2);
+    h.actor.send({ type: 'OPEN', message: open('s60', 60, pace), atMs: t++ });
+    expect(modeSent(h.batches[h.batches.length - 1])).to.equal('speculative');
+    report(200, 1);
+    // Now decoded tokens come fast: its next round goes to the server, its verification marked so.
+    report(20, 40);
+    expect(w().calibration!.decode).to.be.lessThan(0.7);
+    const verify = (round: number, committedLength: number) => ({ v: PROTOCOL_VERSION, type: 'verify' as const, sessionId: 's60', deviceId: 'd1', round, committedLength, draftTokens: [1, 2], predictedAcceptance: [0.9, 0.9], replyTo: 'wisp.device.d1', sentAtMs: 0 });
+    h.actor.send({ type: 'VERIFY', message: verify(1, 5), atMs: t++ });
+    const switched = h.batches[h.batches.length - 1];
+    expect(switched.items[0].request.type).to.equal('verify');
+    expect(switched.items[0].thenDecode).to.equal(true);
+    expect(h.sessions().s60.mode).to.equal('centralized');
+    // Decoded tokens slow again: the next batch made for the worker hands it back to its device.
+    report(300, 40);
+    h.actor.send({ type: 'OPEN', message: open('another', 10_000, pace), atMs: t++ });
+    const handBack = h.batches[h.batches.length - 1];
+    expect(handBack.speculate).to.deep.equal(['s60']);
+    expect(h.sessions().s60.mode).to.equal('speculative');
+    // The 10 s session stays decoded: 300 ms a token is well within its SLO.
+    expect(h.sessions().lenient.mode).to.equal('centralized');
+  });
+
+  it('with mode switching off the mode is chosen once, at admission, and nothing is calibrated', () => {
+    const batches: VerifyBatch[] = [];
+    const actor = createActor(
+      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, scheduleWake: () => {} } }),
+      { input: { ...settings, modeSwitching: false } },
+    );
+    actor.start();
+    actor.send({ type: 'WORKER_STATUS', message: worker, atMs: 0 });
+    const pace = { msPerToken: 1, agreement: 0.9, kMax: 4 };
+    actor.send({ type: 'OPEN', message: open('lenient', 10_000, pace), atMs: 1 });
+    for (let i = 0; i < 30; i++) actor.send({ type: 'WORKER_STATUS', message: { ...worker, decoding: 1, decodeTpotMs: 200, doneBatchId: batches[0].batchId, lastBatch: { batchId: batches[0].batchId, shapes: [{ n: 1, L: 10 }], actualMs: 47, predictedMs: 47 } }, atMs: 2 + i });
+    expect(actor.getSnapshot().context.workers.w1.calibration).to.equal(undefined);
+    actor.send({ type: 'OPEN', message: open('s60', 60, pace), atMs: 40 });
+    expect(modeSent(batches[batches.length - 1])).to.equal('centralized');
   });
 
   it('a device that gave no drafting pace speculates', () => {
