@@ -70,6 +70,8 @@ export interface WorkerEntry {
   calibration?: ModeCalibration;
   /** Adaptive: each device pace's predicted modes while the worker's sessions and estimator stand. */
   modePredictions?: ModePredictions;
+  /** Adaptive: mode switches its sessions may still make before its next status (SWITCHES_PER_PASS). */
+  switchAllowance?: number;
 }
 
 interface ModePredictions {
@@ -505,29 +507,52 @@ function reviseSpeculating(ctx: SchedulerContext, s: SessionEntry, m: VerifyRequ
   entry = { ...entry, lastRound: { atMs, committed: m.committedLength } };
   // A round that may finish the session is not worth a switch.
   const left = entry.pace!.maxNewTokens - (m.committedLength - entry.promptLength);
-  const decode = left > m.draftTokens.length + 1 && pickMode(ctx, ctx.workers[w.workerId], entry, atMs, 'speculative') === 'centralized';
-  if (decode) entry = { ...entry, mode: 'centralized', lastRound: undefined };
+  const decode = left > m.draftTokens.length + 1 && switchAllowance(ctx.workers[w.workerId]) >= 1 && pickMode(ctx, ctx.workers[w.workerId], entry, atMs, 'speculative') === 'centralized';
+  if (decode) {
+    entry = { ...entry, mode: 'centralized', lastRound: undefined };
+    spendSwitch(ctx, w.workerId);
+  }
   ctx.sessions[s.sessionId] = entry;
   return decode;
 }
 
 /**
  * Adaptive, as a batch for worker `w` is made: the sessions it decodes that go back to their
- * devices (the batch names them; each gets one more token from the server). Sessions with work
- * pending (a round just switched, a prompt) are left as they are.
+ * devices (the batch names them; each gets one more token from the server), as many as the
+ * worker's switch allowance lets. Sessions with work pending (a round just switched, a prompt)
+ * are left as they are.
  */
 function handBack(ctx: SchedulerContext, w: WorkerEntry, entries: readonly PendingEntry[], nowMs: number): string[] {
   if (w.decoding === 0) return [];
   const busy = new Set(entries.map((e) => e.request.sessionId));
   const out: string[] = [];
   for (const id in ctx.sessions) {
+    if (switchAllowance(ctx.workers[w.workerId]) < 1) break;
     const s = ctx.sessions[id];
     if (s.workerId !== w.workerId || s.mode !== 'centralized' || !s.pace || s.firstTokenAtMs === null || busy.has(id)) continue;
     if (pickMode(ctx, ctx.workers[w.workerId], s, nowMs, 'centralized') !== 'speculative') continue;
     ctx.sessions[id] = { ...s, mode: 'speculative', lastRound: undefined };
+    spendSwitch(ctx, w.workerId);
     out.push(id);
   }
   return out;
+}
+
+/**
+ * Mode switches a worker's sessions may make between two of its status reports (one per pass).
+ * A switch changes the passes every other session on the worker sees, and the measurements the
+ * next choice rests on: near the crossover, all of a worker's sessions moving on one slow pass
+ * would land together in a state whose own measurements then hold them there.
+ */
+export const SWITCHES_PER_PASS = 4;
+
+function switchAllowance(w: WorkerEntry): number {
+  return w.switchAllowance ?? SWITCHES_PER_PASS;
+}
+
+function spendSwitch(ctx: SchedulerContext, workerId: string): void {
+  const w = ctx.workers[workerId];
+  ctx.workers[workerId] = { ...w, switchAllowance: switchAllowance(w) - 1 };
 }
 
 /** What a worker's next pass carries besides prompt chunks, and the prompts waiting (policies/pass-budget.ts). */
@@ -676,6 +701,8 @@ function applyWorkerStatus(ctx: SchedulerContext, m: WorkerStatus, atMs: number,
     decoding: m.decoding ?? 0,
     passCurveMs: m.passCurveMs ?? prev?.passCurveMs ?? null,
     ...(calibration ? { calibration } : {}),
+    // Each report starts a fresh allowance of mode switches.
+    ...(switchesModes(ctx) ? { switchAllowance: SWITCHES_PER_PASS } : {}),
     ...(prev?.modePredictions ? { modePredictions: prev.modePredictions } : {}),
   };
   if (m.state === 'stopping') forgetWorker(ctx, m.workerId, atMs);

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { createActor } from 'xstate';
 import { applyEdgeSessionEvent, startEdgeSession } from '../../machines/edge-session.ts';
-import { schedulerMachine, type SchedulerSettings } from '../../machines/scheduler.ts';
+import { schedulerMachine, SWITCHES_PER_PASS, type SchedulerSettings } from '../../machines/scheduler.ts';
 import { stepSharesPass } from '../../machines/verifier-worker.ts';
 import { createVarlenEstimatorState } from '../../policies/estimator.ts';
 import {
@@ -315,6 +315,33 @@ describe('adaptive: the scheduler resolves the mode at admission and revisits it
     expect(h.sessions().s60.mode).to.equal('speculative');
     // The 10 s session stays decoded: 300 ms a token is well within its SLO.
     expect(h.sessions().lenient.mode).to.equal('centralized');
+  });
+
+  it('switches at most SWITCHES_PER_PASS sessions between two status reports of their worker', () => {
+    const h = harness();
+    const pace = { msPerToken: 1, agreement: 0.9, kMax: 4 };
+    let t = 1;
+    const last = () => h.batches[h.batches.length - 1];
+    const report = (ms: number, times: number) => {
+      for (let i = 0; i < times; i++) {
+        const b = last();
+        h.actor.send({ type: 'WORKER_STATUS', message: { ...worker, decoding: 6, decodeTpotMs: ms, ...(b ? { doneBatchId: b.batchId } : {}), lastBatch: { batchId: b?.batchId ?? 'step-x', shapes: [{ n: 1, L: 10 }], actualMs: 47, predictedMs: 47 } }, atMs: t++ });
+      }
+    };
+    // Six 60 ms sessions, decoded while decoded tokens come fast.
+    report(20, 40);
+    for (let i = 0; i < 6; i++) {
+      h.actor.send({ type: 'OPEN', message: open(`d${i}`, 60, pace), atMs: t++ });
+      report(20, 1);
+    }
+    expect(Object.values(h.sessions()).map((x) => x.mode)).to.deep.equal(Array(6).fill('centralized'));
+    // Decoded tokens turn slow: every one of them would rather speculate now.
+    report(400, 40);
+    h.actor.send({ type: 'OPEN', message: open('x0', 10_000, pace), atMs: t++ });
+    expect(last().speculate).to.have.length(SWITCHES_PER_PASS);
+    report(400, 1);
+    h.actor.send({ type: 'OPEN', message: open('x1', 10_000, pace), atMs: t++ });
+    expect(last().speculate).to.have.length(6 - SWITCHES_PER_PASS);
   });
 
   it('with mode switching off the mode is chosen once, at admission, and nothing is calibrated', () => {
