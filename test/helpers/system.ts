@@ -3,6 +3,7 @@
  * an integration test, with a unique Redis prefix and emptied shared queues, plus a client.
  */
 import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import { connectBroker, type BrokerClient, type ConsumerHandle } from '../../broker/connection.ts';
 import { PROMPTS_QUEUE, SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import { WispClient } from '../../actors/client.ts';
@@ -14,6 +15,7 @@ import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
+import type { DecoderRunner } from '../../inference/types.ts';
 
 import { testAmqpUrl } from './vhost.ts';
 import { SHORT_PROMPTS } from '../../bench/live.ts';
@@ -85,6 +87,15 @@ export { tapBroker, type BrokerTap } from '../../broker/tap.ts';
 
 /** Short prompts for end-to-end tests (shared with the overhead benchmark). */
 export const TEST_PROMPTS = SHORT_PROMPTS;
+
+/** The tiny preset's target and the draft the test devices run (their profile's), one thread each, and the target's tokenizer. */
+export async function loadTinyPair(): Promise<{ target: DecoderRunner; draft: DecoderRunner; tokenizer: Awaited<ReturnType<typeof loadTokenizer>> }> {
+  const pair = await ensureModelPair('tiny');
+  const target = await loadDecoder(pair.targetDir, { threads: 1 });
+  const config = testConfig();
+  const draft = await loadDecoder(join(pair.root, config.devices[config.deviceProfile].draftModel), { threads: 1 });
+  return { target, draft, tokenizer: await loadTokenizer(pair.targetDir) };
+}
 
 /**
  * Target-only tokens for each prompt with the tiny preset (generateTarget, the function behind

@@ -9,15 +9,11 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import type { PolicyName } from '../../config/schema.ts';
-import { ensureModelPair } from '../../inference/forge/index.ts';
-import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { generateSpeculative, generateTarget } from '../../inference/speculative.ts';
-import { loadTokenizer } from '../../inference/tokenizer.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import type { BatchReport } from '../../machines/verifier-worker.ts';
 import type { Sampling } from '../../protocol/messages.ts';
-import { startTestSystem, testConfig, type TestSystem } from '../helpers/system.ts';
-import { join } from 'node:path';
+import { loadTinyPair, startTestSystem, type TestSystem } from '../helpers/system.ts';
 
 const PROMPTS = [
   'the old house on the hill stood alone at the end of a long and winding road where the wind came down from the mountains every evening and the children of the village told stories about the lights that moved behind its windows',
@@ -39,12 +35,9 @@ describe('chunked prefill is lossless (prompts in chunks of a 24-token pass budg
   let sampledRef: number[][];
 
   before(async () => {
-    const pair = await ensureModelPair('tiny');
-    target = await loadDecoder(pair.targetDir, { threads: 1 });
-    const config = testConfig();
-    draft = await loadDecoder(join(pair.root, config.devices[config.deviceProfile].draftModel), { threads: 1 });
-    const tok = await loadTokenizer(pair.targetDir);
-    tokens = PROMPTS.map((p) => tok.encode(p));
+    let tokenizer;
+    ({ target, draft, tokenizer } = await loadTinyPair());
+    tokens = PROMPTS.map((p) => tokenizer.encode(p));
     expect(tokens[0].length, 'the longest prompt spans several chunks').to.be.greaterThan(2 * BUDGET);
     expect(tokens[2].length, 'the last is shorter than one chunk').to.be.lessThan(16);
     const eos = target.info.eosTokenId;

@@ -9,18 +9,14 @@
  */
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { redisLedger } from '../../actors/store.ts';
 import { BatchExecutor } from '../../actors/verifier/executor.ts';
-import { ensureModelPair } from '../../inference/forge/index.ts';
-import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { generateTarget } from '../../inference/speculative.ts';
-import { loadTokenizer } from '../../inference/tokenizer.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import { applyEdgeSessionEvent, startEdgeSession, type DraftOutput, type EdgeSessionContext, type EdgeSessionEffect } from '../../machines/edge-session.ts';
 import { PROTOCOL_VERSION, type BatchItem, type ErrorMessage, type Sampling, type TokenStream, type VerifyBatch, type VerifyResult } from '../../protocol/messages.ts';
 import { openRedisStore, type RedisStore } from '../../store/redis-store.ts';
-import { testConfig } from '../helpers/system.ts';
+import { loadTinyPair } from '../helpers/system.ts';
 
 const REDIS_URL = process.env.WISP_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const GREEDY: Sampling = { temperature: 0, topP: 1, seed: 0 };
@@ -56,12 +52,9 @@ describe('adaptive mode switches are lossless (worker, ledger in Redis, device l
   const prefix = `wisp-test-ms-${randomUUID().slice(0, 8)}:`;
 
   before(async () => {
-    const pair = await ensureModelPair('tiny');
-    target = await loadDecoder(pair.targetDir, { threads: 1 });
-    const config = testConfig();
-    draft = await loadDecoder(join(pair.root, config.devices[config.deviceProfile].draftModel), { threads: 1 });
-    const tok = await loadTokenizer(pair.targetDir);
-    prompts = PROMPTS.map((p) => tok.encode(p));
+    let tokenizer;
+    ({ target, draft, tokenizer } = await loadTinyPair());
+    prompts = PROMPTS.map((p) => tokenizer.encode(p));
     reference = [];
     for (let i = 0; i < prompts.length; i++) reference.push((await generateTarget(target, prompts[i], { maxNewTokens: MAX_NEW[i], sampling: GREEDY, eosTokenId: target.info.eosTokenId })).tokens);
     store = await openRedisStore({ url: REDIS_URL, keyPrefix: prefix, sessionTtlMs: 60_000 });

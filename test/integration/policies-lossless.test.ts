@@ -20,17 +20,13 @@
  */
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import type { Sampling } from '../../protocol/messages.ts';
 import type { PolicyName } from '../../config/schema.ts';
-import { ensureModelPair } from '../../inference/forge/index.ts';
-import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { uniformFor, rngFor } from '../../inference/rng.ts';
 import { DEFAULT_DRAFT_TOP_K, draftTopK, logitsToProbs, sampleIndex, sampleTargetToken } from '../../inference/sampling.ts';
 import { generateSpeculative, generateTarget } from '../../inference/speculative.ts';
-import { loadTokenizer } from '../../inference/tokenizer.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
-import { TEST_PROMPTS, startTestSystem, testConfig, type TestSystem } from '../helpers/system.ts';
+import { loadTinyPair, TEST_PROMPTS, startTestSystem, testConfig, type TestSystem } from '../helpers/system.ts';
 
 const GREEDY: Sampling = { temperature: 0, topP: 1, seed: 0 };
 const sampled = (i: number): Sampling => ({ temperature: 0.8, topP: 0.95, seed: 1_000 + i });
@@ -45,13 +41,8 @@ interface Models {
 }
 
 async function loadModels(): Promise<Models> {
-  const pair = await ensureModelPair('tiny');
-  const target = await loadDecoder(pair.targetDir, { threads: 1 });
-  // The draft the test devices run (their profile's).
-  const config = testConfig();
-  const draft = await loadDecoder(join(pair.root, config.devices[config.deviceProfile].draftModel), { threads: 1 });
-  const tok = await loadTokenizer(pair.targetDir);
-  return { target, draft, encode: (s) => tok.encode(s), eos: target.info.eosTokenId };
+  const { target, draft, tokenizer } = await loadTinyPair();
+  return { target, draft, encode: (s) => tokenizer.encode(s), eos: target.info.eosTokenId };
 }
 
 /** Logits rows of one full forward over `tokens`: row i predicts position i + 1. */
