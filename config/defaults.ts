@@ -70,7 +70,7 @@ export const DEFAULT_CONFIG: WispConfig = {
     pipelinedDrafting: false,
     chunkedPrefill: true,
     passTokenBudget: 0,
-    modeSwitching: true,
+    modeSwitching: false,
   },
   controller: { kMax: 8, threshold: 0.4, minAcceptance: 0.2 },
   worker: { idleEvictMs: 60_000, heartbeatMs: 1_000, heartbeatTtlMs: 5_000 },

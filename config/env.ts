@@ -46,7 +46,7 @@ const ENV_TABLE: ReadonlyArray<Omit<EnvVar, 'defaultValue'>> = [
   { name: 'WISP_MAX_BATCH_TOKENS', key: 'scheduler.maxBatchTokens', kind: 'integer', description: 'Cap on tokens fed in one batch (verifications, and whole prompts without chunked prefill)' },
   { name: 'WISP_CHUNKED_PREFILL', key: 'scheduler.chunkedPrefill', kind: 'boolean', description: 'Split prompts into chunks that share passes with verifications and decode steps' },
   { name: 'WISP_PASS_TOKEN_BUDGET', key: 'scheduler.passTokenBudget', kind: 'integer', description: 'Tokens one pass may feed once prompt chunks join it (0 = derived from the TPOT SLO and the server); verifications are capped by maxBatchTokens' },
-  { name: 'WISP_MODE_SWITCHING', key: 'scheduler.modeSwitching', kind: 'boolean', description: 'Adaptive: revisit each session\'s mode (server decoding or edge speculation) at its rounds; false: chosen once, at admission' },
+  { name: 'WISP_MODE_SWITCHING', key: 'scheduler.modeSwitching', kind: 'boolean', description: 'Adaptive: revisit each session\'s mode (server decoding or edge speculation) at its rounds (default false: chosen once, at admission)' },
   { name: 'WISP_AGE_BOUND_MS', key: 'scheduler.ageBoundMs', kind: 'number', description: 'Longest wait before a request is served regardless of density, ms' },
   { name: 'WISP_TRUNCATION', key: 'scheduler.truncation', kind: 'boolean', description: 'WISP: allow verifying fewer draft tokens than sent' },
   { name: 'WISP_PIPELINED_DRAFTING', key: 'scheduler.pipelinedDrafting', kind: 'boolean', description: 'Draft the next round while verifying' },

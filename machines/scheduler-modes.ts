@@ -91,7 +91,7 @@ export function pickMode(ctx: SchedulerContext, w: WorkerEntry, s: SessionEntry,
 
 /** Whether the scheduler revisits adaptive sessions' modes at their rounds. */
 export function switchesModes(ctx: SchedulerContext): boolean {
-  return ctx.settings.policy === 'adaptive' && ctx.settings.modeSwitching !== false;
+  return ctx.settings.policy === 'adaptive' && ctx.settings.modeSwitching === true;
 }
 
 /**

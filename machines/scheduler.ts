@@ -42,7 +42,7 @@ export interface SchedulerSettings {
   chunkedPrefill?: boolean;
   /** Tokens one pass may feed with chunked prefill; 0 or absent: the rule of policies/pass-budget.ts. */
   passTokenBudget?: number;
-  /** Adaptive: revisit each session's mode at every round (false: chosen once, at admission). Default on. */
+  /** Adaptive: revisit each session's mode at its rounds (absent or false: chosen once, at admission). */
   modeSwitching?: boolean;
 }
 

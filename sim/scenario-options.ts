@@ -37,7 +37,7 @@ export interface ScenarioOptions {
   chunkedPrefill?: boolean;
   /** Tokens one pass may feed (> 0), replacing the budget rule. */
   passTokenBudget?: number;
-  /** false: adaptive chooses each session's mode once, at admission. */
+  /** true: adaptive revisits each session's mode at its rounds (default: chosen once, at admission). */
   modeSwitching?: boolean;
 }
 
@@ -85,6 +85,6 @@ export function applyScenarioOptions(base: Scenario, o: ScenarioOptions): Scenar
   if (o.truncation === false) s.scheduler.truncation = false;
   if (o.chunkedPrefill === false) s.scheduler.chunkedPrefill = false;
   if (o.passTokenBudget !== undefined) s.scheduler.passTokenBudget = o.passTokenBudget;
-  if (o.modeSwitching === false) s.scheduler.modeSwitching = false;
+  if (o.modeSwitching !== undefined) s.scheduler.modeSwitching = o.modeSwitching;
   return s;
 }

@@ -165,7 +165,7 @@ export function registerSim(program: Command): void {
     .option('--no-pipelining', 'WISP: no pipelined drafting (an extra of ours)')
     .option('--no-truncation', 'WISP: no server-side draft truncation (an extra of ours)')
     .option('--no-chunked-prefill', 'every prompt a pass of its own (default: prompts in chunks that share passes, every policy)')
-    .option('--no-mode-switching', 'adaptive: choose each session\'s mode once, at admission (default: revisited at its rounds)')
+    .option('--mode-switching', 'adaptive: revisit each session\'s mode at its rounds (default: chosen once, at admission)', false)
     .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)', positiveInt)
     .option('--no-variants', 'do not also run WISP with each extra switched off')
     .option('--refine <n>', 'bisection steps refining each capacity between swept counts', nonNegInt)

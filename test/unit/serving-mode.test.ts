@@ -216,6 +216,7 @@ describe('adaptive: the scheduler resolves the mode at admission and revisits it
     truncation: false,
     defaultSlo: { ttftMs: 1_000, tpotMs: 100 },
     defaultReturnLatencyMs: 0,
+    modeSwitching: true,
   };
   const worker: WorkerStatus = { v: PROTOCOL_VERSION, type: 'worker', workerId: 'w1', model: 'm', vocabSize: 100, maxPositions: 512, state: 'ready', sessions: 0, kvBytes: 0, incarnation: 'i1', sentAtMs: 0, passLayout: 'varlen' };
   const open = (sessionId: string, tpotMs: number, drafting: SessionOpen['drafting'] | undefined): SessionOpen => ({
