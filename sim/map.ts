@@ -39,6 +39,8 @@ export interface MapRunSettings {
   search: CapacitySearch;
   /** Each policy at its best settings in each cell (sim/map-tuning.ts); off: every policy at its defaults. */
   tune: boolean;
+  /** Adaptive revisits each session's mode at its rounds (scheduler.modeSwitching); absent: chosen once, at admission. */
+  modeSwitching?: boolean;
 }
 
 export const DEFAULT_MAP_GRID: MapGrid = {
@@ -134,7 +136,7 @@ export function runMapTask(t: MapTask): MapTaskResult {
   const runs: RunSummary[] = [];
   const candidates = t.settings.tune ? tuningCandidates(t.policy) : tuningCandidates(t.policy).slice(0, 1);
   const { best, chosen, tried } = tuneSettings(candidates, t.settings.search.start, (c, start) => {
-    const s: Scenario = { ...base, scheduler: { ...base.scheduler, ...c.scheduler } };
+    const s: Scenario = { ...base, scheduler: { ...base.scheduler, ...c.scheduler, ...(t.settings.modeSwitching ? { modeSwitching: true } : {}) } };
     const variant = sweepVariants(s, [t.policy], false)[0];
     const own: RunSummary[] = [];
     const r = searchCapacity({ scenario: s, policies: [t.policy], extrasVariants: false }, variant, { ...t.settings.search, start }, own, { n: 0 });

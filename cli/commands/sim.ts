@@ -84,6 +84,7 @@ interface MapFlags {
   precision?: number;
   jobs?: number;
   tune?: boolean;
+  modeSwitching?: boolean;
   json?: boolean;
   out?: string;
 }
@@ -114,6 +115,7 @@ async function map(flags: MapFlags): Promise<void> {
     warmupS: flags.warmupS ?? (flags.durationS !== undefined ? Math.min(DEFAULT_MAP_SETTINGS.warmupS, flags.durationS / 5) : DEFAULT_MAP_SETTINGS.warmupS),
     search: { ...DEFAULT_MAP_SETTINGS.search, ...(flags.maxDevices !== undefined ? { max: flags.maxDevices } : {}), ...(flags.precision !== undefined ? { precision: flags.precision } : {}) },
     tune: flags.tune ?? DEFAULT_MAP_SETTINGS.tune,
+    ...(flags.modeSwitching ? { modeSwitching: true } : {}),
   };
   const tasks = mapTasks(grid, settings);
   const jobs = flags.jobs ?? Math.max(1, availableParallelism());
@@ -239,6 +241,7 @@ export function registerSim(program: Command): void {
     .option('--precision <x>', 'bisection stops when the failing count is within this share of the passing one (default 0.125)', unitOpen)
     .option('--jobs <n>', 'worker threads (default: the machine\'s cores)', positiveInt)
     .option('--no-tune', 'every policy at its default settings (default: each at its best settings per cell: pass budget, chunking, batch size, SLED\'s wait)')
+    .option('--mode-switching', 'adaptive: revisit each session\'s mode at its rounds (default: chosen once, at admission)')
     .option('--json', 'print {cells: [...]} as the last line')
     .option('--out <dir>', 'report folder (default reports/map-<timestamp>)')
     .action(async (flags: MapFlags) => map(flags));
