@@ -7,7 +7,7 @@
  */
 import type { ServingMode, VerifyRequest, WorkerStatus } from '../protocol/messages.ts';
 import type { EstimatorState } from '../policies/index.ts';
-import { calibrate, calibrationAt, currentModeTpots, pickServingMode, predictServingModes, UNCALIBRATED, type ModeCalibration, type ServingModeChoice } from '../policies/serving-mode.ts';
+import { calibrate, calibratedChoice, currentModeTpots, predictServingModes, UNCALIBRATED, type ModeCalibration, type ServingModeChoice } from '../policies/serving-mode.ts';
 import type { PendingEntry, SchedulerContext, SessionEntry, WorkerEntry } from './scheduler.ts';
 
 /** Each device pace's predictions on a worker while its sessions, decoding count and estimator stand. */
@@ -86,7 +86,7 @@ export function pickMode(ctx: SchedulerContext, w: WorkerEntry, s: SessionEntry,
   if (!p) return null;
   // Calibrated only where modes are revisited (the once-at-admission ablation is the first design, as it was).
   const cal = switchesModes(ctx) ? (ctx.workers[w.workerId]?.calibration ?? UNCALIBRATED) : UNCALIBRATED;
-  return pickServingMode(p.decodeTpotMs * calibrationAt(cal, 'decode', nowMs), p.speculativeTpotMs * calibrationAt(cal, 'speculative', nowMs), s.slo.tpotMs, current);
+  return calibratedChoice(p, s.slo.tpotMs, cal, nowMs, current).mode;
 }
 
 /** Whether the scheduler revisits adaptive sessions' modes at their rounds. */

@@ -77,7 +77,6 @@ export interface WorkerEntry {
   switchAllowance?: number;
 }
 
-
 export interface SessionEntry {
   sessionId: string;
   deviceId: string;

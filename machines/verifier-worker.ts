@@ -43,6 +43,15 @@ export interface BatchReport {
  */
 export const FOLLOW_UP_HOLD_MS = 20;
 
+/**
+ * The worker's mean time between a decoded session's tokens (WorkerStatus.decodeTpotMs) after a
+ * pass whose decoded sessions waited `meanIntervalMs` on average since their previous token: an
+ * EWMA, the first interval as it is. The live executor and the simulator's worker both keep it.
+ */
+export function nextDecodeTpotMs(previousMs: number | undefined, meanIntervalMs: number): number {
+  return previousMs === undefined ? meanIntervalMs : 0.8 * previousMs + 0.2 * meanIntervalMs;
+}
+
 /** Whether a worker that just finished `batch` waits for the next one rather than step alone. */
 export function holdsForFollowUp(batch: Pick<VerifyBatch, 'followUp'> | null, queued: number, decodeActive: number): boolean {
   return batch?.followUp === true && queued === 0 && decodeActive > 0;

@@ -196,12 +196,16 @@ export function pickServingMode(decodeTpotMs: number, speculativeTpotMs: number,
   return decodeTpotMs <= tpotMs || speculativeTpotMs > SWITCH_EDGE * decodeTpotMs ? 'centralized' : 'speculative';
 }
 
-/** @throws RangeError on a pace, agreement, SLO or count out of range */
-export function chooseServingMode(x: ServingModeInput, calibration: ModeCalibration = UNCALIBRATED, current?: ServingMode, nowMs = 0): ServingModeChoice {
-  const p = predictServingModes(x);
+/** A prediction (predictServingModes) scaled by the worker's calibration as of `nowMs`, and the mode pickServingMode picks on it. */
+export function calibratedChoice(p: ServingModeChoice, tpotMs: number, calibration: ModeCalibration, nowMs: number, current?: ServingMode): ServingModeChoice {
   const decodeTpotMs = p.decodeTpotMs * calibrationAt(calibration, 'decode', nowMs);
   const speculativeTpotMs = p.speculativeTpotMs * calibrationAt(calibration, 'speculative', nowMs);
-  return { mode: pickServingMode(decodeTpotMs, speculativeTpotMs, x.tpotMs, current), decodeTpotMs, speculativeTpotMs, k: p.k };
+  return { mode: pickServingMode(decodeTpotMs, speculativeTpotMs, tpotMs, current), decodeTpotMs, speculativeTpotMs, k: p.k };
+}
+
+/** @throws RangeError on a pace, agreement, SLO or count out of range */
+export function chooseServingMode(x: ServingModeInput, calibration: ModeCalibration = UNCALIBRATED, current?: ServingMode, nowMs = 0): ServingModeChoice {
+  return calibratedChoice(predictServingModes(x), x.tpotMs, calibration, nowMs, current);
 }
 
 /**

@@ -37,7 +37,7 @@ import { initialRoundOverheadMs, nextRoundOverheadMs, oneWayDelayMs } from '../e
 import { deviceEnergyJ, sessionStats } from '../edge/session-stats.ts';
 import { applyEdgeSessionEvent, startEdgeSession, type EdgeSessionContext, type EdgeSessionEvent } from '../machines/edge-session.ts';
 import { applySchedulerEvent, initialSchedulerContext, type SchedulerContext, type SchedulerEvent } from '../machines/scheduler.ts';
-import { FOLLOW_UP_HOLD_MS, holdsForFollowUp, stepSharesPass } from '../machines/verifier-worker.ts';
+import { FOLLOW_UP_HOLD_MS, holdsForFollowUp, nextDecodeTpotMs, stepSharesPass } from '../machines/verifier-worker.ts';
 import { learnFromRound, type ControllerState } from '../policies/controller.ts';
 import { agreementOf, countAgreement, hasWispExtras, NO_AGREEMENT_SEEN, requestedModeOf, type AgreementCounts } from '../policies/serving-mode.ts';
 import { passCurveMs } from '../policies/pass-budget.ts';
@@ -468,10 +468,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.session.streamSeq++, ...(speculate ? { speculate } : {}) });
       if (done || speculate) ended.add(d);
     }
-    if (step.length > 0) {
-      const mean = intervalSum / step.length;
-      w.decodeTpotMs = w.decodeTpotMs === undefined ? mean : 0.8 * w.decodeTpotMs + 0.2 * mean;
-    }
+    if (step.length > 0) w.decodeTpotMs = nextDecodeTpotMs(w.decodeTpotMs, intervalSum / step.length);
     if (ended.size > 0) w.decoding = w.decoding.filter((d) => !ended.has(d));
   };
   const onStepDone = (w: SimWorker, shapes: BatchShape[], startedAtMs: number, actualMs: number): void => {

@@ -26,7 +26,7 @@ import type { DecoderRunner, ForwardItem, KvCacheHandle } from '../../inference/
 import type { BatchShape } from '../../policies/types.ts';
 import { sampleTargetToken } from '../../inference/sampling.ts';
 import { verifyDraft, VerifyInputError } from '../../inference/verify.ts';
-import { DECODE_STEP_PREFIX, stepSharesPass, type BatchReport } from '../../machines/verifier-worker.ts';
+import { DECODE_STEP_PREFIX, nextDecodeTpotMs, stepSharesPass, type BatchReport } from '../../machines/verifier-worker.ts';
 import type { VerifierMetrics } from '../../telemetry/metrics.ts';
 import { ATTR, startBatchSpan, startItemSpan, tracingOn, type SpanHandle } from '../../telemetry/spans.ts';
 import { errorCode } from '../../common/errors.ts';
@@ -581,7 +581,7 @@ export class BatchExecutor {
     let intervalSum = 0;
     let intervals = 0;
     for (const s of active) if (s.lastStepEndMs !== undefined) (intervalSum += doneMs - s.lastStepEndMs), intervals++;
-    if (intervals > 0) this.#decodeTpotMs = this.#decodeTpotMs === undefined ? intervalSum / intervals : 0.8 * this.#decodeTpotMs + 0.2 * (intervalSum / intervals);
+    if (intervals > 0) this.#decodeTpotMs = nextDecodeTpotMs(this.#decodeTpotMs, intervalSum / intervals);
     return active.map((s, i) => {
       // Each chunk says how long the session waited for this step (other passes ran) and how long the step took.
       const queueMs = Math.max(0, startedMs - (s.lastStepEndMs ?? startedMs));
