@@ -128,6 +128,16 @@ export interface SendVerifyParams {
   committedLength: number;
   draft: DraftOutput;
   attempt: number;
+  /** A stalled server-decoded stream: decode on from `committedLength` (the draft is empty). */
+  resume?: true;
+}
+
+const NO_DRAFT: DraftOutput = { tokens: [], predictedAcceptance: [], features: [], draftMsPerToken: [] };
+
+/** Whether a stream chunk holds tokens past this device's committed text (and none beyond a gap). */
+function extendsCommitted(ctx: EdgeSessionContext, chunk: TokenStream): boolean {
+  const have = ctx.promptTokens.length + ctx.generated.length;
+  return chunk.committedLength - chunk.tokens.length <= have && have < chunk.committedLength;
 }
 
 const notProvided = (name: string) => () => {
@@ -292,7 +302,8 @@ function commit(ctx: EdgeSessionContext, tokens: number[]): void {
  * - drafting → awaiting when the draft is ready (the verification is sent).
  * - awaiting: the current round's result commits the accepted drafts and the target's token;
  *   results of other rounds (duplicates, stale retries) change nothing; the timer resends.
- * - streaming (centralized): chunks in sequence; the timer waits again, then fails.
+ * - streaming (centralized): chunks by position (only tokens past the committed text count); the
+ *   timer asks for the stream again (a resume), then fails.
  * - anywhere: the server's typed error for this session fails it; CANCEL cancels it.
  */
 export function reduceEdgeSession(ctx: EdgeSessionContext, event: EdgeSessionEvent): { context: EdgeSessionContext; effects: EdgeSessionEffect[] } {
@@ -348,11 +359,13 @@ export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessio
       break;
     }
     case 'STREAM':
-      if ((ctx.phase === 'opening' || ctx.phase === 'streaming') && event.chunk.seq === ctx.streamSeq) {
+      if ((ctx.phase === 'opening' || ctx.phase === 'streaming') && extendsCommitted(ctx, event.chunk)) {
         if (ctx.mode === 'adaptive') ctx.mode = 'centralized';
-        // The chunk's tokens, and the server's queueing and pass time for it (prefill, then each decode step).
-        commit(ctx, event.chunk.tokens);
-        ctx.streamSeq += 1;
+        // The chunk's tokens this device lacks (by position: a resumed stream re-sends some, from
+        // a worker whose sequence numbers start again), and the server's queueing and pass time.
+        const have = ctx.promptTokens.length + ctx.generated.length;
+        commit(ctx, event.chunk.tokens.slice(have - (event.chunk.committedLength - event.chunk.tokens.length)));
+        ctx.streamSeq = event.chunk.seq + 1;
         ctx.attempt = 0;
         {
           const c = ctx.counters;
@@ -398,8 +411,13 @@ export function applyEdgeSessionEvent(ctx: EdgeSessionContext, event: EdgeSessio
         } else end(ctx, 'failed', effects, { code: 'timeout', message: 'no VerifyResult after all retries' });
       } else if (ctx.phase === 'streaming') {
         if (retry) {
+          // The stream stalled (its worker died, or a chunk was lost): ask for it from what this
+          // device has; the session's worker, or the one that takes it over from the ledger, decodes on.
           ctx.attempt += 1;
-          effects.push({ kind: 'timer', ms: ctx.verifyTimeoutMs });
+          effects.push(
+            { kind: 'sendVerify', params: { sessionId: ctx.sessionId, round: ctx.round + 1, committedLength: ctx.promptTokens.length + ctx.generated.length, draft: NO_DRAFT, attempt: ctx.attempt, resume: true } },
+            { kind: 'timer', ms: ctx.verifyTimeoutMs },
+          );
         } else end(ctx, 'failed', effects, { code: 'timeout', message: 'token stream stalled' });
       }
       break;

@@ -117,8 +117,14 @@ export const VerifyRequestSchema = z
     draftDists: z.array(SparseDistSchema).max(LIMITS.draftTokens).optional(),
     replyTo: z.string().min(1).max(255),
     sentAtMs: ms,
+    /**
+     * The server decodes this session and its stream stalled (its worker died, or a chunk was
+     * lost): decode on from the device's `committedLength`, re-sending what it lacks. No drafts.
+     */
+    resume: z.literal(true).optional(),
   })
   .refine((m) => m.predictedAcceptance.length === m.draftTokens.length, 'predictedAcceptance length differs from draftTokens')
+  .refine((m) => m.resume === undefined || m.draftTokens.length === 0, 'a resume carries no drafts')
   .refine((m) => m.draftDists === undefined || m.draftDists.length === m.draftTokens.length, 'draftDists length differs from draftTokens');
 export type VerifyRequest = z.infer<typeof VerifyRequestSchema>;
 
@@ -153,9 +159,10 @@ export const TokenStreamSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('stream'),
   sessionId: id,
-  /** Sequence number of this chunk, from 0; duplicates are ignored. */
+  /** Sequence number of this chunk from its worker, from 0 (diagnostic: a resumed stream starts again). */
   seq: z.number().int().min(0),
   tokens: z.array(tokenId).min(1),
+  /** Prompt and generated tokens once these are appended: the device takes only those it lacks. */
   committedLength: z.number().int().min(1),
   done: z.boolean(),
   workerId: id,

@@ -145,7 +145,8 @@ type SimEvent =
   | { k: 'stepDone'; w: SimWorker; shapes: BatchShape[]; startedAtMs: number; actualMs: number }
   | { k: 'holdEnd'; w: SimWorker; gen: number }
   | { k: 'result'; dev: SimDevice; sessionId: string; result: VerifyResult }
-  | { k: 'stream'; dev: SimDevice; sessionId: string; seq: number; speculate?: boolean }
+  /** `length`: the session's prompt and generated tokens once this chunk's one token is appended. */
+  | { k: 'stream'; dev: SimDevice; sessionId: string; seq: number; length: number; speculate?: boolean }
   | { k: 'failed'; dev: SimDevice; sessionId: string; code: ErrorCode; message: string };
 
 /** A drafted token of the simulator: the draft's features and whether the target accepts it. */
@@ -419,7 +420,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         if (r.mode === 'centralized') {
           if (r.maxNewTokens > 1 && mine) w.decoding.push({ dev, session: s, sessionId: r.sessionId, promptLength: r.promptTokens.length, maxNewTokens: r.maxNewTokens, produced: 1, lastStepEndMs: now });
           if (mine) s.streamSeq = 1;
-          sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId, seq: 0 });
+          sendDown(dev, now, { k: 'stream', dev, sessionId: r.sessionId, seq: 0, length: r.promptTokens.length + 1 });
         } else {
           sendDown(dev, now, { k: 'result', dev, sessionId: r.sessionId, result: result(r.sessionId, 0, 0, 0, r.promptTokens.length + 1, queueMs, verifyMs, size, w.id) });
         }
@@ -465,7 +466,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
       d.lastStepEndMs = now;
       const done = d.produced >= d.maxNewTokens;
       const speculate = d.handoff === true && !done;
-      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.session.streamSeq++, ...(speculate ? { speculate } : {}) });
+      sendDown(d.dev, now, { k: 'stream', dev: d.dev, sessionId: d.sessionId, seq: d.session.streamSeq++, length: d.promptLength + d.produced, ...(speculate ? { speculate } : {}) });
       if (done || speculate) ended.add(d);
     }
     if (step.length > 0) w.decodeTpotMs = nextDecodeTpotMs(w.decodeTpotMs, intervalSum / step.length);
@@ -504,7 +505,8 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
           draftRound(dev, s, e.maxDraft);
           break;
         case 'sendVerify':
-          sendVerify(dev, s);
+          // A resume follows only a stalled stream's TIMEOUT, which never comes here (below).
+          if (e.params.resume !== true) sendVerify(dev, s);
           break;
         case 'roundVerified': {
           // The controller learns; the expected round overhead follows the measured rounds.
@@ -704,10 +706,10 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
     apply(dev, s, { type: 'RESULT', result: r, atMs: now });
   };
 
-  const onStream = (dev: SimDevice, sessionId: string, seq: number, speculate: boolean): void => {
+  const onStream = (dev: SimDevice, sessionId: string, seq: number, length: number, speculate: boolean): void => {
     const s = dev.session;
     if (!s || s.ctx.sessionId !== sessionId) return;
-    const chunk: TokenStream = { v: PROTOCOL_VERSION, type: 'stream', sessionId, seq, tokens: [TOKEN], committedLength: 1, done: false, workerId: 'sim', ...(speculate ? { speculate } : {}) };
+    const chunk: TokenStream = { v: PROTOCOL_VERSION, type: 'stream', sessionId, seq, tokens: [TOKEN], committedLength: length, done: false, workerId: 'sim', ...(speculate ? { speculate } : {}) };
     apply(dev, s, { type: 'STREAM', chunk, atMs: now });
   };
 
@@ -746,7 +748,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         onResult(event.dev, event.sessionId, event.result);
         break;
       case 'stream':
-        onStream(event.dev, event.sessionId, event.seq, event.speculate === true);
+        onStream(event.dev, event.sessionId, event.seq, event.length, event.speculate === true);
         break;
       case 'failed': {
         const s = event.dev.session;

@@ -281,6 +281,7 @@ export class EdgeDevice {
             ...(p.draft.dists ? { draftDists: p.draft.dists } : {}),
             replyTo: deviceQueue(this.id),
             sentAtMs: clock.now(),
+            ...(p.resume ? { resume: true } : {}),
           }));
           const eos = o.draft.info.eosTokenId;
           const endsInEos = eos !== null && p.draft.tokens[p.draft.tokens.length - 1] === eos;

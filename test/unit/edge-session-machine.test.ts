@@ -140,13 +140,16 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     expect(snap.context.generated).to.deep.equal([42, 100, 101]);
   });
 
-  it('relays a centralized token stream in order', async () => {
+  it('relays a centralized token stream by position: duplicates and overlaps add only what is new', async () => {
     const h = harness({ mode: 'centralized', maxNewTokens: 4 });
-    const chunk = (seq: number, tokens: number[]) => ({ v: PROTOCOL_VERSION, type: 'stream' as const, sessionId: 's1', seq, tokens, committedLength: 4, done: false, workerId: 'w1' });
-    h.actor.send({ type: 'STREAM', chunk: chunk(0, [11]), atMs: 5 });
-    h.actor.send({ type: 'STREAM', chunk: chunk(0, [11]), atMs: 6 }); // duplicate
-    h.actor.send({ type: 'STREAM', chunk: chunk(1, [12, 13]), atMs: 7 });
-    h.actor.send({ type: 'STREAM', chunk: chunk(2, [14, 15]), atMs: 8 });
+    // The prompt has 3 tokens; `end` is the committed length once a chunk's tokens are appended.
+    const chunk = (seq: number, tokens: number[], end: number) => ({ v: PROTOCOL_VERSION, type: 'stream' as const, sessionId: 's1', seq, tokens, committedLength: end, done: false, workerId: 'w1' });
+    h.actor.send({ type: 'STREAM', chunk: chunk(0, [11], 4), atMs: 5 });
+    h.actor.send({ type: 'STREAM', chunk: chunk(0, [11], 4), atMs: 6 }); // duplicate
+    h.actor.send({ type: 'STREAM', chunk: chunk(3, [13], 6), atMs: 6 }); // past a gap: not yet
+    h.actor.send({ type: 'STREAM', chunk: chunk(1, [12], 5), atMs: 7 });
+    // A resumed stream (another worker, numbering from 0) re-sends a token the device has.
+    h.actor.send({ type: 'STREAM', chunk: chunk(0, [12, 13, 14], 7), atMs: 8 });
     expect(h.actor.getSnapshot().context.phase).to.equal('done');
     expect(h.emitted).to.deep.equal([11, 12, 13, 14]);
     expect(h.drafts).to.have.length(0);

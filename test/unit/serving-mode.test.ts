@@ -153,7 +153,8 @@ describe('adaptive: revisiting a session\'s mode (policies/serving-mode.ts)', ()
 
 describe('adaptive: the edge session switches modes when the server says', () => {
   const result = (round: number, over: Record<string, unknown> = {}) => ({ v: PROTOCOL_VERSION, type: 'result' as const, sessionId: 's', round, accepted: 1, token: 9, verified: 2, committedLength: 3, queueMs: 0, verifyMs: 1, batchSize: 1, workerId: 'w', ...over });
-  const chunk = (seq: number, over: Record<string, unknown> = {}) => ({ v: PROTOCOL_VERSION, type: 'stream' as const, sessionId: 's', seq, tokens: [5], committedLength: 3, done: false, workerId: 'w', ...over });
+  /** `end`: the committed length (prompt of 2 included) once the chunk's tokens are appended. */
+  const chunk = (seq: number, end: number, over: Record<string, unknown> = {}) => ({ v: PROTOCOL_VERSION, type: 'stream' as const, sessionId: 's', seq, tokens: [5], committedLength: end, done: false, workerId: 'w', ...over });
   const draft = { tokens: [3, 4], predictedAcceptance: [0.5, 0.5], features: [], draftMsPerToken: [1, 1] };
 
   it('a result marked `decodes` commits the round and relays the stream from its sequence number; a chunk marked `speculate` drafts the next round', () => {
@@ -165,11 +166,11 @@ describe('adaptive: the edge session switches modes when the server says', () =>
     expect(ctx.generated).to.deep.equal([7, 3, 9]);
     expect([ctx.mode, ctx.phase, ctx.streamSeq]).to.deep.equal(['centralized', 'streaming', 4]);
     expect(switched.some((e) => e.kind === 'draft')).to.equal(false);
-    // A chunk out of sequence is ignored; the next one is relayed.
-    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 4, chunk: chunk(0) });
+    // A chunk of tokens it has is ignored; the next one is relayed.
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 4, chunk: chunk(0, 5) });
     expect(ctx.generated).to.have.length(3);
-    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 5, chunk: chunk(4) });
-    const back = applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 6, chunk: chunk(5, { speculate: true, tokens: [6] }) });
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 5, chunk: chunk(4, 6) });
+    const back = applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 6, chunk: chunk(5, 7, { speculate: true, tokens: [6] }) });
     expect(ctx.generated).to.deep.equal([7, 3, 9, 5, 6]);
     expect([ctx.mode, ctx.phase, ctx.round]).to.deep.equal(['speculative', 'drafting', 2]);
     expect(back.find((e) => e.kind === 'draft')).to.deep.include({ round: 2 });
@@ -179,9 +180,21 @@ describe('adaptive: the edge session switches modes when the server says', () =>
 
   it('a `speculate` chunk that ends the answer ends the session', () => {
     const ctx = startEdgeSession({ sessionId: 's', deviceId: 'd', requestId: 'r', mode: 'centralized', promptTokens: [1, 2], maxNewTokens: 2, eosTokenId: null, verifyTimeoutMs: 1_000, maxRetries: 1, kMax: 4, startedAtMs: 0 }).context;
-    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 1, chunk: chunk(0) });
-    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 2, chunk: chunk(1, { speculate: true }) });
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 1, chunk: chunk(0, 3) });
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 2, chunk: chunk(1, 4, { speculate: true }) });
     expect(ctx.phase).to.equal('done');
+  });
+
+  it('a stalled server-decoded stream asks to be resumed from the committed text, then fails after its retries', () => {
+    const ctx = startEdgeSession({ sessionId: 's', deviceId: 'd', requestId: 'r', mode: 'centralized', promptTokens: [1, 2], maxNewTokens: 10, eosTokenId: null, verifyTimeoutMs: 1_000, maxRetries: 1, kMax: 4, startedAtMs: 0 }).context;
+    applyEdgeSessionEvent(ctx, { type: 'STREAM', atMs: 1, chunk: chunk(0, 3) });
+    const asked = applyEdgeSessionEvent(ctx, { type: 'TIMEOUT' });
+    const resume = asked.find((e) => e.kind === 'sendVerify');
+    expect(resume && resume.kind === 'sendVerify' && resume.params).to.deep.include({ resume: true, committedLength: 3, round: 1 });
+    expect(resume && resume.kind === 'sendVerify' && resume.params.draft.tokens).to.deep.equal([]);
+    expect(ctx.phase).to.equal('streaming');
+    applyEdgeSessionEvent(ctx, { type: 'TIMEOUT' });
+    expect([ctx.phase, ctx.error?.code]).to.deep.equal(['failed', 'timeout']);
   });
 });
 
