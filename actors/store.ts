@@ -78,6 +78,9 @@ export function redisLedger(store: RedisStore, workerId: string): SessionLedger 
         lastResult: JSON.stringify(result),
       });
     },
+    async append(sessionId, fromLength, newTokens, kvBytes, handBack) {
+      await store.commitTokens(sessionId, { fromLength, tokens: newTokens, kvBytes, workerId, ...(handBack ? { handBack } : {}) });
+    },
     async load(sessionId) {
       const meta = await store.getSession(sessionId);
       if (!meta) return null;
@@ -91,6 +94,7 @@ export function redisLedger(store: RedisStore, workerId: string): SessionLedger 
         tokens,
         lastRound: meta.lastRound ?? -1,
         lastResult: last?.success ? last.data : null,
+        ...(meta.handedBackAt >= 0 ? { handedBackAt: meta.handedBackAt } : {}),
       };
     },
     async remove(sessionId) {

@@ -73,6 +73,8 @@ export interface SessionRecord {
   /** Round of the last committed result (-1 before any) and that result (JSON), for replays. */
   lastRound: number;
   lastResult: string;
+  /** The committed length at which the server last handed a decoded session back to its device (-1: never). */
+  handedBackAt: number;
 }
 
 export interface OpenSessionInput {
@@ -97,6 +99,8 @@ export interface CommitInput {
   /** The round these tokens answer and its result (JSON), so a retried round can be replayed. */
   lastRound?: number;
   lastResult?: string;
+  /** Adaptive serving: these tokens end the server's decoding of the session; its device drafts from here. */
+  handBack?: boolean;
 }
 
 export interface CommitResult {
@@ -141,11 +145,11 @@ export interface RedisStoreOptions {
 const COMMIT_LUA = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local from = tonumber(ARGV[1])
-local n = #ARGV - 7
+local n = #ARGV - 8
 local len = redis.call('LLEN', KEYS[2])
 local applied = 0
 if len == from then
-  local i = 8
+  local i = 9
   while i <= #ARGV do
     local j = math.min(i + 3999, #ARGV)
     redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
@@ -156,7 +160,7 @@ if len == from then
 elseif len >= from + n then
   local stored = redis.call('LRANGE', KEYS[2], from, from + n - 1)
   for i = 1, n do
-    if stored[i] ~= ARGV[7 + i] then return {-2, len} end
+    if stored[i] ~= ARGV[8 + i] then return {-2, len} end
   end
 else
   return {-2, len}
@@ -166,6 +170,7 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'kvBytes', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'workerId', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'lastRound', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'lastResult', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'handedBackAt', from + n) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {applied, len}
@@ -346,6 +351,7 @@ export class RedisStore extends EventEmitter {
       input.workerId ?? '',
       input.lastRound === undefined ? '' : input.lastRound,
       input.lastResult ?? '',
+      input.handBack === true ? '1' : '',
       ...input.tokens,
     );
     if (status === -1) throw new UnknownSessionError(sessionId);
@@ -370,6 +376,7 @@ export class RedisStore extends EventEmitter {
       attrs: h.attrs ?? '',
       lastRound: h.lastRound === undefined ? -1 : Number(h.lastRound),
       lastResult: h.lastResult ?? '',
+      handedBackAt: h.handedBackAt === undefined ? -1 : Number(h.handedBackAt),
     };
   }
 

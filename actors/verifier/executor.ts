@@ -55,8 +55,8 @@ export interface WorkerSession {
   prefilled?: number;
   /** Adaptive serving: decoded, and handed back to its device with its next token (VerifyBatch.speculate). */
   handoff?: boolean;
-  /** Adaptive serving, while decoded after speculating: its committed length in the ledger (decode steps do not write it). */
-  ledgerLength?: number;
+  /** Adaptive serving: the committed length at its last hand-back (SessionRecord.handedBackAt). */
+  handedBackAt?: number;
 }
 
 /** The durable per-session record a worker writes and, after a crash elsewhere, reads back. */
@@ -70,6 +70,11 @@ export interface SessionRecord {
   tokens: number[];
   lastRound: number;
   lastResult: VerifyResult | null;
+  /**
+   * Adaptive serving: the committed length at which the server last handed the session back to
+   * its device. A device that resumes its stream before hearing so is told again, not decoded.
+   */
+  handedBackAt?: number;
 }
 
 /** Narrow view of the Redis store the executor needs. */
@@ -78,6 +83,11 @@ export interface SessionLedger {
   open(sessionId: string, record: SessionRecord, kvBytes: number): Promise<void>;
   /** Appends committed tokens and records the round's result, atomically. */
   commit(sessionId: string, newTokens: number[], result: VerifyResult, kvBytes: number): Promise<void>;
+  /**
+   * Appends tokens the server decoded (after the first `fromLength`); the last round's result
+   * stays. `handBack`: they end its decoding (recorded as the session's `handedBackAt`).
+   */
+  append(sessionId: string, fromLength: number, newTokens: number[], kvBytes: number, handBack?: boolean): Promise<void>;
   load(sessionId: string): Promise<SessionRecord | null>;
   /** Records that this worker now holds the session (after rebuilding it from the ledger). */
   adopt(sessionId: string, kvBytes: number): Promise<void>;
@@ -250,7 +260,46 @@ export class BatchExecutor {
     return { item, session, tokens: m.promptTokens.slice(0, chunk.end), verifyTokens: 0, prefill: { last, end: chunk.end } };
   }
 
+  /**
+   * A device whose server-decoded stream stalled asks for it again from its committed text: the
+   * worker holding the session (or this one, taking it over from the ledger, which has every
+   * token a device was sent) re-sends what the device lacks and decodes on. Nothing to run now:
+   * the session's next token comes with the next decode step.
+   */
+  private async resume(item: BatchItem, m: VerifyRequest): Promise<void> {
+    let s: WorkerSession | null | undefined = this.sessions.get(m.sessionId);
+    if (s && s.deviceId === m.deviceId && m.committedLength > s.tokens.length) {
+      this.sessions.delete(m.sessionId); // a stale copy: another worker served it since
+      s = undefined;
+    }
+    if (!s) {
+      const rec = await this.deps.ledger.load(m.sessionId);
+      if (rec && rec.deviceId !== m.deviceId) return this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+      s = await this.rebuild(m.sessionId, rec);
+    }
+    if (!s) return this.refuse(item, 'unknown_session', `session ${m.sessionId} is not open (closed, expired, or never opened)`);
+    if (s.deviceId !== m.deviceId) return this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
+    if (s.prefilled !== undefined) return; // its prompt is still being fed: the first token is yet to come
+    if (m.committedLength > s.tokens.length) {
+      return this.refuse(item, 'internal', `session ${m.sessionId}: device has ${m.committedLength} committed tokens, the server ${s.tokens.length}`);
+    }
+    const last = s.tokens[s.tokens.length - 1];
+    const finished = this.#finished(s, last);
+    // Handed back to its device before the stall (nothing verified since): it drafts on.
+    const handedBack = !s.decoding && s.handedBackAt === s.tokens.length;
+    if (!finished && !handedBack) {
+      s.mode = 'centralized';
+      s.decoding = true;
+      s.lastStepEndMs ??= this.deps.now();
+      delete s.handoff;
+    }
+    s.lastAccessMs = this.deps.now();
+    const missing = s.tokens.slice(m.committedLength);
+    if (missing.length > 0) await this.deps.reply(m.replyTo, { ...this.streamChunk(s, missing, finished), ...(handedBack && !finished ? { speculate: true } : {}) });
+  }
+
   private async planVerify(item: BatchItem, m: VerifyRequest): Promise<Job | null> {
+    if (m.resume === true) return this.resume(item, m).then(() => null);
     let s: WorkerSession | null | undefined = this.sessions.get(m.sessionId);
     if (s && s.deviceId === m.deviceId && m.round > s.lastRound && m.committedLength > s.tokens.length) {
       // This worker is behind the ledger (its copy went stale while another worker served it).
@@ -316,11 +365,20 @@ export class BatchExecutor {
    * still holds every committed token), so later take-overs and replays keep working.
    */
   private async commit(s: WorkerSession, fresh: number[], result: VerifyResult): Promise<void> {
+    await this.#recorded(s, () => this.deps.ledger.commit(s.sessionId, fresh, result, s.cache.bytes), result);
+  }
+
+  /** Records tokens the server decoded (a decode step's, before its chunk goes out), as commit does a round's. */
+  private async append(s: WorkerSession, fresh: number[], handBack: boolean): Promise<void> {
+    await this.#recorded(s, () => this.deps.ledger.append(s.sessionId, s.tokens.length - fresh.length, fresh, s.cache.bytes, handBack), s.lastResult);
+  }
+
+  async #recorded(s: WorkerSession, write: () => Promise<void>, lastResult: VerifyResult | null): Promise<void> {
     try {
-      await this.deps.ledger.commit(s.sessionId, fresh, result, s.cache.bytes);
+      await write();
     } catch (err) {
       if (errorCode(err) !== 'unknown_session') throw err;
-      const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: result.round, lastResult: result };
+      const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: lastResult?.round ?? s.lastRound, lastResult };
       await this.deps.ledger.open(s.sessionId, record, s.cache.bytes);
     }
   }
@@ -378,6 +436,9 @@ export class BatchExecutor {
       const s = this.sessions.get(id);
       if (s?.decoding) s.handoff = true;
     }
+    // The decode step of the sessions decoding here shares the pass (chunked prefill, adaptive
+    // serving); one that starts decoding in this batch (switched, or resumed) steps from the next.
+    const step = stepSharesPass(batch) ? this.#decoding() : [];
     const opens: Job[] = [];
     const verifies: Job[] = [];
     for (const item of batch.items) {
@@ -390,8 +451,6 @@ export class BatchExecutor {
       else itemSpan?.end({ [ATTR.outcome]: 'answered without running (duplicate, stale or refused)' });
     }
     const shapeOf = (j: Job): BatchShape => (j.prefill && j.session.cache.length > 0 ? { n: j.tokens.length, L: j.session.cache.length, prefill: true } : { n: j.tokens.length, L: j.session.cache.length });
-    // The decode step of the sessions decoding here shares the pass (chunked prefill, adaptive serving).
-    const step = stepSharesPass(batch) ? this.#decoding() : [];
     const stepShapes = step.map((st) => ({ n: 1, L: st.cache.length }));
     const openShapes = opens.map(shapeOf);
     const verifyShapes = verifies.map(shapeOf);
@@ -423,7 +482,7 @@ export class BatchExecutor {
       return span ? span.run(fn) : fn();
     };
 
-    const stepReplies = this.#stepTokens(step, stepLogits, startedMs, doneMs, modelMs);
+    const stepChunks = this.#stepTokens(step, stepLogits, startedMs, doneMs, modelMs, writes);
 
     opens.forEach((job, i) => {
       const s = job.session;
@@ -484,7 +543,6 @@ export class BatchExecutor {
         s.mode = 'centralized';
         s.decoding = true;
         s.lastStepEndMs = doneMs;
-        s.ledgerLength = s.tokens.length;
         result = { ...result, decodes: true, streamSeq: s.streamSeq };
       }
       s.lastRound = m.round;
@@ -498,7 +556,7 @@ export class BatchExecutor {
     // The ledger is written before anyone hears of the result, so a crash in between only
     // means the device retries and gets the recorded answer.
     await Promise.all(writes);
-    await this.#sendReplies([...stepReplies, ...replies.map(([q, msg, span]) => (span ? span.run(() => this.deps.reply(q, msg)) : this.deps.reply(q, msg)))]);
+    await this.#sendReplies([...stepChunks.map(([q, chunk]) => this.deps.reply(q, chunk)), ...replies.map(([q, msg, span]) => (span ? span.run(() => this.deps.reply(q, msg)) : this.deps.reply(q, msg)))]);
     this.deps.metrics?.batchExecuted({
       workerId: this.deps.workerId,
       size,
@@ -575,14 +633,18 @@ export class BatchExecutor {
     return [...this.sessions.values()].filter((s) => s.decoding);
   }
 
-  /** Each decoding session's next token from its row of `logits`, streamed to its device. */
-  #stepTokens(active: readonly WorkerSession[], logits: readonly Float32Array[], startedMs: number, doneMs: number, modelMs: number): Promise<void>[] {
+  /**
+   * Each decoding session's next token from its row of `logits`; its ledger write joins `writes`
+   * (to finish before any chunk goes out: a worker that takes a session over, this one having
+   * died, decodes on from the ledger when the device asks again). Returns the chunks to send.
+   */
+  #stepTokens(active: readonly WorkerSession[], logits: readonly Float32Array[], startedMs: number, doneMs: number, modelMs: number, writes: Promise<void>[]): [string, TokenStream][] {
     const V = this.deps.runner.info.vocabSize;
     let intervalSum = 0;
     let intervals = 0;
     for (const s of active) if (s.lastStepEndMs !== undefined) (intervalSum += doneMs - s.lastStepEndMs), intervals++;
     if (intervals > 0) this.#decodeTpotMs = nextDecodeTpotMs(this.#decodeTpotMs, intervalSum / intervals);
-    return active.map((s, i) => {
+    return active.map((s, i): [string, TokenStream] => {
       // Each chunk says how long the session waited for this step (other passes ran) and how long the step took.
       const queueMs = Math.max(0, startedMs - (s.lastStepEndMs ?? startedMs));
       s.lastStepEndMs = doneMs;
@@ -593,19 +655,17 @@ export class BatchExecutor {
       const finished = this.#finished(s, token);
       if (finished) s.decoding = false;
       const chunk = { ...this.streamChunk(s, [token], finished), queueMs, verifyMs: modelMs };
-      const handoff = s.handoff === true && !finished;
+      const handBack = s.handoff === true && !finished;
+      if (handBack) {
+        // Adaptive serving: this token is its last from the server; its device drafts from here.
+        s.decoding = false;
+        s.mode = 'speculative';
+        s.handedBackAt = s.tokens.length;
+        chunk.speculate = true;
+      }
       delete s.handoff;
-      if (!handoff) return this.deps.reply(s.replyTo, chunk);
-      // Adaptive serving: this token is its last from the server; its device drafts from here.
-      // Its next verification is recorded after these tokens, so the ledger gets the decoded ones
-      // first (decode steps do not write it), and the device hears of the switch after that.
-      s.decoding = false;
-      s.mode = 'speculative';
-      chunk.speculate = true;
-      const from = s.ledgerLength ?? s.promptLength + 1;
-      delete s.ledgerLength;
-      const recorded = s.lastResult ? this.commit(s, s.tokens.slice(from), { ...s.lastResult, committedLength: s.tokens.length }) : Promise.resolve();
-      return recorded.then(() => this.deps.reply(s.replyTo, chunk));
+      writes.push(this.append(s, [token], handBack));
+      return [s.replyTo, chunk];
     });
   }
 
@@ -616,7 +676,10 @@ export class BatchExecutor {
     const t0 = this.deps.now();
     const logits = active.length ? await this.deps.runner.forward(active.map((s) => ({ cache: s.cache, tokens: [s.tokens[s.tokens.length - 1]] }))) : [];
     const modelMs = this.deps.now() - t0;
-    await this.#sendReplies(this.#stepTokens(active, logits, t0, this.deps.now(), modelMs));
+    const writes: Promise<void>[] = [];
+    const chunks = this.#stepTokens(active, logits, t0, this.deps.now(), modelMs, writes);
+    await Promise.all(writes);
+    await this.#sendReplies(chunks.map(([q, chunk]) => this.deps.reply(q, chunk)));
     if (active.length > 0) this.deps.metrics?.batchExecuted({ workerId: this.deps.workerId, size: active.length, tokens: active.length, modelMs, predictedMs: 0, prefillTokens: 0, verifyTokens: active.length });
     return { batchId: `${DECODE_STEP_PREFIX}${t0}`, shapes: shapes.length ? shapes : [{ n: 1, L: 0 }], actualMs: modelMs, busyMs: this.deps.now() - t0, startedAtMs: t0, predictedMs: 0, sessions: this.sessions.size, kvBytes: this.kvBytes, decodeActive: this.decodeActive };
   }

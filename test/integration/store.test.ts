@@ -72,6 +72,7 @@ describe('store/redis-store (integration)', () => {
       attrs: '',
       lastRound: -1,
       lastResult: '',
+      handedBackAt: -1,
     });
   });
 
@@ -96,7 +97,10 @@ describe('store/redis-store (integration)', () => {
     });
     expect(await store.getHistory('s-commit')).to.deep.equal([1, 2, 3, 4, 5, 6]);
     expect(await store.getHistory('s-commit', 4)).to.deep.equal([5, 6]);
-    expect(await store.getSession('s-commit')).to.include({ committedLength: 6, kvBytes: 4096, workerId: 'w-2', lastAccessMs: 4_000 });
+    expect(await store.getSession('s-commit')).to.include({ committedLength: 6, kvBytes: 4096, workerId: 'w-2', lastAccessMs: 4_000, handedBackAt: -1 });
+    // A hand-back (adaptive serving) records where the server's decoding ended.
+    await store.commitTokens('s-commit', { fromLength: 6, tokens: [7, 8], handBack: true });
+    expect(await store.getSession('s-commit')).to.include({ committedLength: 8, handedBackAt: 8 });
 
     const unknown = await rejection(store.commitTokens('s-none', { fromLength: 1, tokens: [1] }));
     expect(unknown).to.be.instanceOf(UnknownSessionError);
