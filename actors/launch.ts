@@ -12,6 +12,7 @@ import type { WispConfig } from '../config/schema.ts';
 import { ensureModelPair } from '../inference/forge/index.ts';
 import { ModelDirNotFoundError } from '../inference/errors.ts';
 import { CostModelRunner } from '../inference/cost-model-runner.ts';
+import { PacedRunner, type PacedPass } from '../inference/paced-runner.ts';
 import { loadEngine } from '../physics/engines.ts';
 import { readModelDir } from '../inference/model-dir.ts';
 import type { DecoderRunner } from '../inference/types.ts';
@@ -93,6 +94,8 @@ export interface LaunchHooks {
   onTokenJudged?: (sample: JudgedToken) => void;
   /** Every verified round's timing as its device saw it (the simulator's replay is fed these). */
   onRoundTimed?: (timing: RoundTiming) => void;
+  /** Every pass a paced verifier ran (models.pace): its paced and real compute time. */
+  onPacedPass?: (pass: PacedPass) => void;
   /** Time the scheduler took per event (reduction and batch decision), ms (load tests). */
   onSchedulerDecision?: (event: string, ms: number) => void;
 }
@@ -150,6 +153,12 @@ async function costModelRunner(config: WispConfig, targetDir: string): Promise<D
   return new CostModelRunner({ info, timeScale: config.models.costModel.timeScale, engine: loadEngine(config.models.costModel.server) });
 }
 
+/** models.pace: the real target, each pass held for the engine's time for it × timeScale. */
+function pacedBy(server: string, timeScale: number, onPass?: (pass: PacedPass) => void): (runner: DecoderRunner) => DecoderRunner {
+  const engine = loadEngine(server);
+  return (runner) => new PacedRunner(runner, { engine, timeScale, ...(onPass ? { onPass } : {}) });
+}
+
 /** A stop() that runs each step in order (roles first, then their connections). */
 function inOrder(...steps: (() => Promise<unknown>)[]): () => Promise<void> {
   return async () => {
@@ -181,6 +190,7 @@ export async function runVerifier(config: WispConfig, opts: VerifierLaunchOption
     heartbeat: (s) => store.heartbeat(s, config.worker.heartbeatTtlMs),
     logger,
     ...(opts.runner ? { runner: opts.runner } : config.models.costModel.enabled ? { runner: await costModelRunner(config, join(modelRoot, 'target')) } : {}),
+    ...(config.models.pace !== undefined ? { wrapRunner: pacedBy(config.models.pace, config.timeScale, opts.hooks?.onPacedPass) } : {}),
     ...(opts.hooks?.onBatch ? { onBatch: opts.hooks.onBatch } : {}),
     metrics: telemetry.metrics.verifier(),
   });

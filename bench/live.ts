@@ -25,7 +25,7 @@ import { calibrate, type LiveCalibration } from './calibration.ts';
 import { writeReportFiles } from '../results/report.ts';
 import { writeRunReport } from '../results/write.ts';
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from '../results/metrics.ts';
-import type { LiveSettings } from '../results/schema.ts';
+import type { LiveSettings, PaceCounts, Pacing } from '../results/schema.ts';
 
 export interface LiveBenchOptions {
   policies: PolicyName[];
@@ -45,6 +45,8 @@ export interface LiveBenchOptions {
   /** Config file and overrides applied under the bench's own settings. */
   configFile?: string;
   overrides?: DeepPartial<WispConfig>;
+  /** Pace the verifiers to this serving engine, gpu/model (models.pace; the real target still computes). */
+  pace?: string;
   onProgress?: (p: { policy: PolicyName; devices: number; step: number; steps: number }) => void;
 }
 
@@ -140,7 +142,7 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
       redisKeyPrefix: `wisp-bench-${randomUUID().slice(0, 8)}:`,
       logLevel: 'error',
       timeScale: o.timeScale,
-      models: { ...base.models, preset: o.preset },
+      models: { ...base.models, preset: o.preset, ...(o.pace ? { pace: o.pace } : {}) },
       slo,
       scheduler: { ...base.scheduler, policy },
       // A round may legitimately wait long under overload; only a lost message should time out.
@@ -174,6 +176,11 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
         if (r.actualMs > 0) artifacts.profileRows.push(profileRow(r));
       },
       onTokenJudged: (t) => artifacts.acceptanceSamples.push(t),
+      onPacedPass: (p) => {
+        const c = (artifacts.paced[policy] ??= { passes: 0, late: 0, worstLateMs: 0 });
+        c.passes++;
+        if (p.late) (c.late++, (c.worstLateMs = Math.max(c.worstLateMs, p.computeMs - p.pacedMs)));
+      },
       onRoundTimed: (t) => {
         artifacts.rounds.push(t);
         loadRounds.push(t);
@@ -234,6 +241,8 @@ export interface LiveArtifacts {
   batchReports: BatchReport[];
   /** The calibration of each load of each policy on its own (the machinery slows under load). */
   calibrationByLoad: { policy: PolicyName; devices: number; calibration: LiveCalibration }[];
+  /** Paced passes per policy (`pace`). */
+  paced: Partial<Record<PolicyName, PaceCounts>>;
 }
 
 export const PROFILE_HEADER = 'model,kind,B,n_max,L_max,sum_n,sum_L,sum_nL,ms_median,ms_min,ms_max,per_request_n,per_request_L';
@@ -253,7 +262,7 @@ export function profileRow(r: BatchReport): string {
 export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & { artifacts: LiveArtifacts }> {
   const started = Date.now();
   const knobs = baseConfig(o);
-  const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [], served: [], rounds: [], batchReports: [], calibrationByLoad: [] };
+  const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [], served: [], rounds: [], batchReports: [], calibrationByLoad: [], paced: {} };
   const policies: BenchResults['policies'] = {};
   const steps = o.policies.length * o.devices.length;
   let base = 0;
@@ -274,9 +283,12 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
     // Every report names its server: here the real target, on this machine's CPU.
     scenario: {
       name: 'live',
-      server: `live:${o.preset}`,
-      serverDescription: `the forged ${o.preset} target model run by ONNX Runtime on this machine's CPU (padded batches), ${o.workers} worker(s); devices emulated at time scale ${o.timeScale}`,
+      server: o.pace ? `live:${o.preset}@${o.pace}` : `live:${o.preset}`,
+      serverDescription: o.pace
+        ? `the forged ${o.preset} target model run by ONNX Runtime on this machine's CPU, each pass held until the ${o.pace} serving engine's modelled time for it (× ${o.timeScale}) had passed, ${o.workers} worker(s); devices emulated at time scale ${o.timeScale}`
+        : `the forged ${o.preset} target model run by ONNX Runtime on this machine's CPU (padded batches), ${o.workers} worker(s); devices emulated at time scale ${o.timeScale}`,
     },
+    ...(o.pace ? { pacing: pacingOf(o.pace, artifacts.paced) } : {}),
     preset: o.preset,
     profiles: o.profiles,
     devices: o.devices,
@@ -293,6 +305,13 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
     calibrationByLoad: artifacts.calibrationByLoad,
     artifacts,
   };
+}
+
+/** The run's pacing figures from each policy's counts. */
+export function pacingOf(server: string, byPolicy: Partial<Record<PolicyName, PaceCounts>>): Pacing {
+  const counts = Object.values(byPolicy).filter((c): c is PaceCounts => c !== undefined);
+  const total = { passes: counts.reduce((a, c) => a + c.passes, 0), late: counts.reduce((a, c) => a + c.late, 0), worstLateMs: Math.max(0, ...counts.map((c) => c.worstLateMs)) };
+  return { server, onTimeShare: total.passes > 0 ? (total.passes - total.late) / total.passes : 1, total, byPolicy };
 }
 
 /**

@@ -34,6 +34,7 @@ const ENV_TABLE: ReadonlyArray<Omit<EnvVar, 'defaultValue'>> = [
   { name: 'WISP_COST_MODEL', key: 'models.costModel.enabled', kind: 'boolean', description: 'Verifier runs no target model: each pass sleeps for the serving-engine cost model\'s time (load tests)' },
   { name: 'WISP_COST_MODEL_SCALE', key: 'models.costModel.timeScale', kind: 'number', description: 'Multiplies the cost model\'s pass time (0 = no sleep)' },
   { name: 'WISP_COST_MODEL_SERVER', key: 'models.costModel.server', kind: 'string', description: 'Serving engine the cost model times, gpu/model (wisp server-cost)' },
+  { name: 'WISP_PACE', key: 'models.pace', kind: 'string', description: 'Verifier paces the real target to this serving engine, gpu/model: each pass held for its modelled time × timeScale' },
   { name: 'WISP_THREADS', key: 'models.threads', kind: 'integer', description: 'onnxruntime threads per model session' },
   { name: 'WISP_TIME_SCALE', key: 'timeScale', kind: 'number', description: 'Multiplies every emulated device time (0 = no emulated delays)' },
   { name: 'WISP_DEVICE_PROFILE', key: 'deviceProfile', kind: 'string', description: 'Device profile an edge process emulates' },

@@ -142,6 +142,11 @@ export const WispConfigSchema = z
        * (inference/cost-model-runner.ts).
        */
       costModel: z.strictObject({ enabled: bool(), timeScale: nonNegNum(), server: serverId() }),
+      /**
+       * Verifier workers run the real target, each pass held until the serving-engine cost
+       * model's time for it on this server (× timeScale) has passed (inference/paced-runner.ts).
+       */
+      pace: serverId().optional(),
     }),
     /** Multiplies every emulated device time (drafting, network); 0 = no emulated delays. */
     timeScale: nonNegNum(),
@@ -203,6 +208,10 @@ export const WispConfigSchema = z
       });
     if (c.amqpTls.enabled && !c.amqpUrl.startsWith('amqps://'))
       ctx.addIssue({ code: 'custom', path: ['amqpUrl'], message: 'amqpTls.enabled needs an amqps:// URL', input: c.amqpUrl });
+    if (c.models.pace !== undefined && c.models.costModel.enabled)
+      ctx.addIssue({ code: 'custom', path: ['models', 'pace'], message: 'pacing runs the real target: it cannot be combined with models.costModel.enabled', input: c.models.pace });
+    if (c.models.pace !== undefined && !(c.timeScale > 0))
+      ctx.addIssue({ code: 'custom', path: ['models', 'pace'], message: 'pacing holds each pass for its time × timeScale: timeScale must be > 0', input: c.models.pace });
     if (c.redisTls.enabled && !c.redisUrl.startsWith('rediss://'))
       ctx.addIssue({ code: 'custom', path: ['redisUrl'], message: 'redisTls.enabled needs a rediss:// URL', input: c.redisUrl });
   });

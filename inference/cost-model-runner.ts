@@ -29,6 +29,17 @@ export interface CostModelRunnerOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
+/** The serving engine's time for a pass of `items` as they stand before it runs, ms (physics/pass-cost.ts). */
+export function enginePassMs(engine: EngineModel, items: readonly ForwardItem[]): number {
+  if (items.length === 0) return 0;
+  return passCost(engine, items.map((i) => passMemberOf({ n: i.tokens.length, L: i.cache.length }))).ms;
+}
+
+/** The engine's pass-time curve (policies/pass-budget.ts), ms. */
+export function enginePassCurveMs(engine: EngineModel): number[] {
+  return passCurveMs((shapes) => passCost(engine, shapes.map(passMemberOf)).ms);
+}
+
 /** Height of the peak logit; the rest of the row is 0 (greedy picks the peak, sampling mostly). */
 const PEAK_LOGIT = 12;
 
@@ -96,15 +107,14 @@ export class CostModelRunner implements DecoderRunner {
 
   /** The engine's pass-time curve (policies/pass-budget.ts), ms before timeScale; none without an engine. */
   passCurveMs(): number[] | undefined {
-    const engine = this.#engine;
-    return engine ? passCurveMs((shapes) => passCost(engine, shapes.map(passMemberOf)).ms) : undefined;
+    return this.#engine ? enginePassCurveMs(this.#engine) : undefined;
   }
 
   /** The modelled time of this pass, ms (before timeScale). */
   predictMs(items: readonly ForwardItem[]): number {
+    if (this.#engine) return enginePassMs(this.#engine, items);
     const shapes: BatchShape[] = items.map((i) => ({ n: i.tokens.length, L: i.cache.length }));
-    if (shapes.length === 0) return 0;
-    return this.#engine ? passCost(this.#engine, shapes.map(passMemberOf)).ms : predictBatchMs(this.#estimator, shapes);
+    return shapes.length === 0 ? 0 : predictBatchMs(this.#estimator, shapes);
   }
 
   async forward(items: ForwardItem[]): Promise<Float32Array[]> {

@@ -131,6 +131,21 @@ export type Ratio = z.infer<typeof RatioSchema>;
  * `{"policies":{"wisp":{"capacity":…,"goodputTokS":…},"sled":{…},"centralized":{…}},…}`; any
  * other key is what the producer records besides (scenario, seed, variants, timings).
  */
+/** Paced passes of one policy's runs: how many, how many overran their paced time, by how much at worst (ms). */
+export const PaceCountsSchema = z.object({ passes: z.number().int().min(0), late: z.number().int().min(0), worstLateMs: nonNeg });
+
+/** A live run paced to a serving engine (`wisp bench --pace`): which, and how faithfully. */
+export const PacingSchema = z.object({
+  /** The engine, gpu/model. */
+  server: z.string(),
+  /** Share of all passes that kept their paced time. */
+  onTimeShare: z.number().min(0).max(1),
+  total: PaceCountsSchema,
+  byPolicy: z.partialRecord(z.enum(POLICIES), PaceCountsSchema),
+});
+export type Pacing = z.infer<typeof PacingSchema>;
+export type PaceCounts = z.infer<typeof PaceCountsSchema>;
+
 export const BenchResultsSchema = z.looseObject({
   kind: z.enum(['sim', 'bench']),
   policies: z.partialRecord(z.enum(POLICIES), PolicyResultSchema),
@@ -139,6 +154,8 @@ export const BenchResultsSchema = z.looseObject({
   slo: SloSchema,
   /** Attainment a load must reach to count toward capacity (0.9). */
   attainmentTarget: nonNeg,
+  /** A live run whose verifiers were paced to a serving engine. */
+  pacing: PacingSchema.optional(),
 });
 export type BenchResults = z.infer<typeof BenchResultsSchema>;
 

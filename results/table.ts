@@ -3,6 +3,7 @@
  * Shared by `wisp bench` and `wisp sim`.
  */
 import type { BenchResults, LoadPoint, PolicyResult } from './metrics.ts';
+import type { PaceCounts, Pacing } from './schema.ts';
 
 const fmt = (x: number | null | undefined, digits = 1): string => (x === null || x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(digits));
 
@@ -41,6 +42,7 @@ export function summaryTable(results: BenchResults): string {
     attain.push(`  ${name.padEnd(12)} ${r.points.map((p) => `${p.devices}:${fmt(p.attainment * 100, 0)}%`).join('  ')}`);
   }
   out.push('', 'SLO attainment by concurrent devices:', ...attain);
+  if (results.pacing) out.push('', pacingLine(results.pacing));
   const breakdown = timeBreakdownLines(results);
   if (breakdown.length > 0) out.push('', 'Where the time goes, at each policy\'s capacity (or its smallest load when it has none):', ...breakdown);
   const { vsCentralized, vsSled } = results.ratios;
@@ -51,6 +53,17 @@ export function summaryTable(results: BenchResults): string {
     if (vsSled) out.push(`  vs SLED:        capacity ${ratio(vsSled.capacity)}, goodput ${ratio(vsSled.goodput)}`);
   }
   return out.join('\n');
+}
+
+/** "paced to a100-80gb/34b: 98.7% of 1,234 passes on time (16 late, worst +3.2 ms)". */
+export function pacingLine(p: Pacing): string {
+  const t = p.total;
+  const late = t.late > 0 ? ` (${t.late} late, worst +${fmt(t.worstLateMs)} ms)` : '';
+  const per = Object.entries(p.byPolicy)
+    .filter((e): e is [string, PaceCounts] => e[1] !== undefined)
+    .map(([name, c]) => `${name} ${fmt(c.passes > 0 ? ((c.passes - c.late) / c.passes) * 100 : 100, 1)}%`)
+    .join(', ');
+  return `Paced to ${p.server}: ${fmt(p.onTimeShare * 100, 1)}% of ${t.passes} passes on time${late}; by policy: ${per}`;
 }
 
 /** The load a policy's breakdown is shown at: its capacity, else its smallest load. */

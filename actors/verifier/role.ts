@@ -36,6 +36,8 @@ export interface VerifierRoleOptions {
   onBatch?: (report: BatchReport) => void;
   /** A runner to use instead of loading `targetDir` (tests share one model between workers). */
   runner?: DecoderRunner;
+  /** Wraps the runner once it is loaded (pacing to a serving engine, models.pace). */
+  wrapRunner?: (runner: DecoderRunner) => DecoderRunner;
   /** Prometheus series of the verifier role; none when absent. */
   metrics?: VerifierMetrics;
 }
@@ -96,6 +98,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
     actors: {
       loadModel: fromPromise(async () => {
         runner ??= await loadDecoder(opts.targetDir, { threads: opts.threads });
+        if (opts.wrapRunner) runner = opts.wrapRunner(runner);
         executor = new BatchExecutor({
           workerId: opts.workerId,
           runner,

@@ -26,6 +26,7 @@ interface BenchFlags {
   out?: string;
   chunkedPrefill?: boolean;
   passTokenBudget?: string;
+  pace?: string;
 }
 
 export function registerBench(program: Command): void {
@@ -51,6 +52,7 @@ export function registerBench(program: Command): void {
     .option('--chunked-prefill', 'prompts in chunks that share passes (the config default)')
     .option('--no-chunked-prefill', 'every prompt a pass of its own')
     .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)')
+    .option('--pace <gpu/model>', 'pace the verifiers to this serving engine (e.g. a100-80gb/34b): the real target computes, each pass is held for the engine\'s time × --time-scale')
     .action(async (flags: BenchFlags) => {
       const { runLiveBench, writeLiveReport } = await import('../../bench/live.ts');
       const { summaryTable } = await import('../../results/table.ts');
@@ -73,6 +75,7 @@ export function registerBench(program: Command): void {
         slo: { ttftMs: parseNumber('ttft-ms', flags.ttftMs, POSITIVE), tpotMs: parseNumber('tpot-ms', flags.tpotMs, POSITIVE) },
         seed: parseNumber('seed', flags.seed, NON_NEG_INT),
         ...(flags.config ? { configFile: flags.config } : {}),
+        ...(flags.pace !== undefined ? { pace: flags.pace } : {}),
         overrides: {
           scheduler: {
             ...(flags.chunkedPrefill !== undefined ? { chunkedPrefill: flags.chunkedPrefill } : {}),

@@ -17,6 +17,8 @@ interface CommonFlags {
   /** --chunked-prefill / --no-chunked-prefill; undefined: the config decides. */
   chunkedPrefill?: boolean;
   passTokenBudget?: string;
+  /** --pace gpu/model (roles that run verifiers). */
+  pace?: string;
 }
 
 /** Loads the config with CLI flags applied last (they are validated like every other value). */
@@ -29,10 +31,11 @@ export async function configFromFlags(flags: CommonFlags): Promise<WispConfig> {
     ...(flags.passTokenBudget !== undefined ? { passTokenBudget: parseNumber('pass-token-budget', flags.passTokenBudget, POSITIVE_INT) } : {}),
   };
   if (flags.timeScale !== undefined) overrides.timeScale = Number(flags.timeScale);
-  if (flags.preset !== undefined || flags.modelDir !== undefined) {
+  if (flags.preset !== undefined || flags.modelDir !== undefined || flags.pace !== undefined) {
     overrides.models = {
       ...(flags.preset !== undefined ? { preset: flags.preset as WispConfig['models']['preset'] } : {}),
       ...(flags.modelDir !== undefined ? { modelDir: flags.modelDir } : {}),
+      ...(flags.pace !== undefined ? { pace: flags.pace } : {}),
     };
   }
   return loadConfig({ ...(flags.config ? { file: flags.config } : {}), overrides });
@@ -55,6 +58,11 @@ function withPassBudget(cmd: Command): Command {
     .option('--pass-token-budget <n>', 'tokens one pass may feed with chunked prefill (default: derived from the TPOT SLO and the server)');
 }
 
+/** Flags of the roles that run verifier workers (`up`, `verifier`). */
+function withPace(cmd: Command): Command {
+  return cmd.option('--pace <gpu/model>', 'hold each pass of the real target until the serving-engine cost model\'s time for it (× --time-scale) has passed, e.g. a100-80gb/34b');
+}
+
 /** Keeps the process alive until SIGINT/SIGTERM, then stops `running` once. */
 async function untilSignal(running: { stop(): Promise<void> }, what: string): Promise<void> {
   await new Promise<void>((resolve) => {
@@ -74,7 +82,7 @@ async function untilSignal(running: { stop(): Promise<void> }, what: string): Pr
 }
 
 export function registerRoles(program: Command): void {
-  withPassBudget(withCommon(program.command('up')))
+  withPace(withPassBudget(withCommon(program.command('up'))))
     .description('run the scheduler, W verifier workers and an edge fleet of N devices in this process')
     .option('--devices <n>', 'emulated edge devices', '4')
     .option('--workers <n>', 'verifier workers', '1')
@@ -102,7 +110,7 @@ export function registerRoles(program: Command): void {
       await untilSignal(await runScheduler(config), 'the scheduler');
     });
 
-  withCommon(program.command('verifier'))
+  withPace(withCommon(program.command('verifier')))
     .description('run one verifier worker (target model and its sessions\' KV caches)')
     .option('--worker-id <id>', 'stable worker id (names its queue); also WISP_WORKER_ID')
     .action(async (flags: CommonFlags & { workerId?: string }) => {

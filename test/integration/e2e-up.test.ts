@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
+import { layoutOf } from '../../policies/estimator.ts';
 import { TEST_PROMPTS as PROMPTS, startTestSystem, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
 
 describe('end to end: wisp up (scheduler + 2 workers + edge fleet)', function () {
@@ -95,4 +96,39 @@ describe('end to end: centralized serving over a jittery network', function () {
       expect(r.tokens, `prompt ${i}`).to.deep.equal(expected[i]);
     });
   });
+});
+
+describe('end to end: verifiers paced to a serving engine (models.pace)', function () {
+  this.timeout(120_000);
+  let sys: TestSystem;
+
+  after(async () => {
+    await sys?.stop();
+  });
+
+  for (const policy of ['adaptive', 'centralized'] as const) {
+    it(`${policy}: the real target still computes every token (exact), each pass held for the engine's time`, async () => {
+      const maxNewTokens = 24;
+      const expected = await referenceTokens(PROMPTS, maxNewTokens);
+      const passes: { pacedMs: number; computeMs: number; late: boolean }[] = [];
+      await sys?.stop();
+      sys = await startTestSystem(
+        { devices: 4, workers: 1, hooks: { onPacedPass: (p) => passes.push(p) } },
+        { timeScale: 0.2, models: { pace: 'a100-80gb/34b' }, scheduler: { policy } },
+      );
+      const results = await Promise.all(PROMPTS.map((prompt) => sys.client.submit({ prompt, maxNewTokens }, 60_000)));
+      results.forEach((r, i) => {
+        expect(r.error, JSON.stringify(r.error)).to.equal(null);
+        expect(r.tokens, `prompt ${i}`).to.deep.equal(expected[i]);
+      });
+      expect(passes.length).to.be.greaterThan(0);
+      // A 34B model's pass on an A100 reads ~68 GB of weights: tens of ms, here × 0.2.
+      const pacedMs = passes.map((p) => p.pacedMs).sort((a, b) => a - b);
+      expect(pacedMs[0]).to.be.greaterThan(2);
+      // The worker reports the paced time as its pass time: the scheduler's estimator learns the engine.
+      const worker = Object.values(sys.up.scheduler.snapshot().context.workers)[0];
+      expect(worker && layoutOf(worker.estimator), 'a paced worker lays passes out like the engine').to.equal('varlen');
+      expect(worker?.estimator.error.count, 'the estimator learnt from paced passes').to.be.greaterThan(0);
+    });
+  }
 });

@@ -115,6 +115,9 @@ describe('config', () => {
       WISP_MIN_ACCEPTANCE: '0.15',
       WISP_HEARTBEAT_TTL_MS: '9000',
       WISP_COST_MODEL_SERVER: 'h100-80gb/34b',
+      // Pacing runs the real target, so not beside the cost model.
+      WISP_COST_MODEL: 'false',
+      WISP_PACE: 'a40-48gb/7b',
     };
     for (const v of ENV_VARS) {
       const raw = sample[v.name] ?? (v.kind === 'boolean' ? 'true' : v.kind === 'string' ? `value-${v.name.toLowerCase()}` : '3');
@@ -140,6 +143,9 @@ describe('config', () => {
       [() => loadConfig({ env: { WISP_DEVICE_PROFILE: 'toaster' } }), 'config: deviceProfile: unknown device profile (known: jetson-orin-nano, phone, raspberry-pi-5), got "toaster" (from WISP_DEVICE_PROFILE)'],
       [() => loadConfig({ env: {}, overrides: { worker: { heartbeatTtlMs: 500 } } }), 'config: worker.heartbeatTtlMs: must exceed worker.heartbeatMs (1000), got 500 (from overrides)'],
       [() => loadConfig({ env: { WISP_AMQP_TLS: 'on' } }), 'config: amqpUrl: amqpTls.enabled needs an amqps:// URL, got "amqp://127.0.0.1:5672"'],
+      [() => loadConfig({ env: { WISP_PACE: 'a100/34b' } }), 'config: models.pace: expected gpu/model with gpu one of a40-48gb|a100-80gb|h100-80gb and model one of 34b|7b, got "a100/34b" (from WISP_PACE)'],
+      [() => loadConfig({ env: { WISP_PACE: 'a100-80gb/34b', WISP_COST_MODEL: 'true' } }), 'config: models.pace: pacing runs the real target: it cannot be combined with models.costModel.enabled, got "a100-80gb/34b" (from WISP_PACE)'],
+      [() => loadConfig({ env: { WISP_PACE: 'a100-80gb/34b', WISP_TIME_SCALE: '0' } }), 'config: models.pace: pacing holds each pass for its time × timeScale: timeScale must be > 0, got "a100-80gb/34b" (from WISP_PACE)'],
     ];
     for (const [fn, message] of cases) expect(refused(fn).message).to.equal(message);
   });
@@ -190,6 +196,8 @@ describe('config', () => {
     expect(plain.scheduler.passTokenBudget).to.equal(DEFAULT_CONFIG.scheduler.passTokenBudget);
     const set = await configFromFlags({ chunkedPrefill: false, passTokenBudget: '256', policy: 'sled' });
     expect(set.scheduler).to.include({ chunkedPrefill: false, passTokenBudget: 256, policy: 'sled' });
+    expect(plain.models.pace).to.equal(undefined);
+    expect((await configFromFlags({ pace: 'h100-80gb/34b' })).models.pace).to.equal('h100-80gb/34b');
     let err: unknown = null;
     await configFromFlags({ passTokenBudget: '-3' }).catch((e: unknown) => (err = e));
     expect(String(err)).to.contain('--pass-token-budget: expected an integer ≥ 1, got "-3"');
