@@ -22,6 +22,7 @@ import type { WispConfig } from '../config/schema.ts';
 import { isDecodeStep, type BatchReport } from '../machines/verifier-worker.ts';
 import type { PolicyName } from '../policies/types.ts';
 import { calibrate, type LiveCalibration } from './calibration.ts';
+import { nextSearchCount, searchCensored, type CapacitySearch } from '../results/capacity-search.ts';
 import { writeReportFiles } from '../results/report.ts';
 import { writeRunReport } from '../results/write.ts';
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from '../results/metrics.ts';
@@ -29,8 +30,10 @@ import type { LiveSettings, PaceCounts, Pacing } from '../results/schema.ts';
 
 export interface LiveBenchOptions {
   policies: PolicyName[];
-  /** Concurrently active devices at each load of the sweep. */
+  /** Concurrently active devices at each load of the sweep (when there is no `search`). */
   devices: number[];
+  /** Search each policy's capacity instead (doubling from `start`, then bisecting); `devices` is then ignored. */
+  search?: CapacitySearch;
   warmupMs: number;
   windowMs: number;
   timeScale: number;
@@ -149,7 +152,7 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
       edge: { verifyTimeoutMs: Math.max(base.edge.verifyTimeoutMs, 30_000), maxRetries: base.edge.maxRetries },
     },
   });
-  const maxDevices = Math.max(...o.devices);
+  const maxDevices = o.search ? o.search.max : Math.max(...o.devices);
   const served: ServedPrompt[] = [];
   /** This load's rounds and batch reports (per-load calibration). */
   const loadRounds: RoundTiming[] = [];
@@ -190,37 +193,40 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
   const client = new WispClient(broker);
   await client.start();
   const points: LoadPoint[] = [];
-  try {
-    let step = stepBase;
-    for (const k of o.devices) {
-      o.onProgress?.({ policy, devices: k, step: step++, steps });
-      const active = up.fleet.devices.slice(0, k);
-      const now = () => performance.timeOrigin + performance.now();
-      const start = now();
-      const windowStart = start + o.warmupMs;
-      const windowEnd = windowStart + o.windowMs;
-      served.length = 0;
-      batches.length = 0;
-      loadRounds.length = 0;
-      loadReports.length = 0;
-      let promptIndex = 0;
-      await Promise.all(
-        active.map(async (device) => {
-          while (now() < windowEnd) {
-            const prompt = BENCH_PROMPTS[promptIndex++ % BENCH_PROMPTS.length];
-            await client.submit({ prompt, maxNewTokens: o.maxNewTokens, slo, sampling: { temperature: 0, topP: 1, seed: o.seed }, deviceId: device.id }, 120_000);
-          }
-        }),
-      );
-      const judged = served.filter((s) => s.startedAtMs >= windowStart && s.startedAtMs < windowEnd).map(toSessionRecord);
-      const inWindow = batches.filter((b) => b.startedAtMs >= windowStart && b.startedAtMs < windowEnd);
-      points.push(loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow, workers: o.workers }));
-      try {
-        artifacts.calibrationByLoad.push({ policy, devices: k, calibration: calibrate(served, loadRounds, loadReports) });
-      } catch {
-        // A load that finished no session has nothing to calibrate from; the pooled figures stand in.
-      }
+  let step = stepBase;
+  /** One load: k devices send prompts back to back for the warm-up and the window. */
+  const runLoad = async (k: number): Promise<LoadPoint> => {
+    o.onProgress?.({ policy, devices: k, step: step++, steps });
+    const active = up.fleet.devices.slice(0, k);
+    const now = () => performance.timeOrigin + performance.now();
+    const start = now();
+    const windowStart = start + o.warmupMs;
+    const windowEnd = windowStart + o.windowMs;
+    served.length = 0;
+    batches.length = 0;
+    loadRounds.length = 0;
+    loadReports.length = 0;
+    let promptIndex = 0;
+    await Promise.all(
+      active.map(async (device) => {
+        while (now() < windowEnd) {
+          const prompt = BENCH_PROMPTS[promptIndex++ % BENCH_PROMPTS.length];
+          await client.submit({ prompt, maxNewTokens: o.maxNewTokens, slo, sampling: { temperature: 0, topP: 1, seed: o.seed }, deviceId: device.id }, 120_000);
+        }
+      }),
+    );
+    const judged = served.filter((s) => s.startedAtMs >= windowStart && s.startedAtMs < windowEnd).map(toSessionRecord);
+    const inWindow = batches.filter((b) => b.startedAtMs >= windowStart && b.startedAtMs < windowEnd);
+    try {
+      artifacts.calibrationByLoad.push({ policy, devices: k, calibration: calibrate(served, loadRounds, loadReports) });
+    } catch {
+      // A load that finished no session has nothing to calibrate from; the pooled figures stand in.
     }
+    return loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow, workers: o.workers });
+  };
+  try {
+    if (o.search) for (let n = nextSearchCount(points, o.search); n !== null; n = nextSearchCount(points, o.search)) points.push(await runLoad(n));
+    else for (const k of o.devices) points.push(await runLoad(k));
   } finally {
     await client.close();
     await up.stop();
@@ -264,11 +270,13 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
   const knobs = baseConfig(o);
   const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [], served: [], rounds: [], batchReports: [], calibrationByLoad: [], paced: {} };
   const policies: BenchResults['policies'] = {};
-  const steps = o.policies.length * o.devices.length;
+  // A search's length is known only as it goes: the progress counts the doubling's loads.
+  const steps = o.policies.length * (o.search ? Math.ceil(Math.log2(o.search.max / o.search.start)) + 1 : o.devices.length);
   let base = 0;
   for (const policy of o.policies) {
-    policies[policy] = policyResult(await benchPolicy(policy, o, base, steps, artifacts));
-    base += o.devices.length;
+    const points = await benchPolicy(policy, o, base, steps, artifacts);
+    policies[policy] = { ...policyResult(points), ...(o.search ? { censored: searchCensored(points) } : {}) };
+    base += points.length;
   }
   const ratios: BenchResults['ratios'] = {};
   if (policies.wisp && policies.centralized) ratios.vsCentralized = ratioBetween(policies.wisp, policies.centralized);
@@ -291,7 +299,8 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
     ...(o.pace ? { pacing: pacingOf(o.pace, artifacts.paced) } : {}),
     preset: o.preset,
     profiles: o.profiles,
-    devices: o.devices,
+    // Every count a policy ran at (the replay runs each policy at each of them).
+    devices: [...new Set(Object.values(policies).flatMap((r) => r?.points.map((p) => p.devices) ?? []))].sort((a, b) => a - b),
     windowMs: o.windowMs,
     warmupMs: o.warmupMs,
     maxNewTokens: o.maxNewTokens,

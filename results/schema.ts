@@ -119,6 +119,8 @@ export const PolicyResultSchema = z.object({
   /** Device energy per generated token at capacity (or the smallest load when capacity is 0), J. */
   energyJPerToken: nonNeg,
   points: z.array(LoadPointSchema),
+  /** A capacity search passed at its largest count: the capacity is at least `capacity`. */
+  censored: z.boolean().optional(),
 });
 export type PolicyResult = z.infer<typeof PolicyResultSchema>;
 

@@ -21,7 +21,7 @@ export function summaryTable(results: BenchResults): string {
     const p = bestPoint(r);
     rows.push([
       name,
-      String(r.capacity),
+      r.censored ? `≥ ${r.capacity}` : String(r.capacity),
       fmt(r.goodputTokS),
       String(r.goodputAtDevices),
       p ? `${fmt(p.ttftMs.p50, 0)}/${fmt(p.ttftMs.p90, 0)}` : '—',

@@ -13,7 +13,8 @@ import { WispError } from '../common/errors.ts';
 import { applyScenarioOptions, parseMix } from './scenario-options.ts';
 import { scenario, type Scenario } from './scenarios.ts';
 import { DEFAULT_SETTINGS_LABEL, tuneSettings, tuningCandidates } from './map-tuning.ts';
-import { searchCapacity, sweepVariants, type CapacitySearch, type RunSummary, type SearchedResult } from './sweep.ts';
+import type { CapacitySearch } from '../results/capacity-search.ts';
+import { searchCapacity, sweepVariants, type RunSummary, type SearchedResult } from './sweep.ts';
 
 export class MapConfigError extends WispError {
   constructor(message: string) {

@@ -6,6 +6,7 @@
  */
 import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BenchResults, type LoadPoint, type PolicyResult } from '../results/metrics.ts';
 import type { PolicyName } from '../policies/types.ts';
+import { nextSearchCount, searchCensored, type CapacitySearch } from '../results/capacity-search.ts';
 import { hasWispExtras } from '../policies/serving-mode.ts';
 import { runSimulation } from './engine.ts';
 import { describeServer, PAPER_FIGURES, runConfig, serverCostOf, type AcceptanceOverride, type Scenario } from './scenarios.ts';
@@ -125,16 +126,6 @@ export function sweepVariant(o: SweepOptions, v: SweepVariant, runs: RunSummary[
   return policyResult([...points.values()]);
 }
 
-/** How a capacity search proceeds: double from `start` until a load fails, then bisect. */
-export interface CapacitySearch {
-  /** First device count tried (≥ 1). */
-  start: number;
-  /** Largest count tried; a policy that passes there has a censored capacity (≥ max). */
-  max: number;
-  /** Bisection stops when the failing count is within this share of the passing one (and 1 device). */
-  precision: number;
-}
-
 /** A policy's result from a capacity search; `censored` when it passed at the search's largest count. */
 export interface SearchedResult extends PolicyResult {
   censored: boolean;
@@ -147,26 +138,9 @@ export interface SearchedResult extends PolicyResult {
  */
 export function searchCapacity(o: SweepOptions, v: SweepVariant, search: CapacitySearch, runs: RunSummary[], done: { n: number }): SearchedResult {
   const { run, points } = loadRunner(o, v, runs, done);
-  let pass = 0;
-  let fail: number | null = null;
-  for (let n = Math.max(1, search.start); ; n = Math.min(search.max, n * 2)) {
-    const p = run(n);
-    // A load at which no session started in the window says nothing (a few devices, long sessions): go on.
-    if (p.attainment >= ATTAINMENT_TARGET) pass = n;
-    else if (p.sessions > 0) {
-      fail = n;
-      break;
-    }
-    if (n >= search.max) break;
-  }
-  while (fail !== null && fail - pass > Math.max(1, search.precision * pass)) {
-    const mid = Math.floor((pass + fail) / 2);
-    if (mid <= pass) break;
-    if (run(mid).attainment >= ATTAINMENT_TARGET) pass = mid;
-    else fail = mid;
-  }
-  const result = policyResult([...points.values()]);
-  return { ...result, censored: fail === null };
+  const loads: LoadPoint[] = [];
+  for (let n = nextSearchCount(loads, search); n !== null; n = nextSearchCount(loads, search)) loads.push(run(n));
+  return { ...policyResult([...points.values()]), censored: searchCensored(loads) };
 }
 
 /** Results of a whole sweep, in the `wisp bench` shape plus the simulator's extras. */

@@ -27,15 +27,20 @@ interface BenchFlags {
   chunkedPrefill?: boolean;
   passTokenBudget?: string;
   pace?: string;
+  maxDevices?: string;
 }
+
+/** Bisection of a live capacity search stops within this share of the passing count (the map's precision). */
+const LIVE_SEARCH_PRECISION = 0.125;
 
 export function registerBench(program: Command): void {
   program
     .command('bench')
     .description('live benchmark: capacity and goodput of wisp, sled and centralized side by side')
-    .option('--quick', 'a short sweep (under 3 minutes)')
+    .option('--quick', 'short loads (2 s warm-up, 6 s window) and a search up to 32 devices')
     .option('--policies <list>', 'policies to run', 'wisp,sled,centralized,adaptive')
-    .option('--devices <list>', 'concurrent devices per load (default: 2,4,8,16,32,64; quick: 2,4,8,16)')
+    .option('--devices <list>', 'run exactly these loads (concurrent devices), no capacity search')
+    .option('--max-devices <n>', 'capacity search: double from 2 devices until each policy misses its SLO target, then bisect, up to this many (default 64; quick 32); a pass there is censored (≥)')
     .option('--warmup-s <s>', 'warm-up per load, seconds (default 4; quick 2)')
     .option('--window-s <s>', 'measured window per load, seconds (default 20; quick 6)')
     .option('--time-scale <x>', 'multiplies device times (draft, network) and the SLO', '0.5')
@@ -60,11 +65,13 @@ export function registerBench(program: Command): void {
       const names = flags.policies.split(',').map((s) => s.trim());
       for (const p of names) if (!isPolicyName(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${POLICIES.join(', ')})`);
       const policies = names as PolicyName[];
-      const devices = parseNumberList('devices', flags.devices ?? (flags.quick ? '2,4,8,16' : '2,4,8,16,32,64'), POSITIVE_INT);
+      const devices = flags.devices !== undefined ? parseNumberList('devices', flags.devices, POSITIVE_INT) : [];
+      const maxDevices = parseNumber('max-devices', flags.maxDevices ?? (flags.quick ? '32' : '64'), POSITIVE_INT);
       const interactive = process.stderr.isTTY;
       const results = await runLiveBench({
         policies,
         devices,
+        ...(devices.length === 0 ? { search: { start: Math.min(2, maxDevices), max: maxDevices, precision: LIVE_SEARCH_PRECISION } } : {}),
         warmupMs: parseNumber('warmup-s', flags.warmupS ?? (flags.quick ? '2' : '4'), POSITIVE) * 1_000,
         windowMs: parseNumber('window-s', flags.windowS ?? (flags.quick ? '6' : '20'), POSITIVE) * 1_000,
         timeScale: parseNumber('time-scale', flags.timeScale, POSITIVE),
