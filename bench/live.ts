@@ -25,13 +25,15 @@ import { calibrate, type LiveCalibration } from './calibration.ts';
 import { nextSearchCount, searchCensored, type CapacitySearch } from '../results/capacity-search.ts';
 import { writeReportFiles } from '../results/report.ts';
 import { writeRunReport } from '../results/write.ts';
-import { ATTAINMENT_TARGET, loadPoint, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from '../results/metrics.ts';
+import { ATTAINMENT_TARGET, loadPoint, medianRun, policyResult, ratioBetween, type BatchRecord, type BenchResults, type LoadPoint, type SessionRecord, type SessionTimeParts } from '../results/metrics.ts';
 import type { LiveSettings, PaceCounts, Pacing } from '../results/schema.ts';
 
 export interface LiveBenchOptions {
   policies: PolicyName[];
   /** Concurrently active devices at each load of the sweep (when there is no `search`). */
   devices: number[];
+  /** Runs per load (≥ 1): the median run stands for the load, with the runs' range beside it. */
+  repeats?: number;
   /** Search each policy's capacity instead (doubling from `start`, then bisecting); `devices` is then ignored. */
   search?: CapacitySearch;
   warmupMs: number;
@@ -225,8 +227,13 @@ async function benchPolicy(policy: PolicyName, o: LiveBenchOptions, stepBase: nu
     return loadPoint(judged, { devices: k, windowMs: o.windowMs, batches: inWindow, workers: o.workers });
   };
   try {
-    if (o.search) for (let n = nextSearchCount(points, o.search); n !== null; n = nextSearchCount(points, o.search)) points.push(await runLoad(n));
-    else for (const k of o.devices) points.push(await runLoad(k));
+    const repeated = async (k: number): Promise<LoadPoint> => {
+      const runs: LoadPoint[] = [];
+      for (let r = 0; r < (o.repeats ?? 1); r++) runs.push(await runLoad(k));
+      return medianRun(runs);
+    };
+    if (o.search) for (let n = nextSearchCount(points, o.search); n !== null; n = nextSearchCount(points, o.search)) points.push(await repeated(n));
+    else for (const k of o.devices) points.push(await repeated(k));
   } finally {
     await client.close();
     await up.stop();
@@ -271,7 +278,7 @@ export async function runLiveBench(o: LiveBenchOptions): Promise<BenchResults & 
   const artifacts: LiveArtifacts = { profileRows: [], acceptanceSamples: [], served: [], rounds: [], batchReports: [], calibrationByLoad: [], paced: {} };
   const policies: BenchResults['policies'] = {};
   // A search's length is known only as it goes: the progress counts the doubling's loads.
-  const steps = o.policies.length * (o.search ? Math.ceil(Math.log2(o.search.max / o.search.start)) + 1 : o.devices.length);
+  const steps = o.policies.length * (o.repeats ?? 1) * (o.search ? Math.ceil(Math.log2(o.search.max / o.search.start)) + 1 : o.devices.length);
   let base = 0;
   for (const policy of o.policies) {
     const points = await benchPolicy(policy, o, base, steps, artifacts);

@@ -380,3 +380,18 @@ export function ratioOf(a: number, b: number): number | null {
 export function ratioBetween(wisp: PolicyResult, baseline: PolicyResult): Ratio {
   return { capacity: ratioOf(wisp.capacity, baseline.capacity), goodput: ratioOf(wisp.goodputTokS, baseline.goodputTokS) };
 }
+
+/**
+ * One load run several times as one point: the median run by attainment (then goodput; the lower
+ * middle one when the count is even, so a tie leans to the worse run), with every run's range of
+ * attainment and goodput. One run is returned as it is.
+ * @throws RangeError when there is no run
+ */
+export function medianRun(runs: readonly LoadPoint[]): LoadPoint {
+  if (runs.length === 0) throw new RangeError('medianRun: no runs');
+  if (runs.length === 1) return runs[0];
+  const sorted = [...runs].sort((a, b) => a.attainment - b.attainment || a.goodputTokS - b.goodputTokS);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  const range = (xs: number[]) => ({ min: Math.min(...xs), max: Math.max(...xs) });
+  return { ...median, repeats: { runs: runs.length, attainment: range(runs.map((r) => r.attainment)), goodputTokS: range(runs.map((r) => r.goodputTokS)) } };
+}

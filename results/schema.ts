@@ -105,6 +105,14 @@ export const LoadPointSchema = z.object({
   kv: KvMemorySummarySchema.optional(),
   /** How the finished sessions were served: share of sessions and of output tokens the server decoded, and the mean drafts per round of the rest. */
   modes: ModeSummarySchema.optional(),
+  /** A load run several times (`wisp bench --repeats`): this is the median run; the others' range. */
+  repeats: z
+    .object({
+      runs: z.number().int().min(2),
+      attainment: z.object({ min: nonNeg, max: nonNeg }),
+      goodputTokS: z.object({ min: nonNeg, max: nonNeg }),
+    })
+    .optional(),
 });
 export type LoadPoint = z.infer<typeof LoadPointSchema>;
 

@@ -39,9 +39,11 @@ export function summaryTable(results: BenchResults): string {
   const attain: string[] = [];
   for (const [name, r] of Object.entries(results.policies)) {
     if (!r) continue;
-    attain.push(`  ${name.padEnd(12)} ${r.points.map((p) => `${p.devices}:${fmt(p.attainment * 100, 0)}%`).join('  ')}`);
+    const range = (p: LoadPoint) => (p.repeats ? ` (${fmt(p.repeats.attainment.min * 100, 0)}–${fmt(p.repeats.attainment.max * 100, 0)})` : '');
+    attain.push(`  ${name.padEnd(12)} ${r.points.map((p) => `${p.devices}:${fmt(p.attainment * 100, 0)}%${range(p)}`).join('  ')}`);
   }
-  out.push('', 'SLO attainment by concurrent devices:', ...attain);
+  const repeats = Object.values(results.policies).find((r) => r?.points.some((p) => p.repeats))?.points.find((p) => p.repeats)?.repeats?.runs;
+  out.push('', `SLO attainment by concurrent devices${repeats ? ` (median of ${repeats} runs, their range in brackets)` : ''}:`, ...attain);
   if (results.pacing) out.push('', pacingLine(results.pacing));
   const breakdown = timeBreakdownLines(results);
   if (breakdown.length > 0) out.push('', 'Where the time goes, at each policy\'s capacity (or its smallest load when it has none):', ...breakdown);

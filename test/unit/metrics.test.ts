@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import type { SessionStats } from '../../protocol/messages.ts';
 import {
+  medianRun,
   acceptanceSummary,
   attainedSlo,
   attainment,
@@ -161,5 +162,26 @@ describe('bench metrics (hand-checked)', () => {
     const base = policyResult([mk(2, 0.95, 50), mk(4, 0.5, 75)]);
     expect(ratioBetween(r, base)).to.deep.equal({ capacity: 2, goodput: 4 });
     expect(ratioBetween(r, policyResult([mk(2, 0.1, 0)]))).to.deep.equal({ capacity: null, goodput: null });
+  });
+});
+
+describe('medianRun (a load run several times)', () => {
+  const run = (attainment: number, goodputTokS: number) => ({ ...loadPoint([], { devices: 8, windowMs: 1_000 }), attainment, goodputTokS });
+
+  it('keeps the median run by attainment, then goodput, with every run\'s range; the lower middle when even', () => {
+    const m = medianRun([run(0.95, 300), run(0.8, 250), run(1, 310)]);
+    expect([m.attainment, m.goodputTokS]).to.deep.equal([0.95, 300]);
+    expect(m.repeats).to.deep.equal({ runs: 3, attainment: { min: 0.8, max: 1 }, goodputTokS: { min: 250, max: 310 } });
+    const even = medianRun([run(0.92, 300), run(0.88, 280)]);
+    expect(even.attainment, 'a tie between two leans to the worse').to.equal(0.88);
+    expect(even.repeats?.runs).to.equal(2);
+    const same = medianRun([run(0.9, 200), run(0.9, 100), run(0.9, 150)]);
+    expect(same.goodputTokS).to.equal(150);
+  });
+
+  it('returns a single run as it is and refuses none', () => {
+    const one = run(0.5, 10);
+    expect(medianRun([one])).to.equal(one);
+    expect(() => medianRun([])).to.throw(RangeError);
   });
 });
