@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { POLICIES } from '../config/schema.ts';
 import { BenchResultsSchema, LiveCalibrationSchema, LiveSettingsSchema, type LiveCalibration } from '../results/schema.ts';
-import { percentile } from '../results/metrics.ts';
+import { capacity, percentile } from '../results/metrics.ts';
 import { estimatorFromProfile, predictBatchMs } from '../policies/estimator.ts';
 import { rowShapes, type ProfileRow } from '../policies/profile-csv.ts';
 import type { PolicyName } from '../policies/types.ts';
@@ -254,12 +254,17 @@ export function compareWithLive(live: RunFigures, sim: RunFigures): Validation {
       return { devices: lp.devices, liveGoodputTokS: lp.goodputTokS, simGoodputTokS: sp?.goodputTokS ?? 0, liveAttainment: lp.attainment, simAttainment: sp?.attainment ?? 0 };
     });
     const perLoad = loads.filter((x) => x.liveGoodputTokS > 0).map((x) => Math.abs(x.simGoodputTokS - x.liveGoodputTokS) / x.liveGoodputTokS);
+    // The simulator's figures over the loads this policy ran live (a capacity search runs each
+    // policy at its own loads; the replay runs them all at every one): like against like.
+    const simPoints = loads.map((x) => ({ devices: x.devices, attainment: x.simAttainment }));
+    const simCapacity = capacity(simPoints);
+    const simGoodput = Math.max(0, ...loads.map((x) => x.simGoodputTokS));
     out.push({
       policy,
       live: { capacity: l.capacity, goodputTokS: l.goodputTokS },
-      sim: { capacity: s.capacity, goodputTokS: s.goodputTokS },
-      capacityError: relError(s.capacity, l.capacity),
-      goodputError: relError(s.goodputTokS, l.goodputTokS),
+      sim: { capacity: simCapacity, goodputTokS: simGoodput },
+      capacityError: relError(simCapacity, l.capacity),
+      goodputError: relError(simGoodput, l.goodputTokS),
       loads,
       meanLoadGoodputError: perLoad.length === 0 ? null : perLoad.reduce((a, b) => a + b, 0) / perLoad.length,
     });
