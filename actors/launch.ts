@@ -133,7 +133,10 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
       defaultReturnLatencyMs: 0,
     },
     estimators: store.estimators,
-    owners: { lookup: async (sessionId) => (await store.store.getSession(sessionId)) ?? null },
+    owners: {
+      lookup: async (sessionId) => (await store.store.getSession(sessionId)) ?? null,
+      forget: async (sessionId) => void (await store.store.deleteSession(sessionId)),
+    },
     ...(hooks.onSchedulerDecision ? { onDecision: hooks.onSchedulerDecision } : {}),
     workerTimeoutMs: config.worker.heartbeatTtlMs,
     // The worker drops an idle session's cache after idleEvictMs; the scheduler forgets it then too.

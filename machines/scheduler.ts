@@ -169,6 +169,8 @@ export type SchedulerEffect =
   | { kind: 'dispatch'; batch: VerifyBatch }
   | { kind: 'refuse'; params: RefusalParams }
   | { kind: 'persist'; workerId: string; model: string; estimator: EstimatorState }
+  /** A session its device closed: its durable record (the ledger in Redis) goes too. */
+  | { kind: 'forget'; sessionId: string }
   | { kind: 'wake'; atMs: number };
 type Effect = SchedulerEffect;
 
@@ -701,12 +703,15 @@ function rememberClosedInPlace(closed: Record<string, number>, sessionId: string
   return true;
 }
 
-function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number, owned = false): void {
+function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number, effects: Effect[], owned = false): void {
   const s = ctx.sessions[m.sessionId];
   if (s && s.deviceId !== m.deviceId) return;
   rememberClosed(ctx, m.sessionId, atMs, owned);
   ctx.unplaced = ctx.unplaced.filter((u) => u.message.sessionId !== m.sessionId || u.message.deviceId !== m.deviceId);
   if (!s) return;
+  // Only for a session known to be this device's: a close on an unknown one (a restarted
+  // scheduler) cannot be checked, and its record then goes by its TTL.
+  effects.push({ kind: 'forget', sessionId: m.sessionId });
   releaseKv(ctx, s);
   delete ctx.sessions[m.sessionId];
   const w = ctx.workers[s.workerId];
@@ -757,7 +762,7 @@ function transition(ctx: SchedulerContext, event: SchedulerEvent, owned: boolean
       acceptVerify(ctx, event.message, event.atMs, effects, event.workerHint);
       break;
     case 'CLOSE':
-      applyClose(ctx, event.message, event.atMs, owned);
+      applyClose(ctx, event.message, event.atMs, effects, owned);
       break;
     case 'WORKER_STATUS':
       applyWorkerStatus(ctx, event.message, event.atMs, effects);
@@ -821,6 +826,7 @@ export const schedulerMachine = setup({
     dispatchBatch: notProvided('dispatchBatch') as (args: unknown, params: { batch: VerifyBatch }) => void,
     refuseRequest: notProvided('refuseRequest') as (args: unknown, params: RefusalParams) => void,
     persistEstimator: notProvided('persistEstimator') as (args: unknown, params: { workerId: string; model: string; estimator: EstimatorState }) => void,
+    forgetSession: notProvided('forgetSession') as (args: unknown, params: { sessionId: string }) => void,
     /** Arrange a WAKE event at `atMs` (replacing any earlier wake-up). */
     scheduleWake: notProvided('scheduleWake') as (args: unknown, params: { atMs: number }) => void,
   },
@@ -839,6 +845,7 @@ export const schedulerMachine = setup({
               if (e.kind === 'dispatch') enqueue({ type: 'dispatchBatch', params: { batch: e.batch } });
               else if (e.kind === 'refuse') enqueue({ type: 'refuseRequest', params: e.params });
               else if (e.kind === 'persist') enqueue({ type: 'persistEstimator', params: { workerId: e.workerId, model: e.model, estimator: e.estimator } });
+              else if (e.kind === 'forget') enqueue({ type: 'forgetSession', params: { sessionId: e.sessionId } });
               else enqueue({ type: 'scheduleWake', params: { atMs: e.atMs } });
             }
           }),

@@ -312,7 +312,7 @@ export function runSimulation(config: SimRunConfig, hooks: SimHooks = {}): SimRu
         const dev = byId.get(e.params.replyTo);
         if (dev) sendDown(dev, now, { k: 'failed', dev, sessionId: e.params.sessionId, code: e.params.code, message: e.params.message });
       }
-      // 'persist': the simulated scheduler keeps its estimator in memory only.
+      // 'persist', 'forget': the simulated scheduler keeps its estimator in memory only, and no ledger.
     }
   };
   const statusOf = (w: SimWorker, report: { batch: VerifyBatch; shapes: BatchShape[]; actualMs: number } | null): WorkerStatus =>

@@ -30,6 +30,8 @@ export interface EstimatorStore {
 /** Who owns a session, from Redis (the verifier's ledger): checked before adopting an unknown one. */
 export interface SessionOwners {
   lookup(sessionId: string): Promise<{ deviceId: string; workerId: string } | null>;
+  /** Deletes a closed session's record (its history and metadata). */
+  forget(sessionId: string): Promise<void>;
 }
 
 export interface SchedulerRoleOptions {
@@ -172,6 +174,9 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
         persist.write(`${p.model}/${p.workerId}`, () =>
           estimators.save(p.model, p.workerId, p.estimator).catch((err: Error) => log.warn({ err: err.message }, 'estimator not saved')),
         );
+      },
+      forgetSession: (_, { sessionId }) => {
+        void opts.owners?.forget(sessionId).catch((err: Error) => log.warn({ err: err.message, sessionId }, 'closed session record not deleted (it expires by its TTL)'));
       },
       scheduleWake: (_, { atMs }) => {
         if (wake) clearTimeout(wake);

@@ -109,6 +109,7 @@ async function runAll(policy: PolicyName, prompts: number[][], maxNewTokens: num
           throw new Error(`refused: ${p.code} ${p.message}`);
         },
         persistEstimator: () => {},
+        forgetSession: () => {},
         scheduleWake: (_, { atMs }) => later(Math.max(0, atMs - clock.now()), () => scheduler.send({ type: 'WAKE', atMs: clock.now() })),
       },
     }),

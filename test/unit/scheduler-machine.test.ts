@@ -63,12 +63,14 @@ function harness(policy: SchedulerSettings['policy']) {
   const batches: VerifyBatch[] = [];
   const refusals: { code: string; sessionId: string }[] = [];
   const wakes: number[] = [];
+  const forgotten: string[] = [];
   const actor = createActor(
     schedulerMachine.provide({
       actions: {
         dispatchBatch: (_, p) => void batches.push(p.batch),
         refuseRequest: (_, p) => void refusals.push({ code: p.code, sessionId: p.sessionId }),
         persistEstimator: () => {},
+        forgetSession: (_, p) => void forgotten.push(p.sessionId),
         scheduleWake: (_, p) => void wakes.push(p.atMs),
       },
     }),
@@ -76,7 +78,7 @@ function harness(policy: SchedulerSettings['policy']) {
   );
   actor.subscribe({ error: (e) => { throw e; } });
   actor.start();
-  return { actor, batches, refusals, wakes };
+  return { actor, batches, refusals, wakes, forgotten };
 }
 
 describe('Scheduler machine (no broker)', () => {
@@ -194,14 +196,19 @@ describe('Scheduler machine (no broker)', () => {
     expect(effects.filter((e) => e.kind === 'dispatch')).to.have.length(0);
   });
 
-  it('a close from another device is ignored; the owner\'s close evicts on the next batch', () => {
+  it('a close from another device is ignored; the owner\'s close evicts on the next batch and deletes the record', () => {
     const h = harness('centralized');
     h.actor.send({ type: 'WORKER_STATUS', message: worker('w1'), atMs: 0 });
     h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 1 });
     h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'intruder', reason: 'done' }, atMs: 2 });
     expect(h.actor.getSnapshot().context.sessions['s1']).to.not.equal(undefined);
+    expect(h.forgotten, 'another device cannot delete the record').to.deep.equal([]);
     h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'd1', reason: 'done' }, atMs: 3 });
     expect(h.actor.getSnapshot().context.sessions['s1']).to.equal(undefined);
+    expect(h.forgotten).to.deep.equal(['s1']);
+    // A close of a session this scheduler does not know (unchecked) deletes nothing.
+    h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's9', deviceId: 'd9', reason: 'done' }, atMs: 3 });
+    expect(h.forgotten).to.deep.equal(['s1']);
     h.actor.send({ type: 'WORKER_STATUS', message: worker('w1', { doneBatchId: h.batches[0].batchId }), atMs: 4 });
     h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 5 });
     expect(h.batches[1].evict).to.deep.equal(['s1']);
