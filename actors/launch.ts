@@ -94,6 +94,8 @@ export interface LaunchHooks {
   onTokenJudged?: (sample: JudgedToken) => void;
   /** Every verified round's timing as its device saw it (the simulator's replay is fed these). */
   onRoundTimed?: (timing: RoundTiming) => void;
+  /** Called with a closed session's id before the scheduler deletes its record (tests read the record then). */
+  beforeForget?: (sessionId: string) => Promise<void> | void;
   /** Every pass a paced verifier ran (models.pace): its paced and real compute time. */
   onPacedPass?: (pass: PacedPass) => void;
   /** Time the scheduler took per event (reduction and batch decision), ms (load tests). */
@@ -135,7 +137,10 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
     estimators: store.estimators,
     owners: {
       lookup: async (sessionId) => (await store.store.getSession(sessionId)) ?? null,
-      forget: async (sessionId) => void (await store.store.deleteSession(sessionId)),
+      forget: async (sessionId) => {
+        await hooks.beforeForget?.(sessionId);
+        await store.store.deleteSession(sessionId);
+      },
     },
     ...(hooks.onSchedulerDecision ? { onDecision: hooks.onSchedulerDecision } : {}),
     workerTimeoutMs: config.worker.heartbeatTtlMs,

@@ -1,5 +1,5 @@
 /**
- * Faults 9, chaos under load: 1,000 sessions (WISP_CHAOS_SESSIONS to change) from 60 emulated
+ * Faults 9, chaos under load: 1,000 sessions (WISP_CHAOS_SESSIONS to change) from 40 emulated
  * devices against two verifier processes in cost-model mode, while at seeded random points of
  * the run a verifier is SIGKILLed and started again (same id: its queue and the batches in it
  * wait for the new process), the broker restarts (`stop_app` / `start_app`) and Redis is emptied
@@ -42,7 +42,7 @@ import {
 
 const SESSIONS = Number(process.env.WISP_CHAOS_SESSIONS ?? 1_000);
 // Two queues per device: kept well inside what the shared broker can recover at a restart (assertBrokerCanRestart).
-const DEVICES = 60;
+const DEVICES = 40;
 const SEED = 9;
 const VHOST = 'wisp-faults-chaos';
 

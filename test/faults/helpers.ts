@@ -22,6 +22,7 @@ import type { DeepPartial } from '../../config/load.ts';
 import type { WispConfig } from '../../config/schema.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 import { AMQP_URL, REDIS_URL, testConfig } from '../helpers/system.ts';
+import { sleep, waitFor } from '../helpers/wait.ts';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -125,17 +126,8 @@ export async function assertBrokerCanRestart(): Promise<{ queues: number; fileHa
   return { queues, fileHandles };
 }
 
-/** Polls `check` until it returns true, or throws naming `what` after `timeoutMs`. */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+// The polling helpers live with the other test helpers; fault tests import them from here too.
+export { sleep, waitFor };
 
 /** Counts the keys of `prefix` in the suite's Redis database. */
 export async function countKeys(redis: Redis, prefix: string): Promise<number> {

@@ -9,7 +9,7 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
-import { openRedisStore } from '../../store/redis-store.ts';
+import { openRedisStore, type RedisStore } from '../../store/redis-store.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
@@ -22,6 +22,9 @@ describe('faults 3: Redis is emptied mid-run', function () {
   let sys: FaultSystem;
   let redis: Redis;
   let verifies = 0;
+  /** Each session's history as its close finds it (the close then deletes the record). */
+  const atClose = new Map<string, number[] | null>();
+  let reader: Promise<RedisStore> | null = null;
 
   before(async () => {
     await ensureVhost(VHOST);
@@ -29,6 +32,10 @@ describe('faults 3: Redis is emptied mid-run', function () {
       workers: 2,
       devices: 16,
       hooks: {
+        beforeForget: async (sessionId) => {
+          reader ??= openRedisStore({ url: sys.config.redisUrl, keyPrefix: sys.config.redisKeyPrefix });
+          atClose.set(sessionId, await (await reader).getHistory(sessionId));
+        },
         wrapBroker: (role, b) =>
           role !== 'edge'
             ? b
@@ -42,6 +49,7 @@ describe('faults 3: Redis is emptied mid-run', function () {
     redis = faultsRedis();
   });
   after(async () => {
+    await (await reader)?.close();
     await sys?.stop();
     redis?.disconnect();
   });
@@ -65,16 +73,11 @@ describe('faults 3: Redis is emptied mid-run', function () {
       expect(r.error, JSON.stringify(r.error)).to.equal(null);
       expect(r.tokens, `session ${i}`).to.deep.equal(expected[i % TEST_PROMPTS.length]);
     });
-    // Each session's record is back with its whole history (prompt + every committed token).
+    // Each session's record was back at its close with its whole history (prompt + every committed token).
     const tok = await loadTokenizer((await ensureModelPair('tiny')).targetDir);
-    const store = await openRedisStore({ url: sys.config.redisUrl, keyPrefix: prefix });
-    try {
-      for (let i = 0; i < results.length; i++) {
-        const history = await store.getHistory(results[i].sessionId!);
-        expect(history, `session ${i}: record re-published`).to.deep.equal([...tok.encode(prompts[i]), ...results[i].tokens]);
-      }
-    } finally {
-      await store.close();
+    await waitFor(() => results.every((r) => atClose.has(r.sessionId!)), 'every session closed', 10_000);
+    for (let i = 0; i < results.length; i++) {
+      expect(atClose.get(results[i].sessionId!), `session ${i}: record re-published`).to.deep.equal([...tok.encode(prompts[i]), ...results[i].tokens]);
     }
     await waitFor(async () => (await redis.keys(`${prefix}estimator:*`)).length > 0, 'estimator statistics saved again', 20_000, 50);
     console.log(

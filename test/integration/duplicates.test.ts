@@ -19,6 +19,7 @@ import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
+import { waitFor } from '../helpers/wait.ts';
 import { ScriptedDevice, TEST_PROMPTS as PROMPTS, startTestSystem, tapBroker, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
 
 function asResult(m: DeviceInbox | null, what: string): VerifyResult {
@@ -141,20 +142,8 @@ describe('duplicates and stale rounds change nothing', function () {
       expect(await history()).to.deep.equal([...prompt, ...ref.slice(0, 9)]);
     });
 
-    it('a stale round after the session closed is neither answered nor brings the session back', async () => {
-      await dev.send({ v: PROTOCOL_VERSION, type: 'close', sessionId, deviceId: dev.deviceId, reason: 'done' });
-      const before = dev.inbox.length;
-      const kept = await history();
-      await dev.send(verify(2, prompt.length + 4, [ref[4], ref[5]]));
-      await dev.send(verify(3, prompt.length + 7, [ref[7]]));
-      expect(await dev.next(before, 700), 'no answer after close').to.equal(null);
-      expect(await history()).to.deep.equal(kept);
-      // (The worker drops its cache when the eviction reaches it with its next batch.)
-      expect(Object.keys(sys.up.scheduler.snapshot().context.sessions), 'scheduler sessions').to.not.include(sessionId);
-    });
-
     it('a worker that no longer holds the session answers a retried round from the ledger, without rebuilding it', async () => {
-      // What a restarted scheduler (which remembers no closed sessions) would dispatch.
+      // A retried round reaching a worker that dropped the session's cache (the batch evicts it first).
       const worker = sys.up.workers[0];
       const batch = (round: number, committedLength: number, drafts: number[]): VerifyBatch => ({
         v: PROTOCOL_VERSION,
@@ -175,6 +164,19 @@ describe('duplicates and stale rounds change nothing', function () {
       expect(worker.executor()?.sessions.has(sessionId), 'worker cache').to.equal(false);
       expect(await history()).to.deep.equal([...prompt, ...ref.slice(0, 9)]);
     });
+
+    it('a close deletes the session\'s record; a stale round after it is neither answered nor brings the session back', async () => {
+      await dev.send({ v: PROTOCOL_VERSION, type: 'close', sessionId, deviceId: dev.deviceId, reason: 'done' });
+      const before = dev.inbox.length;
+      // The close deletes the session's record (history and metadata) in Redis.
+      await waitFor(async () => (await history()).length === 0, 'the record deleted', 5_000);
+      await dev.send(verify(2, prompt.length + 4, [ref[4], ref[5]]));
+      await dev.send(verify(3, prompt.length + 7, [ref[7]]));
+      expect(await dev.next(before, 700), 'no answer after close').to.equal(null);
+      expect(await history(), 'nothing written back').to.deep.equal([]);
+      // (The worker drops its cache when the eviction reaches it with its next batch.)
+      expect(Object.keys(sys.up.scheduler.snapshot().context.sessions), 'scheduler sessions').to.not.include(sessionId);
+    });
   });
 
   describe('with real devices: every request and result sent twice, plus the previous one again', () => {
@@ -191,11 +193,18 @@ describe('duplicates and stale rounds change nothing', function () {
       const expected = await referenceTokens(prompts, maxNewTokens);
       const lastRequest = new Map<string, unknown>();
       const lastResult = new Map<string, unknown>();
+      // Each session's history as its close finds it (the close then deletes the record).
+      const atClose = new Map<string, number[] | null>();
+      let reader = null as Promise<RedisStore> | null;
       sys = await startTestSystem(
         {
           devices: 4,
           workers: 1,
           hooks: {
+            beforeForget: async (sessionId) => {
+              reader ??= openRedisStore({ url: sys.config.redisUrl, keyPrefix: sys.config.redisKeyPrefix });
+              atClose.set(sessionId, await (await reader).getHistory(sessionId));
+            },
             wrapBroker: (role, broker) => {
               if (role === 'edge') {
                 return tapBroker(broker, {
@@ -233,18 +242,18 @@ describe('duplicates and stale rounds change nothing', function () {
       });
       expect(counts.requestCopies, 'extra VerifyRequests sent').to.be.greaterThan(0);
       expect(counts.resultCopies, 'extra VerifyResults sent').to.be.greaterThan(0);
-      // The history in Redis is the prompt plus the generated tokens, nothing doubled.
-      const store = await openRedisStore({ url: sys.config.redisUrl, keyPrefix: sys.config.redisKeyPrefix });
+      // The history in Redis at each close is the prompt plus the generated tokens, nothing doubled.
       const tok = await loadTokenizer((await ensureModelPair('tiny')).targetDir);
       try {
+        await waitFor(() => results.every((r) => atClose.has(r.sessionId!)), 'every session closed', 10_000);
         for (let i = 0; i < results.length; i++) {
-          const h = await store.getHistory(results[i].sessionId!);
+          const h = atClose.get(results[i].sessionId!);
           const want = [...tok.encode(prompts[i]), ...expected[i]];
           expect(h?.slice(0, want.length), `history of prompt ${i}`).to.deep.equal(want);
           expect(h!.length - want.length, `history of prompt ${i} is at most one token longer`).to.be.at.most(1);
         }
       } finally {
-        await store.close();
+        await (await reader)?.close();
       }
     });
   });
