@@ -3,7 +3,7 @@
  * TokenChunks from its own result queue until the last one (or a typed error) arrives.
  */
 import { randomUUID } from 'node:crypto';
-import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo } from '../protocol/messages.ts';
+import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo, type StopReason } from '../protocol/messages.ts';
 import type { BrokerTransport, ConsumerHandle } from '../broker/transport.ts';
 import { PROMPTS_QUEUE, clientQueue, devicePromptQueue } from '../broker/topology.ts';
 import { wallClock, type Clock } from './clock.ts';
@@ -27,6 +27,10 @@ export interface ClientResult {
   /** From the device's stats (device clock), null when the request failed. */
   stats: SessionStats | null;
   error: { code: string; message: string } | null;
+  /** Why the answer ended (`error` for a failed request, also one the client gave up on). */
+  stopReason: StopReason;
+  /** What the device served instead of a value it clipped (maxNewTokens to the model's context). */
+  clipped?: { maxNewTokens: number };
   /** Client-side wall time from publish to the last chunk, ms. */
   elapsedMs: number;
 }
@@ -90,16 +94,17 @@ export class WispClient {
         }
         p.tokens.push(...tokens);
         p.text += text;
-        if (m.done) this.#settle(id, p, m.stats ?? null, null);
+        // A last chunk always carries its stop reason (TokenChunkSchema refuses one without).
+        if (m.done) this.#settle(id, p, m.stats ?? null, null, { stopReason: m.stopReason!, ...(m.clipped ? { clipped: m.clipped } : {}) });
       },
       { prefetch: 256 },
     );
   }
 
-  #settle(id: string, p: Pending, stats: SessionStats | null, error: ClientResult['error']): void {
+  #settle(id: string, p: Pending, stats: SessionStats | null, error: ClientResult['error'], end: Pick<ClientResult, 'stopReason' | 'clipped'> = { stopReason: 'error' }): void {
     clearTimeout(p.timer);
     this.#pending.delete(id);
-    p.resolve({ requestId: id, sessionId: p.sessionId, tokens: p.tokens, text: p.text, stats, error, elapsedMs: this.#clock.now() - p.startedMs });
+    p.resolve({ requestId: id, sessionId: p.sessionId, tokens: p.tokens, text: p.text, stats, error, ...end, elapsedMs: this.#clock.now() - p.startedMs });
   }
 
   /** Publishes one prompt; resolves with its whole answer (or its error, or a timeout). */

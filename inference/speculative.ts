@@ -17,6 +17,7 @@ import { assertFitsContext } from './model-dir.ts';
 import { rngFor } from './rng.ts';
 import { DEFAULT_DRAFT_TOP_K, checkShaping, sampleDraftToken, sampleTargetToken } from './sampling.ts';
 import { verifyDraft } from './verify.ts';
+import type { StopReason as WireStopReason } from '../protocol/messages.ts';
 
 export interface GenerateOptions {
   /** Upper bound on generated tokens (EOS or a full context may stop earlier). */
@@ -42,7 +43,8 @@ export interface GenerationStats {
   accepted: number;
 }
 
-export type StopReason = 'eos' | 'max_tokens' | 'context';
+/** Why in-process generation stopped (the protocol's StopReason, less the session-level ones). */
+export type StopReason = Extract<WireStopReason, 'eos' | 'length' | 'context'>;
 
 export interface GenerationResult {
   /** Generated token ids (the prompt excluded; EOS included when it stopped generation). */
@@ -89,7 +91,7 @@ function commit(out: number[], tokens: readonly number[], maxNewTokens: number, 
   for (const t of tokens) {
     out.push(t);
     if (eos !== null && t === eos) return 'eos';
-    if (out.length >= maxNewTokens) return 'max_tokens';
+    if (out.length >= maxNewTokens) return 'length';
   }
   return null;
 }

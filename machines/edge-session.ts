@@ -261,6 +261,16 @@ export function draftInputOf(ctx: EdgeSessionContext): DraftInput {
   return { sessionId: ctx.sessionId, context: [...ctx.promptTokens, ...ctx.generated], maxDraft: maxDraftOf(ctx), round: ctx.round };
 }
 
+/**
+ * Why a session that finished without error stopped: an EOS token, its requested budget, or the
+ * model's context when the budget was clipped to it (`requestedMaxNewTokens` above the session's).
+ */
+export function stopReasonOf(ctx: Pick<EdgeSessionContext, 'generated' | 'maxNewTokens' | 'eosTokenId'>, requestedMaxNewTokens: number): 'eos' | 'length' | 'context' {
+  const last = ctx.generated[ctx.generated.length - 1];
+  if (ctx.eosTokenId !== null && last === ctx.eosTokenId) return 'eos';
+  return ctx.maxNewTokens < requestedMaxNewTokens && ctx.generated.length >= ctx.maxNewTokens ? 'context' : 'length';
+}
+
 /** Most tokens worth drafting now: the remaining budget − 1 (the target adds one), capped by K_max. */
 export function maxDraftOf(ctx: Pick<EdgeSessionContext, 'kMax' | 'maxNewTokens' | 'generated'>): number {
   return Math.max(0, Math.min(ctx.kMax, ctx.maxNewTokens - ctx.generated.length - 1));

@@ -196,6 +196,15 @@ export const SessionStatsSchema = z.object({
 export type SessionStats = z.infer<typeof SessionStatsSchema>;
 
 /** device → client */
+/**
+ * Why a session's answer ended (OpenAI's `finish_reason` habit): its requested token budget
+ * (`length`), an EOS token (`eos`), the model's context (`context`: the budget was clipped to
+ * it), cancelled, or failed (`error`). Every final message carries one.
+ */
+export const STOP_REASONS = ['length', 'eos', 'context', 'cancelled', 'error'] as const;
+export const StopReasonSchema = z.enum(STOP_REASONS);
+export type StopReason = z.infer<typeof StopReasonSchema>;
+
 export const TokenChunkSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('chunk'),
@@ -213,7 +222,11 @@ export const TokenChunkSchema = z.object({
   textOffset: z.number().int().min(0).optional(),
   done: z.boolean(),
   stats: SessionStatsSchema.optional(),
-});
+  /** On the last chunk: why the answer ended. */
+  stopReason: StopReasonSchema.optional(),
+  /** On the last chunk of a request the device clipped: the value it served instead (maxNewTokens to the context). */
+  clipped: z.object({ maxNewTokens: z.number().int().min(1) }).optional(),
+}).refine((c) => !c.done || c.stopReason !== undefined, 'the last chunk (done) carries its stopReason');
 export type TokenChunk = z.infer<typeof TokenChunkSchema>;
 
 /** device → scheduler (→ worker): the session ended; its cache can go. */
@@ -250,6 +263,8 @@ export const ErrorMessageSchema = z.object({
   sessionId: id.optional(),
   requestId: id.optional(),
   round: z.number().int().min(0).optional(),
+  /** Where it ends a client's answer (a cancelled session ends with a last chunk instead). */
+  stopReason: z.literal('error').optional(),
 });
 export type ErrorMessage = z.infer<typeof ErrorMessageSchema>;
 

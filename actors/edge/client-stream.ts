@@ -7,7 +7,7 @@
 import { errorCode } from '../../common/errors.ts';
 import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { errorMessage } from '../../protocol/builders.ts';
-import { PROTOCOL_VERSION, type ClientInbox, type ErrorCode, type SessionStats } from '../../protocol/messages.ts';
+import { PROTOCOL_VERSION, type ClientInbox, type ErrorCode, type SessionStats, type StopReason, type TokenChunk } from '../../protocol/messages.ts';
 import type { BrokerTransport } from '../../broker/transport.ts';
 import type { Logger } from '../../telemetry/logger.ts';
 
@@ -46,14 +46,14 @@ export class ClientStream {
     void this.#send({ v: PROTOCOL_VERSION, type: 'chunk', requestId: this.requestId, sessionId: this.sessionId ?? this.requestId, tokens: [...tokens], text: delta, offset: this.#tokens.length - tokens.length, textOffset, done: false });
   }
 
-  /** The last chunk: nothing new, the session's stats. */
-  done(stats: SessionStats): Promise<void> {
-    return this.#send({ v: PROTOCOL_VERSION, type: 'chunk', requestId: this.requestId, sessionId: this.sessionId ?? this.requestId, tokens: [], text: '', offset: this.#tokens.length, textOffset: this.#text.length, done: true, stats });
+  /** The last chunk: nothing new, the session's stats, why it stopped and what the device clipped. */
+  done(stats: SessionStats, stopReason: StopReason, clipped?: TokenChunk['clipped']): Promise<void> {
+    return this.#send({ v: PROTOCOL_VERSION, type: 'chunk', requestId: this.requestId, sessionId: this.sessionId ?? this.requestId, tokens: [], text: '', offset: this.#tokens.length, textOffset: this.#text.length, done: true, stats, stopReason, ...(clipped ? { clipped } : {}) });
   }
 
-  /** A typed error ends the stream. */
+  /** A typed error ends the stream (stop reason `error`). */
   error(code: ErrorCode, message: string): Promise<void> {
-    return this.#send(errorMessage(code, message, { requestId: this.requestId, ...(this.sessionId !== undefined ? { sessionId: this.sessionId } : {}) }));
+    return this.#send({ ...errorMessage(code, message, { requestId: this.requestId, ...(this.sessionId !== undefined ? { sessionId: this.sessionId } : {}) }), stopReason: 'error' });
   }
 }
 

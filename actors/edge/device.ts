@@ -19,7 +19,7 @@ import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
 import type { DeviceProfile } from '../../config/schema.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import type { WispTokenizer } from '../../inference/tokenizer.ts';
-import { edgeSessionMachine, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
+import { edgeSessionMachine, stopReasonOf, type DraftInput, type EdgeSessionContext } from '../../machines/edge-session.ts';
 import type { DraftTokenFeatures } from '../../policies/types.ts';
 import { learnFromRound, type ControllerState } from '../../policies/controller.ts';
 import { agreementOf, countAgreement, NO_AGREEMENT_SEEN, type AgreementCounts } from '../../policies/serving-mode.ts';
@@ -403,7 +403,9 @@ export class EdgeDevice {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
       await client.error(ctx.error.code, ctx.error.message);
     } else {
-      await client.done(stats);
+      // The budget was clipped to the context when the prompt left less room than asked for.
+      const stop = ctx.phase === 'cancelled' ? 'cancelled' : stopReasonOf(ctx, prompt.maxNewTokens);
+      await client.done(stats, stop, maxNewTokens < prompt.maxNewTokens ? { maxNewTokens } : undefined);
     }
     const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
     o.onServed?.(served);

@@ -46,6 +46,8 @@ export function resultLine(r: ClientResult): Record<string, unknown> {
           draftedByPosition: s.draftedByPosition,
         }
       : {}),
+    stopReason: r.stopReason,
+    ...(r.clipped ? { clipped: r.clipped } : {}),
     ...(r.error ? { error: r.error } : {}),
   };
 }
@@ -106,7 +108,7 @@ export function registerEnqueue(program: Command): void {
             const s = r.stats!;
             process.stdout.write(`${r.text}\n`);
             process.stderr.write(
-              `  ${r.tokens.length} tokens · TTFT ${s.ttftMs.toFixed(0)} ms · TPOT ${s.tpotMs.toFixed(1)} ms · SLO ${s.sloAttained ? 'met' : 'missed'} · accepted ${s.accepted}/${s.drafted} drafts\n`,
+              `  ${r.tokens.length} tokens · stop: ${r.stopReason}${r.clipped ? ` (maxNewTokens clipped to ${r.clipped.maxNewTokens}: the model's context)` : ''} · TTFT ${s.ttftMs.toFixed(0)} ms · TPOT ${s.tpotMs.toFixed(1)} ms · SLO ${s.sloAttained ? 'met' : 'missed'} · accepted ${s.accepted}/${s.drafted} drafts\n`,
             );
           }
         }

@@ -69,7 +69,7 @@ describe('faults 2: the broker restarts mid-run', function () {
     // Nobody serves these prompts: the test plays the device's side of the stream.
     await sys.edge.stop();
     try {
-      const chunk = (requestId: string, offset: number, tokens: number[], done = false) => ({ v: 1, type: 'chunk', requestId, sessionId: 's', tokens, text: '', offset, done });
+      const chunk = (requestId: string, offset: number, tokens: number[], done = false) => ({ v: 1, type: 'chunk', requestId, sessionId: 's', tokens, text: '', offset, done, ...(done ? { stopReason: 'length' } : {}) });
       const a = await client.send({ prompt: 'x', maxNewTokens: 4 }, 20_000);
       for (const c of [chunk(a.requestId, 0, [1, 2]), chunk(a.requestId, 0, [1, 2]), chunk(a.requestId, 2, [3]), chunk(a.requestId, 3, [], true)]) await own.publish(client.replyQueue, c);
       const ra = await a.result;

@@ -6,6 +6,8 @@
 import { expect } from 'chai';
 import { join } from 'node:path';
 import { ensureModelPair } from '../../inference/forge/index.ts';
+import { loadDecoder } from '../../inference/onnx-runner.ts';
+import { generateTarget } from '../../inference/speculative.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { layoutOf } from '../../policies/estimator.ts';
 import { TEST_PROMPTS as PROMPTS, startTestSystem, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
@@ -35,6 +37,30 @@ describe('end to end: wisp up (scheduler + 2 workers + edge fleet)', function ()
     expect(drafted).to.be.greaterThan(0);
     const perWorker = sys.up.workers.map((w) => w.executor()?.sessions.size ?? 0);
     expect(perWorker.every((n) => n > 0), `sessions per worker ${perWorker}`).to.equal(true);
+  });
+
+  it('says why each answer ended, as the target alone: its budget, an EOS, or the context its budget was clipped to', async () => {
+    const pair = await ensureModelPair('tiny');
+    const target = await loadDecoder(pair.targetDir, { threads: 1 });
+    const tok = await loadTokenizer(pair.targetDir);
+    try {
+      const prompt = tok.encode(PROMPTS[1]);
+      const greedy = { temperature: 0, topP: 1, seed: 0 };
+      const short = await generateTarget(target, prompt, { maxNewTokens, sampling: greedy, eosTokenId: target.info.eosTokenId });
+      // More than the 512-token context leaves room for: the device clips, and says so.
+      const long = await generateTarget(target, prompt, { maxNewTokens: 8_192, sampling: greedy, eosTokenId: target.info.eosTokenId });
+      expect([short.stopReason, long.stopReason], 'the references end by their budget and at the context').to.deep.equal(['length', 'context']);
+      const [a, b] = await Promise.all([sys.client.submit({ prompt: PROMPTS[1], maxNewTokens }, 60_000), sys.client.submit({ prompt: PROMPTS[1], maxNewTokens: 8_192 }, 120_000)]);
+      expect(a.error).to.equal(null);
+      expect([a.tokens, a.stopReason]).to.deep.equal([short.tokens, short.stopReason]);
+      expect(a.clipped).to.equal(undefined);
+      expect(b.error).to.equal(null);
+      expect(b.tokens).to.deep.equal(long.tokens);
+      expect(b.stopReason).to.equal(long.stopReason);
+      expect(b.clipped).to.deep.equal({ maxNewTokens: target.info.maxPositions - prompt.length });
+    } finally {
+      await target.dispose();
+    }
   });
 
   it('streams text that decodes to the same tokens', async () => {

@@ -174,7 +174,7 @@ describe('robustness: malformed messages on every queue while good sessions run'
     await broker.publish(queues.worker, stray1);
     // A late result and a late chunk for things nobody waits for: ignored, not fatal.
     await broker.publish(queues.device, { v: 1, type: 'result', sessionId: `late-${run}`, round: 2, accepted: 0, token: 1, verified: 0, committedLength: 3, queueMs: 0, verifyMs: 0, batchSize: 1, workerId: 'w' });
-    await broker.publish(queues.client, { v: 1, type: 'chunk', requestId: `late-${run}`, sessionId: `late-${run}`, tokens: [1], text: 'x', done: true });
+    await broker.publish(queues.client, { v: 1, type: 'chunk', requestId: `late-${run}`, sessionId: `late-${run}`, tokens: [1], text: 'x', done: true, stopReason: 'length' });
     // A prompt whose tokens are outside the vocabulary: the device answers the client.
     const oovPrompt = client.submit({ promptTokens: [3, 99_999], maxNewTokens: 4 }, 20_000);
 

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { SimulatedClock, createActor, fromPromise } from 'xstate';
-import { PROTOCOL_VERSION, type VerifyResult } from '../../protocol/messages.ts';
-import { edgeSessionMachine, type DraftInput, type DraftOutput, type EdgeSessionInput } from '../../machines/edge-session.ts';
+import { PROTOCOL_VERSION, TokenChunkSchema, type VerifyResult } from '../../protocol/messages.ts';
+import { edgeSessionMachine, stopReasonOf, type DraftInput, type DraftOutput, type EdgeSessionInput } from '../../machines/edge-session.ts';
 
 const baseInput: EdgeSessionInput = {
   sessionId: 's1',
@@ -153,5 +153,25 @@ describe('EdgeSession machine (simulated clock, no broker)', () => {
     expect(h.actor.getSnapshot().context.phase).to.equal('done');
     expect(h.emitted).to.deep.equal([11, 12, 13, 14]);
     expect(h.drafts).to.have.length(0);
+  });
+});
+
+describe('stop reasons (every final message says why the answer ended)', () => {
+  it('an EOS token, the requested budget, or the context the budget was clipped to', () => {
+    expect(stopReasonOf({ generated: [5, 6, 2], maxNewTokens: 8, eosTokenId: 2 }, 8)).to.equal('eos');
+    expect(stopReasonOf({ generated: [5, 6, 7], maxNewTokens: 3, eosTokenId: 2 }, 3)).to.equal('length');
+    // Asked for 8192, the context left room for 3.
+    expect(stopReasonOf({ generated: [5, 6, 7], maxNewTokens: 3, eosTokenId: 2 }, 8_192)).to.equal('context');
+    // An EOS inside the clipped budget is still an EOS.
+    expect(stopReasonOf({ generated: [5, 2], maxNewTokens: 3, eosTokenId: 2 }, 8_192)).to.equal('eos');
+    expect(stopReasonOf({ generated: [5, 6, 7], maxNewTokens: 3, eosTokenId: null }, 3)).to.equal('length');
+  });
+
+  it('a last chunk without its stop reason is malformed', () => {
+    const chunk = { v: PROTOCOL_VERSION, type: 'chunk', requestId: 'r', sessionId: 's', tokens: [], text: '', done: true } as const;
+    expect(TokenChunkSchema.safeParse(chunk).success).to.equal(false);
+    expect(TokenChunkSchema.safeParse({ ...chunk, stopReason: 'context', clipped: { maxNewTokens: 3 } }).success).to.equal(true);
+    expect(TokenChunkSchema.safeParse({ ...chunk, done: false }).success, 'a middle chunk needs none').to.equal(true);
+    expect(TokenChunkSchema.safeParse({ ...chunk, stopReason: 'max_tokens' }).success).to.equal(false);
   });
 });
