@@ -388,7 +388,16 @@ export class BatchExecutor {
    * tracing on, the batch gets a span linked to every member's round (`itemContexts`, one per
    * item, from the batch message's headers) and each member a span in its session's trace.
    */
-  async execute(batch: VerifyBatch, itemContexts?: readonly Context[]): Promise<BatchReport> {
+  /**
+   * The batch being executed as this worker's clock saw it arrive: a member's queue time is its
+   * wait at the scheduler (dispatch − arrival, both on the scheduler's clock) plus its wait here
+   * (start − receipt, both on this one), never a difference across two machines' clocks.
+   */
+  #arrival: { dispatchedAtMs: number; receivedAtMs: number } | null = null;
+
+  /** Runs one batch; `receivedAtMs` is when this worker took it from its queue (its own clock; default: now). */
+  async execute(batch: VerifyBatch, itemContexts?: readonly Context[], receivedAtMs = this.deps.now()): Promise<BatchReport> {
+    this.#arrival = { dispatchedAtMs: batch.dispatchedAtMs, receivedAtMs };
     if (!tracingOn()) return this.#execute(batch, null);
     const contexts = batch.items.map((_, i) => itemContexts?.[i] ?? ROOT_CONTEXT);
     const members = batch.items.map((i) => ({ sessionId: i.request.sessionId, round: i.request.type === 'open' ? 0 : i.request.round }));
@@ -605,11 +614,17 @@ export class BatchExecutor {
       token,
       verified,
       committedLength: job.session.tokens.length,
-      queueMs: Math.max(0, startedMs - job.item.arrivedAtMs),
+      queueMs: this.#queueMs(job.item, startedMs),
       verifyMs: Math.max(0, doneMs - startedMs),
       batchSize,
       workerId: this.deps.workerId,
     });
+  }
+
+  #queueMs(item: BatchItem, startedMs: number): number {
+    const a = this.#arrival;
+    if (!a) return 0;
+    return Math.max(0, a.dispatchedAtMs - item.arrivedAtMs) + Math.max(0, startedMs - a.receivedAtMs);
   }
 
   /** Stream chunk 0 of a decoded session as it was first sent: its first token. */

@@ -9,6 +9,7 @@ import { VerifyBatchSchema, type VerifyBatch, type WorkerStatus } from '../../pr
 import { errorMessage, workerStatus } from '../../protocol/builders.ts';
 import type { BrokerTransport } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, workerQueue } from '../../broker/topology.ts';
+import { HandlerError } from '../../broker/refusals.ts';
 import { loadDecoder } from '../../inference/onnx-runner.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
 import { verifierWorkerMachine, type BatchReport, type WorkerModelSummary } from '../../machines/verifier-worker.ts';
@@ -119,7 +120,9 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
       executeBatch: fromPromise(async ({ input }: { input: { batch: VerifyBatch } }) => {
         const contexts = itemTraces.get(input.batch.batchId);
         itemTraces.delete(input.batch.batchId);
-        return executor!.execute(input.batch, contexts);
+        const receivedAtMs = received.get(input.batch.batchId);
+        received.delete(input.batch.batchId);
+        return executor!.execute(input.batch, contexts, receivedAtMs);
       }),
       decodeStep: fromPromise(async () => {
         const report = await executor!.decodeStep();
@@ -156,17 +159,24 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
 
   /** Tracing only: each batch's per-member round contexts (from its headers) until it runs. */
   const itemTraces = new Map<string, Context[]>();
+  /** When each batch was taken from the queue, on this worker's clock (queue times never mix clocks). */
+  const received = new Map<string, number>();
   const untrack = opts.metrics?.track(opts.workerId, () => ({ kvBytes: executor?.kvBytes ?? 0, sessions: executor?.sessions.size ?? 0 }));
 
   const consumer = await opts.broker.consume(
     workerQueue(opts.workerId),
     VerifyBatchSchema,
-    (batch, meta) =>
-      new Promise<void>((resolve) => {
+    (batch, meta) => {
+      // A batch for another worker (misrouted, or forged) is refused, not run: the broker
+      // dead-letters it with this reason (a batch names no sender to answer).
+      if (batch.workerId !== opts.workerId) throw new HandlerError('not_owner', `batch ${batch.batchId} is addressed to worker ${batch.workerId}, not ${opts.workerId}`);
+      received.set(batch.batchId, clock.now());
+      return new Promise<void>((resolve) => {
         if (tracingOn()) itemTraces.set(batch.batchId, itemContextsFrom(meta.headers, batch.items.length));
         waiting.set(batch.batchId, resolve);
         actor.send({ type: 'BATCH', batch });
-      }),
+      });
+    },
     { prefetch: 1 },
   );
 
@@ -197,6 +207,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
       for (const resolve of waiting.values()) resolve();
       waiting.clear();
       itemTraces.clear();
+      received.clear();
       if (!opts.runner) await runner?.dispose();
     },
   };

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { connect, type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
 import { z } from 'zod';
 import { connectBroker, type BrokerClient, type ConsumerHandle } from '../../broker/connection.ts';
-import { ErrorMessageSchema, PROTOCOL_VERSION, type ErrorMessage, type SessionOpen, type VerifyBatch, type VerifyRequest } from '../../protocol/messages.ts';
+import { ErrorMessageSchema, PROTOCOL_VERSION, type ErrorMessage, type SessionOpen, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../protocol/messages.ts';
 import {
   PROMPTS_QUEUE,
   QUEUE_HEADER,
@@ -172,6 +172,8 @@ describe('robustness: malformed messages on every queue while good sessions run'
       evict: [],
     };
     await broker.publish(queues.worker, stray1);
+    // A batch addressed to another worker, in this worker's queue: refused, not run.
+    await broker.publish(queues.worker, { ...stray1, batchId: `misrouted-${run}`, workerId: `other-worker-${run}` });
     // A late result and a late chunk for things nobody waits for: ignored, not fatal.
     await broker.publish(queues.device, { v: 1, type: 'result', sessionId: `late-${run}`, round: 2, accepted: 0, token: 1, verified: 0, committedLength: 3, queueMs: 0, verifyMs: 0, batchSize: 1, workerId: 'w' });
     await broker.publish(queues.client, { v: 1, type: 'chunk', requestId: `late-${run}`, sessionId: `late-${run}`, tokens: [1], text: 'x', done: true, stopReason: 'length' });
@@ -208,6 +210,21 @@ describe('robustness: malformed messages on every queue while good sessions run'
     await dev.send(verify({ draftTokens: [scriptedRef[1]], predictedAcceptance: [0.9] }));
     const r1 = await dev.next(2);
     expect(r1, JSON.stringify(r1)).to.include({ type: 'result', round: 1, accepted: 1, token: scriptedRef[2], committedLength: scriptedPrompt.length + 3 });
+    // A batch from a scheduler whose clock is far from this worker's (here: 1970): the queue time
+    // is its wait there (5 ms) plus its wait here, not a difference of the two clocks.
+    await broker.publish(queues.worker, {
+      v: PROTOCOL_VERSION,
+      type: 'batch',
+      batchId: `farclock-${run}`,
+      workerId: worker.workerId,
+      items: [{ request: verify({ round: 2, committedLength: scriptedPrompt.length + 3, draftTokens: [scriptedRef[3]], predictedAcceptance: [0.9] }), verifyTokens: 1, arrivedAtMs: 1_000 }],
+      predictedMs: 1,
+      dispatchedAtMs: 1_005,
+      evict: [],
+    } satisfies VerifyBatch);
+    const r2 = await dev.next(3);
+    expect(r2, JSON.stringify(r2)).to.include({ type: 'result', round: 2, accepted: 1 });
+    expect((r2 as VerifyResult).queueMs, 'queue time on one clock at a time').to.be.within(5, 5_000);
     await dev.send({ v: PROTOCOL_VERSION, type: 'close', sessionId: sid, deviceId: dev.deviceId, reason: 'done' });
     await dev.stop();
 
@@ -228,6 +245,7 @@ describe('robustness: malformed messages on every queue while good sessions run'
     const dead = await deadLetters((all) =>
       names.every((n) => has(all, `json-${run}-${n}`) && has(all, `schema-${run}-${n}`)) &&
       ['ghost-', 'ghost2-', 'oov-open-'].every((p) => has(all, `"${p}${run}"`)) &&
+      has(all, `misrouted-${run}`) !== undefined &&
       all.filter((d) => d.body.includes(sid)).length >= 2,
     );
     for (const n of names) {
@@ -244,6 +262,7 @@ describe('robustness: malformed messages on every queue while good sessions run'
     expect(reasonOf(`"ghost-${run}"`)).to.match(/^unknown_session: session ghost-/);
     expect(reasonOf(`"ghost2-${run}"`)).to.match(/^unknown_session: session ghost2-/);
     expect(reasonOf(`"oov-open-${run}"`)).to.match(/^token_out_of_vocab: prompt token 70000/);
+    expect(reasonOf(`misrouted-${run}`)).to.equal(`not_owner: batch misrouted-${run} is addressed to worker other-worker-${run}, not ${worker.workerId}`);
     const scriptedDead = dead.filter((d) => d.body.includes(sid)).map((d) => d.reason);
     expect(scriptedDead.some((r) => /^token_out_of_vocab: draft token 4096/.test(r)), scriptedDead.join(' | ')).to.equal(true);
     expect(scriptedDead.some((r) => /^not_owner: /.test(r)), scriptedDead.join(' | ')).to.equal(true);
