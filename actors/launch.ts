@@ -6,8 +6,8 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { connectBroker, type BrokerClient } from '../broker/connection.ts';
-import { workerQueue } from '../broker/topology.ts';
+import { connectBroker, type BrokerClient, type DeadLetterEvent } from '../broker/connection.ts';
+import { queueSpec, workerQueue } from '../broker/topology.ts';
 import type { WispConfig } from '../config/schema.ts';
 import { ensureModelPair } from '../inference/forge/index.ts';
 import { ModelDirNotFoundError } from '../inference/errors.ts';
@@ -112,6 +112,9 @@ async function brokerFor(config: WispConfig, role: 'scheduler' | 'verifier' | 'e
     ...(hooks.deadLetterQueue ? { deadLetterQueue: hooks.deadLetterQueue } : {}),
     logger: { info: (m, f) => logger.info(f ?? {}, m), warn: (m, f) => logger.warn(f ?? {}, m) },
   });
+  // Every refusal counted (wisp_refused_messages_total), by queue kind and reason code.
+  const refusals = processMetrics().refusals();
+  broker.on('dead-letter', (e: DeadLetterEvent) => refusals.refusedMessage(queueSpec(e.queue).kind, e.reason));
   return hooks.wrapBroker ? hooks.wrapBroker(role, broker) : broker;
 }
 

@@ -10,8 +10,9 @@ import { ERROR_CODES, type ErrorCode, type ErrorMessage } from '../protocol/mess
 import { errorMessage } from '../protocol/builders.ts';
 import type { ConfirmedPublisher } from './publish.ts';
 import type { BrokerReport } from './report.ts';
-import { DLX_EXCHANGE, QUEUE_HEADER, REASON_HEADER, deviceQueue, uplinkSender } from './topology.ts';
+import { DLX_EXCHANGE, QUEUE_HEADER, REASON_HEADER, deviceQueue, queueSpec, uplinkSender } from './topology.ts';
 import { WispError } from '../common/errors.ts';
+import { LogBudget } from './log-budget.ts';
 
 export interface DeadLetterEvent {
   queue: string;
@@ -46,10 +47,15 @@ interface DeadLetterProps {
 /** Longest reason kept in a dead letter's header and an ErrorMessage, characters. */
 const REASON_MAX_CHARS = 1_000;
 
+/** Log lines for dead letters: at most this many per queue every 10 s (each is counted in wisp_refused_messages_total regardless). */
+const DEAD_LETTER_LOG_LINES = 10;
+const DEAD_LETTER_LOG_WINDOW_MS = 10_000;
+
 export class Refusals {
   readonly deadLetterQueue: string;
   #publisher: ConfirmedPublisher;
   #report: BrokerReport;
+  readonly #logBudget = new LogBudget(DEAD_LETTER_LOG_LINES, DEAD_LETTER_LOG_WINDOW_MS);
 
   constructor(publisher: ConfirmedPublisher, deadLetterQueue: string, report: BrokerReport) {
     this.#publisher = publisher;
@@ -98,7 +104,8 @@ export class Refusals {
       { persistent: true, mandatory: false, headers, correlationId: props.correlationId, replyTo: props.replyTo },
       `${DLX_EXCHANGE}/${this.deadLetterQueue}`,
     );
-    this.#report.logger.warn('message dead-lettered', { queue, reason: line });
+    const budget = this.#logBudget.take(queueSpec(queue).kind);
+    if (budget.log) this.#report.logger.warn('message dead-lettered', { queue, reason: line, ...(budget.suppressed > 0 ? { notLoggedBefore: budget.suppressed } : {}) });
     this.#report.emit('dead-letter', { queue, reason: line, messageId: props.messageId } satisfies DeadLetterEvent);
     return line;
   }

@@ -14,7 +14,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { LIMITS } from '../protocol/messages.ts';
+import { ERROR_CODES, LIMITS } from '../protocol/messages.ts';
 import { WispError } from '../common/errors.ts';
 
 const SECONDS_TTFT = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40];
@@ -253,9 +253,27 @@ export class VerifierMetrics {
   }
 }
 
+/**
+ * Messages a role's broker client refused (dead-lettered with a reason): by the kind of queue
+ * they arrived on (scheduler, worker, device, devicePrompts, prompts, client, other — never the
+ * queue's own name, one per device) and the reason's code.
+ */
+export class RefusalMetrics {
+  readonly refused: Counter<'queue' | 'reason'>;
+  constructor(registry: Registry) {
+    this.refused = new Counter({ name: 'wisp_refused_messages_total', help: 'Messages refused and dead-lettered, by queue kind and reason code', labelNames: ['queue', 'reason'], registers: [registry] });
+  }
+  /** One refusal: `reason` is the dead letter's reason line (`<code>: <message>`). */
+  refusedMessage(queueKind: string, reason: string): void {
+    const code = /^([a-z_]+):/.exec(reason)?.[1];
+    this.refused.inc({ queue: queueKind, reason: code && (ERROR_CODES as readonly string[]).includes(code) ? code : 'other' });
+  }
+}
+
 /** The metrics of one process: one registry, each role's metrics created on first use. */
 export class WispMetrics {
   readonly registry = new Registry();
+  #refusals: RefusalMetrics | null = null;
   #edge: EdgeMetrics | null = null;
   #scheduler: SchedulerMetrics | null = null;
   #verifier: VerifierMetrics | null = null;
@@ -267,6 +285,9 @@ export class WispMetrics {
 
   edge(): EdgeMetrics {
     return (this.#edge ??= new EdgeMetrics(this.registry));
+  }
+  refusals(): RefusalMetrics {
+    return (this.#refusals ??= new RefusalMetrics(this.registry));
   }
   scheduler(): SchedulerMetrics {
     return (this.#scheduler ??= new SchedulerMetrics(this.registry));

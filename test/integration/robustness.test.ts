@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { connect, type ChannelModel, type ConfirmChannel, type GetMessage } from 'amqplib';
 import { z } from 'zod';
 import { connectBroker, type BrokerClient, type ConsumerHandle } from '../../broker/connection.ts';
+import { processMetrics } from '../../telemetry/metrics.ts';
 import { ErrorMessageSchema, PROTOCOL_VERSION, type ErrorMessage, type SessionOpen, type VerifyBatch, type VerifyRequest, type VerifyResult } from '../../protocol/messages.ts';
 import {
   PROMPTS_QUEUE,
@@ -263,6 +264,11 @@ describe('robustness: malformed messages on every queue while good sessions run'
     expect(reasonOf(`"ghost2-${run}"`)).to.match(/^unknown_session: session ghost2-/);
     expect(reasonOf(`"oov-open-${run}"`)).to.match(/^token_out_of_vocab: prompt token 70000/);
     expect(reasonOf(`misrouted-${run}`)).to.equal(`not_owner: batch misrouted-${run} is addressed to worker other-worker-${run}, not ${worker.workerId}`);
+    // Each refusal is counted by queue kind and reason code.
+    const series = await processMetrics().text();
+    const count = (queue: string, reason: string) => Number(new RegExp(`^wisp_refused_messages_total\\{queue="${queue}",reason="${reason}"\\} (\\d+)`, 'm').exec(series)?.[1] ?? 0);
+    expect(count('worker', 'not_owner'), 'the misrouted batch').to.be.at.least(1);
+    expect(count('worker', 'malformed') + count('scheduler', 'malformed'), 'the malformed bodies').to.be.at.least(2);
     const scriptedDead = dead.filter((d) => d.body.includes(sid)).map((d) => d.reason);
     expect(scriptedDead.some((r) => /^token_out_of_vocab: draft token 4096/.test(r)), scriptedDead.join(' | ')).to.equal(true);
     expect(scriptedDead.some((r) => /^not_owner: /.test(r)), scriptedDead.join(' | ')).to.equal(true);
