@@ -5,6 +5,7 @@ import { WispError } from '../common/errors.ts';
  */
 export type BrokerErrorCode =
   | 'broker_unreachable'
+  | 'broker_refused'
   | 'broker_closed'
   | 'broker_unavailable'
   | 'unroutable'
@@ -25,6 +26,41 @@ export class BrokerConnectError extends BrokerError {
   constructor(url: string, cause: unknown) {
     super('broker_unreachable', `broker: cannot connect to ${redactUrl(url)}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
   }
+}
+
+/**
+ * The broker answered and refused us: wrong credentials, or a virtual host that does not exist
+ * or this user may not use. Retrying cannot help, so the first refusal is final.
+ */
+export class BrokerRefusedError extends BrokerError {
+  constructor(message: string, cause: unknown) {
+    super('broker_refused', message, { cause });
+  }
+}
+
+/**
+ * The refusal a failed connection attempt stands for, or null when it may be worth retrying.
+ * amqplib reports a refused login as a handshake ended with 403 ACCESS-REFUSED, and a refused
+ * virtual host only as a ConnectionClose where ConnectionOpenOk was due.
+ */
+export function refusalOf(url: string, err: unknown): { kind: 'login' | 'vhost'; error: BrokerRefusedError } | null {
+  const message = (err as Error)?.message ?? String(err);
+  let user = 'guest';
+  let vhost = '/';
+  try {
+    const u = new URL(url);
+    user = decodeURIComponent(u.username) || 'guest';
+    vhost = u.pathname.length > 1 ? decodeURIComponent(u.pathname.slice(1)) : '/';
+  } catch {
+    // an unparsable URL fails elsewhere with its own message
+  }
+  if (/ACCESS[-_]REFUSED|\b403\b/.test(message)) {
+    return { kind: 'login', error: new BrokerRefusedError(`broker: ${redactUrl(url)} refused the login of user "${user}" (wrong user name or password)`, err) };
+  }
+  if (/Expected ConnectionOpenOk; got <ConnectionClose/.test(message)) {
+    return { kind: 'vhost', error: new BrokerRefusedError(`broker: ${redactUrl(url)} refused virtual host "${vhost}": it does not exist, or user "${user}" may not use it`, err) };
+  }
+  return null;
 }
 
 /** The client was closed; nothing more can be published or consumed. */

@@ -9,7 +9,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { connect, type ChannelModel, type RecoveringChannelModel } from 'amqplib';
-import { BrokerConnectError, redactUrl } from './errors.ts';
+import { BrokerConnectError, BrokerRefusedError, redactUrl, refusalOf } from './errors.ts';
 import type { BrokerReport } from './report.ts';
 
 export interface LifecycleOptions {
@@ -52,6 +52,8 @@ export class BrokerLifecycle implements ConnectionState {
   #conn: RecoveringChannelModel | null = null;
   #model: ChannelModel | null = null;
   #closed = false;
+  /** The first connection was made: later refusals (a password changed meanwhile) are retried like any failure. */
+  #everUp = false;
 
   constructor(url: string, options: LifecycleOptions, report: BrokerReport) {
     this.url = url;
@@ -99,11 +101,26 @@ export class BrokerLifecycle implements ConnectionState {
     conn.on('reconnect-scheduled', (info: { attempt: number; delay: number }) =>
       this.#report.emit('reconnect-scheduled', { attempt: info.attempt, delayMs: info.delay }),
     );
-    conn.on('connect-failed', (err: Error) => this.#report.logger.warn('connect attempt failed', { reason: err.message }));
+    // A refusal (credentials, virtual host) ends the first connection at once: retrying cannot help.
+    let refuse: (err: Error) => void = () => {};
+    const refused = new Promise<never>((_, reject) => (refuse = reject));
+    refused.catch(() => {});
+    // A virtual host refused twice in a row is final (once may be a broker still starting its vhosts).
+    let vhostRefusals = 0;
+    conn.on('connect-failed', (err: Error) => {
+      const refusal = this.#model === null && !this.#everUp ? refusalOf(this.url, err) : null;
+      if (refusal?.kind === 'login' || (refusal?.kind === 'vhost' && ++vhostRefusals >= 2)) return refuse(refusal.error);
+      this.#report.logger.warn('connect attempt failed', { reason: err.message });
+    });
     try {
-      await conn.waitForConnect();
+      await Promise.race([conn.waitForConnect(), refused]);
+      this.#everUp = true;
     } catch (err) {
       this.#closed = true;
+      if (err instanceof BrokerRefusedError) {
+        await conn.close().catch(() => {});
+        throw err;
+      }
       throw new BrokerConnectError(this.url, err);
     }
   }

@@ -258,6 +258,33 @@ describe('broker/connection (integration)', () => {
     expect((big as Error).message).to.equal(`broker: publish to ${replyQueue}: body is ${LIMITS.messageBytes + 10} bytes, limit ${LIMITS.messageBytes}`);
   });
 
+  it('a wrong password or an unknown virtual host is one clear error, not retried; an unreachable broker one line per attempt', async () => {
+    const attempts: string[] = [];
+    const logger: BrokerLogger = { info: () => {}, warn: (m, f) => void (m === 'connect attempt failed' && attempts.push(String(f?.reason))) };
+    const refusal = async (url: string) => connectBroker(url, { connectionName: `refused-${run}`, logger, initialDelayMs: 20, maxDelayMs: 50 }).then(
+      (b) => (void b.close(), null),
+      (e: unknown) => e as Error & { code?: string },
+    );
+    const u = new URL(AMQP_URL);
+    u.password = 'not-the-password';
+    const login = await refusal(u.toString());
+    expect(login?.code).to.equal('broker_refused');
+    expect(login?.message).to.equal(`broker: amqp://${u.username}:***@${u.host} refused the login of user "${u.username}" (wrong user name or password)`);
+    expect(attempts, 'a refused login is not retried').to.deep.equal([]);
+    const v = new URL(AMQP_URL);
+    v.pathname = `/no-such-vhost-${run}`;
+    const vhost = await refusal(v.toString());
+    expect(vhost?.code).to.equal('broker_refused');
+    expect(vhost?.message).to.equal(`broker: amqp://${v.username}:***@${v.host}/no-such-vhost-${run} refused virtual host "no-such-vhost-${run}": it does not exist, or user "${v.username}" may not use it`);
+    expect(attempts.length, 'a refused virtual host is tried twice at most (a broker may still be starting it)').to.be.at.most(1);
+    attempts.length = 0;
+    const down = await refusal('amqp://guest:guest@127.0.0.1:1');
+    expect(down?.code).to.equal('broker_unreachable');
+    expect(down?.message).to.match(/^broker: cannot connect to amqp:\/\/guest:\*\*\*@127\.0\.0\.1:1: connect ECONNREFUSED/);
+    expect(attempts.length, 'one line per attempt').to.be.within(1, 6);
+    expect(new Set(attempts).size).to.equal(1);
+  });
+
   it('comes back after the broker closes the connection: consumers resume, publishing works', async function () {
     let rabbitmqctl = true;
     try {
