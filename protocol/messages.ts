@@ -250,6 +250,8 @@ export const ERROR_CODES = [
   'worker_lost',
   'timeout',
   'internal',
+  /** The device serving the request shut down: the answer stops where it was (stopReason `cancelled`). */
+  'device_shutdown',
 ] as const;
 export const ErrorCodeSchema = z.enum(ERROR_CODES);
 export type ErrorCode = z.infer<typeof ErrorCodeSchema>;
@@ -263,8 +265,8 @@ export const ErrorMessageSchema = z.object({
   sessionId: id.optional(),
   requestId: id.optional(),
   round: z.number().int().min(0).optional(),
-  /** Where it ends a client's answer (a cancelled session ends with a last chunk instead). */
-  stopReason: z.literal('error').optional(),
+  /** Where it ends a client's answer: `error`, or `cancelled` for one cut short on purpose (`device_shutdown`). */
+  stopReason: z.enum(['error', 'cancelled']).optional(),
 });
 export type ErrorMessage = z.infer<typeof ErrorMessageSchema>;
 

@@ -21,7 +21,7 @@ import { z } from 'zod';
 import { redactUrl } from '../broker/errors.ts';
 import { WispError } from '../common/errors.ts';
 
-export type StoreErrorCode = 'store_unavailable' | 'unknown_session' | 'history_conflict' | 'bad_value';
+export type StoreErrorCode = 'store_unavailable' | 'unknown_session' | 'session_closed' | 'history_conflict' | 'bad_value';
 
 export class StoreError extends WispError {
   declare readonly code: StoreErrorCode;
@@ -41,6 +41,19 @@ export class UnknownSessionError extends StoreError {
   readonly sessionId: string;
   constructor(sessionId: string) {
     super('unknown_session', `store: session ${sessionId} does not exist (closed or expired)`);
+    this.sessionId = sessionId;
+  }
+}
+
+/**
+ * A commit for a session its device closed (its record deleted, a marker left for the session
+ * TTL): the writer stops serving it instead of writing the record again, as it would after a
+ * FLUSHDB (UnknownSessionError).
+ */
+export class SessionClosedError extends StoreError {
+  readonly sessionId: string;
+  constructor(sessionId: string) {
+    super('session_closed', `store: session ${sessionId} was closed`);
     this.sessionId = sessionId;
   }
 }
@@ -143,6 +156,7 @@ export interface RedisStoreOptions {
 // Appends committed tokens, updates metadata and refreshes both TTLs, atomically.
 // Idempotent: the same tokens at the same position again report applied = 0.
 const COMMIT_LUA = `
+if redis.call('EXISTS', KEYS[3]) == 1 then return {-3, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local from = tonumber(ARGV[1])
 local n = #ARGV - 8
@@ -226,7 +240,7 @@ return 1
 
 type Arg = string | number;
 interface ScriptedRedis extends Redis {
-  wispCommit(k1: string, k2: string, ...args: Arg[]): Promise<[number, number]>;
+  wispCommit(k1: string, k2: string, k3: string, ...args: Arg[]): Promise<[number, number]>;
   wispOpen(k1: string, k2: string, ...args: Arg[]): Promise<[number, number]>;
   wispGet(k1: string, k2: string, ttlMs: number): Promise<string[]>;
   wispHistory(k1: string, k2: string, ttlMs: number, from: number): Promise<string[] | null>;
@@ -261,7 +275,7 @@ export class RedisStore extends EventEmitter {
       retryStrategy: (times: number) => Math.min(50 * 2 ** Math.min(times, 10), maxDelayMs),
       tls: options.tls?.caPath ? { ca: readFileSync(options.tls.caPath) } : undefined,
     });
-    redis.defineCommand('wispCommit', { numberOfKeys: 2, lua: COMMIT_LUA });
+    redis.defineCommand('wispCommit', { numberOfKeys: 3, lua: COMMIT_LUA });
     redis.defineCommand('wispOpen', { numberOfKeys: 2, lua: OPEN_LUA });
     redis.defineCommand('wispGet', { numberOfKeys: 2, lua: GET_LUA });
     redis.defineCommand('wispHistory', { numberOfKeys: 2, lua: HISTORY_LUA });
@@ -314,6 +328,10 @@ export class RedisStore extends EventEmitter {
     return `${this.keyPrefix}session:{${sessionId}}:tokens`;
   }
 
+  #closedKey(sessionId: string): string {
+    return `${this.keyPrefix}closed:{${sessionId}}`;
+  }
+
   /**
    * Creates a session with its prompt as the first committed tokens. Idempotent: an existing
    * session is only touched (TTL refreshed) and `created` is false.
@@ -344,6 +362,7 @@ export class RedisStore extends EventEmitter {
     const [status, len] = await this.#redis.wispCommit(
       this.#sessionKey(sessionId),
       this.#tokensKey(sessionId),
+      this.#closedKey(sessionId),
       input.fromLength,
       this.sessionTtlMs,
       input.nowMs ?? Date.now(),
@@ -354,6 +373,7 @@ export class RedisStore extends EventEmitter {
       input.handBack === true ? '1' : '',
       ...input.tokens,
     );
+    if (status === -3) throw new SessionClosedError(sessionId);
     if (status === -1) throw new UnknownSessionError(sessionId);
     if (status === -2) throw new HistoryConflictError(sessionId, input.fromLength, input.tokens.length, len);
     return { committedLength: len, applied: status === 1 };
@@ -392,9 +412,13 @@ export class RedisStore extends EventEmitter {
     return moved === 1;
   }
 
-  /** Removes a session's keys (on SessionClose). True when it existed. */
+  /**
+   * Removes a session's keys (on SessionClose) and leaves a marker for the session TTL, so a
+   * worker still serving it (a cancelled session it decodes) stops rather than writing the
+   * record again. True when it existed.
+   */
   async deleteSession(sessionId: string): Promise<boolean> {
-    const n = await this.#redis.del(this.#sessionKey(sessionId), this.#tokensKey(sessionId));
+    const [[, n]] = (await this.#redis.multi().del(this.#sessionKey(sessionId), this.#tokensKey(sessionId)).set(this.#closedKey(sessionId), '1', 'PX', this.sessionTtlMs).exec()) as [[Error | null, number]];
     return n > 0;
   }
 

@@ -15,6 +15,10 @@ export class ClientStream {
   #replies: Promise<void> = Promise.resolve();
   readonly #tokens: number[] = [];
   #text = '';
+  /** The client's reply queue is gone (its client left): nothing more is sent, and `onGone` ran once. */
+  #gone = false;
+  /** Called once when the client's reply queue turns out to be gone (the device then cancels the session). */
+  onGone: () => void = () => {};
 
   constructor(
     private readonly broker: BrokerTransport,
@@ -30,8 +34,18 @@ export class ClientStream {
     this.sessionId = sessionId;
   }
 
+  get gone(): boolean {
+    return this.#gone;
+  }
+
   #send(m: ClientInbox): Promise<void> {
-    this.#replies = this.#replies.then(() => publishUntilConfirmed(this.broker, this.replyTo, m, this.log));
+    this.#replies = this.#replies.then(async () => {
+      if (this.#gone) return;
+      if ((await publishUntilConfirmed(this.broker, this.replyTo, m, this.log)) === 'gone') {
+        this.#gone = true;
+        this.onGone();
+      }
+    });
     return this.#replies;
   }
 
@@ -51,9 +65,9 @@ export class ClientStream {
     return this.#send({ v: PROTOCOL_VERSION, type: 'chunk', requestId: this.requestId, sessionId: this.sessionId ?? this.requestId, tokens: [], text: '', offset: this.#tokens.length, textOffset: this.#text.length, done: true, stats, stopReason, ...(clipped ? { clipped } : {}) });
   }
 
-  /** A typed error ends the stream (stop reason `error`). */
-  error(code: ErrorCode, message: string): Promise<void> {
-    return this.#send({ ...errorMessage(code, message, { requestId: this.requestId, ...(this.sessionId !== undefined ? { sessionId: this.sessionId } : {}) }), stopReason: 'error' });
+  /** A typed error ends the stream (stop reason `error`, or `cancelled` for an answer cut short on purpose). */
+  error(code: ErrorCode, message: string, stopReason: 'error' | 'cancelled' = 'error'): Promise<void> {
+    return this.#send({ ...errorMessage(code, message, { requestId: this.requestId, ...(this.sessionId !== undefined ? { sessionId: this.sessionId } : {}) }), stopReason });
   }
 }
 
@@ -61,18 +75,18 @@ export class ClientStream {
  * Publishes until the broker confirms (waiting out a broker restart), in at most `giveUpMs`.
  * Gives up at once where resending cannot help: the queue is gone or may not be reached.
  */
-async function publishUntilConfirmed(broker: BrokerTransport, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<void> {
+async function publishUntilConfirmed(broker: BrokerTransport, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<'sent' | 'failed' | 'gone'> {
   const deadline = Date.now() + giveUpMs;
   for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2_000)) {
     try {
       await broker.publish(queue, message);
-      return;
+      return 'sent';
     } catch (err) {
       const code = errorCode(err);
       const final = code === 'unroutable' || code === 'forbidden_route' || code === 'too_large' || code === 'broker_closed';
       if (final || Date.now() + delayMs > deadline) {
-        log.warn({ err: (err as Error).message, queue }, 'client reply failed');
-        return;
+        log.warn({ err: (err as Error).message, queue }, code === 'unroutable' ? 'client reply queue gone: the session is cancelled' : 'client reply failed');
+        return code === 'unroutable' ? 'gone' : 'failed';
       }
       await new Promise((resolve) => setTimeout(resolve, delayMs));
     }

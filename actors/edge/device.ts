@@ -13,6 +13,7 @@ import {
   type RequestedMode,
   type SessionStats,
   type Slo,
+  type StopReason,
 } from '../../protocol/messages.ts';
 import type { BrokerTransport, ConsumerHandle } from '../../broker/transport.ts';
 import { SCHEDULER_QUEUE, deviceQueue } from '../../broker/topology.ts';
@@ -87,6 +88,9 @@ export interface RoundTiming {
   draftMsPerToken: number[];
 }
 
+/** Why a device cancels a session it serves: its client's reply queue is gone, or the device is shutting down. */
+export type CancelReason = 'client_gone' | 'device_shutdown';
+
 export interface ServedPrompt {
   requestId: string;
   sessionId: string;
@@ -95,6 +99,8 @@ export interface ServedPrompt {
   tokens: number[];
   stats: SessionStats;
   error: { code: string; message: string } | null;
+  /** Why it ended (refused before it started: `error`). */
+  stopReason: StopReason;
   startedAtMs: number;
   endedAtMs: number;
   /** Device energy of the session, J (real-world units: emulated times divided by timeScale). */
@@ -120,7 +126,7 @@ export class EdgeDevice {
   /** What this device has seen of its draft's agreement, and its drafting pace (EWMA, ms/token): reported in an adaptive open. */
   #agreement: AgreementCounts = NO_AGREEMENT_SEEN;
   #draftMsPerToken: number;
-  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; link: Promise<void> }>();
+  #sessions = new Map<string, { deliver: (m: DeviceInbox) => void; link: Promise<void>; cancel: (why: CancelReason) => void; served: Promise<void> }>();
   #consumer: ConsumerHandle | null = null;
   #busy: Promise<unknown> = Promise.resolve();
   #random: () => number;
@@ -144,6 +150,18 @@ export class EdgeDevice {
   async stop(): Promise<void> {
     await this.#consumer?.cancel();
     this.#consumer = null;
+  }
+
+  /**
+   * Cancels every session this device serves (it is shutting down) and resolves once each has
+   * ended: its close sent (the server frees its cache and record) and its client told at once
+   * with a `device_shutdown` error (stop reason `cancelled`), the tokens so far already sent.
+   */
+  async cancelSessions(): Promise<void> {
+    const all = [...this.#sessions.values()];
+    for (const s of all) s.cancel('device_shutdown');
+    await Promise.all(all.map((s) => s.served));
+    await Promise.all([...this.#uplink]);
   }
 
   get controller(): ControllerState {
@@ -171,10 +189,15 @@ export class EdgeDevice {
 
   #sendUp(message: unknown): void {
     const delay = this.#oneWayMs();
-    const publish = () => void this.#opts.broker.publish(SCHEDULER_QUEUE, message).catch((err: Error) => this.#opts.logger.warn({ err: err.message }, 'publish failed; the session retries'));
-    if (delay > 0) setTimeout(publish, delay);
-    else publish();
+    const publish = () => this.#opts.broker.publish(SCHEDULER_QUEUE, message).catch((err: Error) => this.#opts.logger.warn({ err: err.message }, 'publish failed; the session retries'));
+    // Tracked until sent, so a device shutting down waits for its sessions' closes to leave.
+    const sent: Promise<void> = delay > 0 ? new Promise<void>((resolve) => setTimeout(() => void publish().finally(resolve), delay)) : publish();
+    this.#uplink.add(sent);
+    void sent.finally(() => this.#uplink.delete(sent));
   }
+
+  /** Messages to the server still on their (emulated) way up. */
+  readonly #uplink = new Set<Promise<void>>();
 
   /** Serves prompts one after another; resolves when this one is done. */
   serve(prompt: PromptRequest): Promise<ServedPrompt> {
@@ -202,7 +225,7 @@ export class EdgeDevice {
     } catch (err) {
       const message = (err as Error).message;
       await client.error('malformed', message);
-      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'malformed', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'malformed', message }, stopReason: 'error', startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: 0 };
       o.onServed?.(served);
       return served;
     }
@@ -212,7 +235,7 @@ export class EdgeDevice {
     if (maxNewTokens < 1) {
       const message = `prompt of ${promptTokens.length} tokens leaves no room in the ${o.draft.info.maxPositions}-token context`;
       await client.error('prompt_too_long', message);
-      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'prompt_too_long', message }, startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: [], stats: emptySessionStats(), error: { code: 'prompt_too_long', message }, stopReason: 'error', startedAtMs, endedAtMs: clock.now(), energyJ: 0, draftMs: 0, promptTokens: promptTokens.length };
       o.onServed?.(served);
       return served;
     }
@@ -350,7 +373,19 @@ export class EdgeDevice {
         startedAtMs,
       },
     });
+    /** Why the session was cancelled, when it was: its client left, or this device is shutting down. */
+    let cancelReason: CancelReason | null = null;
+    const cancel = (why: CancelReason) => {
+      cancelReason ??= why;
+      actor.send({ type: 'CANCEL' });
+    };
+    let servedDone: () => void = () => {};
+    const ended = new Promise<void>((resolve) => (servedDone = resolve));
+    // A client whose reply queue is gone cannot read the answer: stop generating it.
+    client.onGone = () => cancel('client_gone');
     this.#sessions.set(sessionId, {
+      cancel,
+      served: ended,
       link: Promise.resolve(),
       deliver: (m) => {
         const atMs = clock.now();
@@ -376,9 +411,35 @@ export class EdgeDevice {
       });
     });
     actor.start();
+    try {
+      return await this.#finish(prompt, { sessionId, log, client, trace, drafter, finished, startedAtMs, slo, maxNewTokens, cancelReason: () => cancelReason });
+    } finally {
+      servedDone();
+    }
+  }
+
+  /** The end of a session: its stats, metrics and trace, and the client's last message. */
+  async #finish(
+    prompt: PromptRequest,
+    s: {
+      sessionId: string;
+      log: Logger;
+      client: ClientStream;
+      trace: SessionTrace;
+      drafter: SessionDrafter;
+      finished: Promise<EdgeSessionContext>;
+      startedAtMs: number;
+      slo: Slo;
+      maxNewTokens: number;
+      cancelReason: () => CancelReason | null;
+    },
+  ): Promise<ServedPrompt> {
+    const o = this.#opts;
+    const clock = o.clock;
+    const { sessionId, log, client, trace, drafter, startedAtMs, slo, maxNewTokens } = s;
     let ctx: EdgeSessionContext;
     try {
-      ctx = await finished;
+      ctx = await s.finished;
     } finally {
       this.#sessions.delete(sessionId);
       await drafter.close();
@@ -399,15 +460,20 @@ export class EdgeDevice {
       sloAttained: stats.sloAttained,
       wastedDraftMs: stats.wastedDraftMs,
     });
+    const cancelReason = s.cancelReason();
+    // The budget was clipped to the context when the prompt left less room than asked for.
+    const stopReason: StopReason = ctx.error ? 'error' : ctx.phase === 'cancelled' ? 'cancelled' : stopReasonOf(ctx, prompt.maxNewTokens);
     if (ctx.error) {
       log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
       await client.error(ctx.error.code, ctx.error.message);
+    } else if (cancelReason === 'device_shutdown') {
+      await client.error('device_shutdown', `device ${this.id} shut down: the answer stops after ${ctx.generated.length} tokens`, 'cancelled');
+    } else if (cancelReason === 'client_gone') {
+      log.info({ tokens: ctx.generated.length }, 'session cancelled: its client is gone');
     } else {
-      // The budget was clipped to the context when the prompt left less room than asked for.
-      const stop = ctx.phase === 'cancelled' ? 'cancelled' : stopReasonOf(ctx, prompt.maxNewTokens);
-      await client.done(stats, stop, maxNewTokens < prompt.maxNewTokens ? { maxNewTokens } : undefined);
+      await client.done(stats, stopReason, maxNewTokens < prompt.maxNewTokens ? { maxNewTokens } : undefined);
     }
-    const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
+    const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, stopReason, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
     o.onServed?.(served);
     return served;
   }

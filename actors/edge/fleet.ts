@@ -140,7 +140,10 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
     devices,
     tokenizer,
     async stop() {
+      // No new prompts; the sessions under way end now, their clients told (device_shutdown)
+      // and their servers' caches and records freed, before the draft models go.
       await Promise.all(consumers.map((c) => c.cancel()));
+      await Promise.all(devices.map((d) => d.cancelSessions()));
       await Promise.all(devices.map((d) => d.stop()));
       for (const r of drafts.values()) await r.dispose();
     },

@@ -377,6 +377,13 @@ export class BatchExecutor {
     try {
       await write();
     } catch (err) {
+      if (errorCode(err) === 'session_closed') {
+        // Its device closed it (cancelled: the client left, or the device stopped) while this
+        // worker still served it: stop, and free its cache now rather than with the eviction.
+        s.decoding = false;
+        this.sessions.delete(s.sessionId);
+        return;
+      }
       if (errorCode(err) !== 'unknown_session') throw err;
       const record: SessionRecord = { deviceId: s.deviceId, mode: s.mode, sampling: s.sampling, maxNewTokens: s.maxNewTokens, promptLength: s.promptLength, replyTo: s.replyTo, tokens: s.tokens, lastRound: lastResult?.round ?? s.lastRound, lastResult };
       await this.deps.ledger.open(s.sessionId, record, s.cache.bytes);

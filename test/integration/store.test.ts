@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
 import {
   HistoryConflictError,
+  SessionClosedError,
   StoreUnavailableError,
   UnknownSessionError,
   openRedisStore,
@@ -155,6 +156,12 @@ describe('store/redis-store (integration)', () => {
     expect(await store.client.exists(`${prefix}session:{s-move}`, `${prefix}session:{s-move}:tokens`)).to.equal(0);
     expect(await store.deleteSession('s-move')).to.equal(false);
     expect(await store.moveSession('s-move', 'w-9')).to.equal(false);
+    // A worker still serving the closed session is told it was closed (it stops), not that it
+    // is unknown (it would write the record again, as after a FLUSHDB); the marker expires.
+    const closed = await rejection(store.commitTokens('s-move', { fromLength: 3, tokens: [4] }));
+    expect(closed).to.be.instanceOf(SessionClosedError);
+    expect(await store.client.exists(`${prefix}session:{s-move}`)).to.equal(0);
+    expect(await store.client.pttl(`${prefix}closed:{s-move}`)).to.be.within(1, store.sessionTtlMs);
   });
 
   it('lists live workers by heartbeat and prunes expired ones', async () => {

@@ -15,6 +15,7 @@ const served = (deviceId: string, startedAtMs: number, endedAtMs: number, prompt
   tokens: new Array<number>(tokens).fill(1),
   stats,
   error: null,
+  stopReason: 'length',
   startedAtMs,
   endedAtMs,
   energyJ: 0,
