@@ -144,6 +144,18 @@ export class WispClient {
 
   async close(): Promise<void> {
     await this.#consumer?.cancel();
-    for (const [id, p] of this.#pending) this.#settle(id, p, null, { code: 'cancelled', message: 'client closed' });
+    for (const [id, p] of this.#pending) this.#settle(id, p, null, { code: 'cancelled', message: 'client closed' }, { stopReason: 'cancelled' });
+  }
+
+  /**
+   * Gives up on every answer still coming (Ctrl-C): deletes this client's reply queue, so each
+   * device serving one of its requests cancels that session at its next chunk (the server frees
+   * its cache and record), and settles them as cancelled.
+   */
+  async abandon(): Promise<void> {
+    await this.#consumer?.cancel();
+    this.#consumer = null;
+    await this.#broker.deleteQueue(this.replyQueue).catch(() => {});
+    for (const [id, p] of this.#pending) this.#settle(id, p, null, { code: 'cancelled', message: 'the client gave up on its answers' }, { stopReason: 'cancelled' });
   }
 }

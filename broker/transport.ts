@@ -61,6 +61,8 @@ export interface BrokerTransport {
   deadLetter(fromQueue: string, message: unknown, reason: string): Promise<void>;
   /** Declares a queue the role owns, now and at every reconnect. */
   declareQueue(queue: string): Promise<void>;
+  /** Deletes a queue the role owns (and stops declaring it). */
+  deleteQueue(queue: string): Promise<void>;
   /** Waits for running handlers (up to `graceMs`), then closes. */
   close(graceMs?: number): Promise<void>;
 }

@@ -198,6 +198,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('LLEN', KEYS[2])}
 end
 redis.call('DEL', KEYS[2])
+-- A session opened (again) under this id is a live one: no closed marker stops its writes.
+redis.call('DEL', KEYS[3])
 local i = 8
 while i <= #ARGV do
   local j = math.min(i + 3999, #ARGV)
@@ -241,7 +243,7 @@ return 1
 type Arg = string | number;
 interface ScriptedRedis extends Redis {
   wispCommit(k1: string, k2: string, k3: string, ...args: Arg[]): Promise<[number, number]>;
-  wispOpen(k1: string, k2: string, ...args: Arg[]): Promise<[number, number]>;
+  wispOpen(k1: string, k2: string, k3: string, ...args: Arg[]): Promise<[number, number]>;
   wispGet(k1: string, k2: string, ttlMs: number): Promise<string[]>;
   wispHistory(k1: string, k2: string, ttlMs: number, from: number): Promise<string[] | null>;
   wispMove(k1: string, k2: string, ...args: Arg[]): Promise<number>;
@@ -276,7 +278,7 @@ export class RedisStore extends EventEmitter {
       tls: options.tls?.caPath ? { ca: readFileSync(options.tls.caPath) } : undefined,
     });
     redis.defineCommand('wispCommit', { numberOfKeys: 3, lua: COMMIT_LUA });
-    redis.defineCommand('wispOpen', { numberOfKeys: 2, lua: OPEN_LUA });
+    redis.defineCommand('wispOpen', { numberOfKeys: 3, lua: OPEN_LUA });
     redis.defineCommand('wispGet', { numberOfKeys: 2, lua: GET_LUA });
     redis.defineCommand('wispHistory', { numberOfKeys: 2, lua: HISTORY_LUA });
     redis.defineCommand('wispMove', { numberOfKeys: 2, lua: MOVE_LUA });
@@ -341,6 +343,7 @@ export class RedisStore extends EventEmitter {
     const [created, len] = await this.#redis.wispOpen(
       this.#sessionKey(sessionId),
       this.#tokensKey(sessionId),
+      this.#closedKey(sessionId),
       this.sessionTtlMs,
       input.nowMs ?? Date.now(),
       input.deviceId,

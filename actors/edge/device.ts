@@ -152,6 +152,11 @@ export class EdgeDevice {
     this.#consumer = null;
   }
 
+  /** Sessions this device is serving now. */
+  get activeSessions(): number {
+    return this.#sessions.size;
+  }
+
   /**
    * Cancels every session this device serves (it is shutting down) and resolves once each has
    * ended: its close sent (the server frees its cache and record) and its client told at once

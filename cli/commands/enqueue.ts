@@ -89,6 +89,7 @@ export function registerEnqueue(program: Command): void {
       const client = new WispClient(broker);
       await client.start();
       let failed = 0;
+      let interrupted = false;
       try {
         const sent = await Promise.all(
           prompts.map((prompt) =>
@@ -99,6 +100,15 @@ export function registerEnqueue(program: Command): void {
           process.stdout.write(`enqueued ${sent.map((s) => s.requestId).join(' ')}\n`);
           return;
         }
+        // Ctrl-C gives the answers up: the reply queue goes, so the devices cancel those sessions
+        // (their caches and records freed) instead of generating for nobody.
+        const onSigint = () => {
+          if (interrupted) return;
+          interrupted = true;
+          process.stderr.write('\nwisp enqueue: SIGINT: giving up the answers still coming (their sessions are cancelled)\n');
+          void client.abandon();
+        };
+        process.once('SIGINT', onSigint);
         for (const pending of sent) {
           const r = await pending.result;
           if (r.error) failed++;
@@ -113,9 +123,11 @@ export function registerEnqueue(program: Command): void {
           }
         }
       } finally {
+        process.removeAllListeners('SIGINT');
         await client.close();
         await broker.close();
       }
-      if (failed > 0) process.exitCode = 1;
+      if (interrupted) process.exitCode = 130;
+      else if (failed > 0) process.exitCode = 1;
     });
 }

@@ -68,6 +68,35 @@ describe('cancellation: a vanished client, a fleet shutting down', function () {
     });
   }
 
+  it('a client that gives its answers up (WispClient.abandon, Ctrl-C in wisp enqueue) has their sessions cancelled', async () => {
+    sys = await startTestSystem({ devices: 2, workers: 1, hooks: { onServed: (p) => void served.push(p) } });
+    const s = sys;
+    const { connectBroker } = await import('../../broker/connection.ts');
+    const { WispClient } = await import('../../actors/client.ts');
+    const own = await connectBroker(s.config.amqpUrl, { connectionName: 'abandoning-client' });
+    const client = new WispClient(own);
+    await client.start();
+    try {
+      const pending = await Promise.all([0, 3].map((i) => client.send({ prompt: TEST_PROMPTS[i], maxNewTokens }, 60_000)));
+      // (A request not yet started when the queue goes is cancelled at its first chunk.)
+      await waitFor(() => s.up.fleet.devices.some((d) => d.activeSessions > 0), 'a session under way', 30_000, 5);
+      await new Promise((r) => setTimeout(r, 200));
+      await client.abandon();
+      const results = await Promise.all(pending.map((p) => p.result));
+      for (const r of results) expect([r.error?.code, r.stopReason]).to.deep.equal(['cancelled', 'cancelled']);
+      await waitFor(() => pending.every((p) => served.some((x) => x.requestId === p.requestId)), 'both sessions to end', 30_000, 10);
+      for (const p of pending) {
+        const end = served.find((x) => x.requestId === p.requestId)!;
+        expect(end.stopReason, `request ${p.requestId}`).to.equal('cancelled');
+        expect(end.tokens.length).to.be.below(maxNewTokens);
+        await waitFor(async () => (await recordOf(s, end.sessionId)) === null, 'the session record deleted', 10_000, 20);
+      }
+    } finally {
+      await client.close();
+      await own.close();
+    }
+  });
+
   it('a fleet shutting down mid-answer tells its client at once (device_shutdown, stop reason cancelled) and frees the session', async () => {
     const [expected] = await targetTokens([TEST_PROMPTS[2]], maxNewTokens);
     sys = await startTestSystem({ devices: 1, workers: 1, hooks: { onServed: (p) => void served.push(p) } });

@@ -162,6 +162,10 @@ describe('store/redis-store (integration)', () => {
     expect(closed).to.be.instanceOf(SessionClosedError);
     expect(await store.client.exists(`${prefix}session:{s-move}`)).to.equal(0);
     expect(await store.client.pttl(`${prefix}closed:{s-move}`)).to.be.within(1, store.sessionTtlMs);
+    // A session opened again under that id is a live one: the marker goes.
+    await open('s-move');
+    expect(await store.client.exists(`${prefix}closed:{s-move}`)).to.equal(0);
+    expect(await store.commitTokens('s-move', { fromLength: 3, tokens: [4] })).to.deep.equal({ committedLength: 4, applied: true });
   });
 
   it('lists live workers by heartbeat and prunes expired ones', async () => {
