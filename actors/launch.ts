@@ -151,6 +151,7 @@ export async function runScheduler(config: WispConfig, logger = roleLogger(confi
     sessionIdleMs: config.worker.idleEvictMs,
     logger,
     metrics: telemetry.metrics.scheduler(),
+    onIgnored: (reason) => telemetry.metrics.refusals().ignoredMessage('scheduler', reason),
   });
   const running = { role, stop: inOrder(() => role.stop(), () => broker.close(), () => store.close(), () => telemetry.close()) };
   await serveOrStop(telemetry, running);
@@ -204,6 +205,7 @@ export async function runVerifier(config: WispConfig, opts: VerifierLaunchOption
     ...(config.models.pace !== undefined ? { wrapRunner: pacedBy(config.models.pace, config.timeScale, opts.hooks?.onPacedPass) } : {}),
     ...(opts.hooks?.onBatch ? { onBatch: opts.hooks.onBatch } : {}),
     metrics: telemetry.metrics.verifier(),
+    onIgnored: (reason) => telemetry.metrics.refusals().ignoredMessage('verifier', reason),
   });
   const running = { role, stop: inOrder(() => role.stop(), () => broker.close(), () => store.close(), () => telemetry.close()) };
   await serveOrStop(telemetry, running);
@@ -256,6 +258,7 @@ export async function runEdge(config: WispConfig, opts: EdgeLaunchOptions, logge
       ...(opts.hooks?.onTokenJudged ? { onTokenJudged: opts.hooks.onTokenJudged } : {}),
       ...(opts.hooks?.onRoundTimed ? { onRoundTimed: opts.hooks.onRoundTimed } : {}),
       metrics: telemetry.metrics.edge(),
+      onIgnored: (reason) => telemetry.metrics.refusals().ignoredMessage('edge', reason),
     });
   } catch (err) {
     // Models or queues failed: do not leave the connection open behind a failed start.

@@ -171,6 +171,8 @@ export type SchedulerEffect =
   | { kind: 'persist'; workerId: string; model: string; estimator: EstimatorState }
   /** A session its device closed: its durable record (the ledger in Redis) goes too. */
   | { kind: 'forget'; sessionId: string }
+  /** A message let go on purpose (counted, never silent): a request of an ended session, a close from another device. */
+  | { kind: 'ignored'; reason: 'ended_session' | 'foreign_close' }
   | { kind: 'wake'; atMs: number };
 type Effect = SchedulerEffect;
 
@@ -235,7 +237,7 @@ function openRequest(s: SessionEntry, m: SessionOpen, atMs: number): PendingEntr
 
 /** Places an open on a worker (or parks it), returning effects for refusals. */
 function acceptOpen(ctx: SchedulerContext, m: SessionOpen, atMs: number, effects: Effect[]): void {
-  if (ctx.closed[m.sessionId] !== undefined) return; // a redelivered open of a session that ended
+  if (ctx.closed[m.sessionId] !== undefined) return void effects.push({ kind: 'ignored', reason: 'ended_session' }); // a redelivered open of a session that ended
   const workers = Object.values(ctx.workers);
   if (workers.length === 0) {
     ctx.unplaced.push({ message: m, atMs });
@@ -359,7 +361,7 @@ function refuseNotOwner(m: SessionOpen | VerifyRequest, effects: Effect[]): void
 }
 
 function acceptVerify(ctx: SchedulerContext, m: VerifyRequest, atMs: number, effects: Effect[], workerHint?: string): void {
-  if (ctx.closed[m.sessionId] !== undefined) return; // stale: the session ended
+  if (ctx.closed[m.sessionId] !== undefined) return void effects.push({ kind: 'ignored', reason: 'ended_session' }); // stale: the session ended
   let s = ctx.sessions[m.sessionId];
   if (s && s.deviceId !== m.deviceId) return refuseNotOwner(m, effects);
   if (!s) {
@@ -705,7 +707,7 @@ function rememberClosedInPlace(closed: Record<string, number>, sessionId: string
 
 function applyClose(ctx: SchedulerContext, m: SessionClose, atMs: number, effects: Effect[], owned = false): void {
   const s = ctx.sessions[m.sessionId];
-  if (s && s.deviceId !== m.deviceId) return;
+  if (s && s.deviceId !== m.deviceId) return void effects.push({ kind: 'ignored', reason: 'foreign_close' });
   rememberClosed(ctx, m.sessionId, atMs, owned);
   ctx.unplaced = ctx.unplaced.filter((u) => u.message.sessionId !== m.sessionId || u.message.deviceId !== m.deviceId);
   if (!s) return;
@@ -827,6 +829,7 @@ export const schedulerMachine = setup({
     refuseRequest: notProvided('refuseRequest') as (args: unknown, params: RefusalParams) => void,
     persistEstimator: notProvided('persistEstimator') as (args: unknown, params: { workerId: string; model: string; estimator: EstimatorState }) => void,
     forgetSession: notProvided('forgetSession') as (args: unknown, params: { sessionId: string }) => void,
+    countIgnored: notProvided('countIgnored') as (args: unknown, params: { reason: string }) => void,
     /** Arrange a WAKE event at `atMs` (replacing any earlier wake-up). */
     scheduleWake: notProvided('scheduleWake') as (args: unknown, params: { atMs: number }) => void,
   },
@@ -846,6 +849,7 @@ export const schedulerMachine = setup({
               else if (e.kind === 'refuse') enqueue({ type: 'refuseRequest', params: e.params });
               else if (e.kind === 'persist') enqueue({ type: 'persistEstimator', params: { workerId: e.workerId, model: e.model, estimator: e.estimator } });
               else if (e.kind === 'forget') enqueue({ type: 'forgetSession', params: { sessionId: e.sessionId } });
+              else if (e.kind === 'ignored') enqueue({ type: 'countIgnored', params: { reason: e.reason } });
               else enqueue({ type: 'scheduleWake', params: { atMs: e.atMs } });
             }
           }),

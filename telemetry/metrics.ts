@@ -260,8 +260,19 @@ export class VerifierMetrics {
  */
 export class RefusalMetrics {
   readonly refused: Counter<'queue' | 'reason'>;
+  readonly ignored: Counter<'role' | 'reason'>;
   constructor(registry: Registry) {
     this.refused = new Counter({ name: 'wisp_refused_messages_total', help: 'Messages refused and dead-lettered, by queue kind and reason code', labelNames: ['queue', 'reason'], registers: [registry] });
+    this.ignored = new Counter({
+      name: 'wisp_ignored_messages_total',
+      help: 'Well-formed messages a role let go unanswered on purpose (stale rounds and lengths, requests of ended sessions, a close from another device, replies for sessions not served here), by role and reason',
+      labelNames: ['role', 'reason'],
+      registers: [registry],
+    });
+  }
+  /** One message a role ignored on purpose (a duplicate or a late one: answering it would change nothing, or mislead). */
+  ignoredMessage(role: 'scheduler' | 'verifier' | 'edge', reason: string): void {
+    this.ignored.inc({ role, reason });
   }
   /** One refusal: `reason` is the dead letter's reason line (`<code>: <message>`). */
   refusedMessage(queueKind: string, reason: string): void {

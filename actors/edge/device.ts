@@ -66,6 +66,8 @@ export interface EdgeDeviceOptions {
   onRoundTimed?: (timing: RoundTiming) => void;
   /** Prometheus series of the edge role (telemetry/metrics.ts); none when absent. */
   metrics?: EdgeMetrics;
+  /** Counts a reply let go on purpose (wisp_ignored_messages_total): one for a session this device does not serve. */
+  onIgnored?: (reason: 'no_session') => void;
   /** Policy name, for the session span. */
   policy?: string;
 }
@@ -180,7 +182,7 @@ export class EdgeDevice {
 
   #onReply(m: DeviceInbox): void {
     const target = m.sessionId ? this.#sessions.get(m.sessionId) : undefined;
-    if (!target) return; // a late answer for a session that ended: nothing to do
+    if (!target) return void this.#opts.onIgnored?.('no_session'); // a late answer for a session that ended, or a forged one: counted
     const clock = this.#opts.clock;
     const at = clock.now() + this.#oneWayMs();
     // A network link delivers in order: each message waits for the one before it, so jitter

@@ -52,6 +52,8 @@ export interface EdgeFleetOptions {
   onRoundTimed?: EdgeDeviceOptions['onRoundTimed'];
   /** Prometheus series of the edge role; none when absent. */
   metrics?: EdgeMetrics;
+  /** Counts a reply let go on purpose (wisp_ignored_messages_total). */
+  onIgnored?: (reason: string) => void;
 }
 
 export interface EdgeFleet {
@@ -103,6 +105,7 @@ export async function startEdgeFleet(opts: EdgeFleetOptions): Promise<EdgeFleet>
       ...(opts.onTokenJudged ? { onTokenJudged: opts.onTokenJudged } : {}),
       ...(opts.onRoundTimed ? { onRoundTimed: opts.onRoundTimed } : {}),
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
+      ...(opts.onIgnored ? { onIgnored: opts.onIgnored } : {}),
       policy: opts.policy,
     });
     await device.start();

@@ -50,6 +50,8 @@ export interface SchedulerRoleOptions {
   prefetch?: number;
   /** Prometheus series of the scheduler role; none when absent. */
   metrics?: SchedulerMetrics;
+  /** Counts a message let go on purpose (wisp_ignored_messages_total). */
+  onIgnored?: (reason: string) => void;
   /** Called with the time the machine took for each event (reduction + batch decision), ms. */
   onDecision?: (event: SchedulerEvent['type'], ms: number) => void;
 }
@@ -175,6 +177,7 @@ export async function startScheduler(opts: SchedulerRoleOptions): Promise<Schedu
           estimators.save(p.model, p.workerId, p.estimator).catch((err: Error) => log.warn({ err: err.message }, 'estimator not saved')),
         );
       },
+      countIgnored: (_, { reason }) => opts.onIgnored?.(reason),
       forgetSession: (_, { sessionId }) => {
         void opts.owners?.forget(sessionId).catch((err: Error) => log.warn({ err: err.message, sessionId }, 'closed session record not deleted (it expires by its TTL)'));
       },

@@ -109,6 +109,8 @@ export interface ExecutorDeps {
   deadLetter?: (request: unknown, reason: string) => Promise<void>;
   /** Prometheus series of the verifier role; none when absent. */
   metrics?: VerifierMetrics;
+  /** Counts a request let go on purpose (wisp_ignored_messages_total): a stale round or committed length. */
+  onIgnored?: (reason: 'stale_round' | 'stale_length') => void;
 }
 
 interface Job {
@@ -281,7 +283,7 @@ export class BatchExecutor {
     if (s.deviceId !== m.deviceId) return this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
     if (s.prefilled !== undefined) return; // its prompt is still being fed: the first token is yet to come
     if (m.committedLength > s.tokens.length) {
-      return this.refuse(item, 'internal', `session ${m.sessionId}: device has ${m.committedLength} committed tokens, the server ${s.tokens.length}`);
+      return this.refuse(item, 'malformed', `session ${m.sessionId}: committedLength ${m.committedLength} is ahead of the server's ${s.tokens.length} (tokens the server never committed)`);
     }
     const last = s.tokens[s.tokens.length - 1];
     const finished = this.#finished(s, last);
@@ -316,6 +318,7 @@ export class BatchExecutor {
         // A duplicate or stale round of a session this worker does not hold (closed, evicted or
         // moved): answer a retry from the ledger; never re-prefill a whole history for it.
         if (m.round === rec.lastRound && rec.lastResult) await this.deps.reply(m.replyTo, rec.lastResult);
+        else this.deps.onIgnored?.('stale_round');
         return null;
       }
       s = await this.rebuild(m.sessionId, rec);
@@ -332,6 +335,7 @@ export class BatchExecutor {
       // A retry of the round already done gets the same answer (one that switched the session to
       // server decoding says so again); older rounds are stale.
       if (m.round === s.lastRound && s.lastResult) await this.deps.reply(m.replyTo, s.lastResult);
+      else this.deps.onIgnored?.('stale_round');
       return null;
     }
     if (s.decoding) {
@@ -340,8 +344,11 @@ export class BatchExecutor {
       return null;
     }
     if (m.committedLength !== s.tokens.length) {
-      if (m.committedLength < s.tokens.length) return null; // stale: the device has moved on
-      await this.refuse(item, 'internal', `session ${m.sessionId}: device has ${m.committedLength} committed tokens, the server ${s.tokens.length}`);
+      if (m.committedLength < s.tokens.length) {
+        this.deps.onIgnored?.('stale_length'); // stale: the device has moved on
+        return null;
+      }
+      await this.refuse(item, 'malformed', `session ${m.sessionId}: committedLength ${m.committedLength} is ahead of the server's ${s.tokens.length} (tokens the server never committed)`);
       return null;
     }
     const badDraft = this.outOfVocab(m.draftTokens) ?? m.draftDists?.flatMap((d) => d.ids).find((t) => t >= this.deps.runner.info.vocabSize);

@@ -39,6 +39,8 @@ export interface VerifierRoleOptions {
   runner?: DecoderRunner;
   /** Wraps the runner once it is loaded (pacing to a serving engine, models.pace). */
   wrapRunner?: (runner: DecoderRunner) => DecoderRunner;
+  /** Counts a request let go on purpose (wisp_ignored_messages_total). */
+  onIgnored?: (reason: string) => void;
   /** Prometheus series of the verifier role; none when absent. */
   metrics?: VerifierMetrics;
 }
@@ -111,6 +113,7 @@ export async function startVerifier(opts: VerifierRoleOptions): Promise<Verifier
           now: () => clock.now(),
           eosTokenId: runner.info.eosTokenId,
           ...(opts.metrics ? { metrics: opts.metrics } : {}),
+          ...(opts.onIgnored ? { onIgnored: opts.onIgnored } : {}),
         });
         model = { model: runner.info.name, vocabSize: runner.info.vocabSize, maxPositions: runner.info.maxPositions };
         curve = runner.passCurveMs?.();

@@ -20,6 +20,7 @@ import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 import { waitFor } from '../helpers/wait.ts';
+import { processMetrics } from '../../telemetry/metrics.ts';
 import { ScriptedDevice, TEST_PROMPTS as PROMPTS, startTestSystem, tapBroker, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
 
 function asResult(m: DeviceInbox | null, what: string): VerifyResult {
@@ -174,6 +175,11 @@ describe('duplicates and stale rounds change nothing', function () {
       await dev.send(verify(3, prompt.length + 7, [ref[7]]));
       expect(await dev.next(before, 700), 'no answer after close').to.equal(null);
       expect(await history(), 'nothing written back').to.deep.equal([]);
+      // Let go on purpose, and counted: the stale rounds before the close and these after it.
+      const series = await processMetrics().text();
+      const ignored = (role: string, reason: string) => Number(new RegExp(`^wisp_ignored_messages_total\\{role="${role}",reason="${reason}"\\} (\\d+)`, 'm').exec(series)?.[1] ?? 0);
+      expect(ignored('scheduler', 'ended_session'), 'requests of the closed session').to.be.at.least(2);
+      expect(ignored('verifier', 'stale_round') + ignored('verifier', 'stale_length'), 'stale rounds at the worker').to.be.at.least(1);
       // (The worker drops its cache when the eviction reaches it with its next batch.)
       expect(Object.keys(sys.up.scheduler.snapshot().context.sessions), 'scheduler sessions').to.not.include(sessionId);
     });

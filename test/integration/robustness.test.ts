@@ -269,6 +269,8 @@ describe('robustness: malformed messages on every queue while good sessions run'
     const count = (queue: string, reason: string) => Number(new RegExp(`^wisp_refused_messages_total\\{queue="${queue}",reason="${reason}"\\} (\\d+)`, 'm').exec(series)?.[1] ?? 0);
     expect(count('worker', 'not_owner'), 'the misrouted batch').to.be.at.least(1);
     expect(count('worker', 'malformed') + count('scheduler', 'malformed'), 'the malformed bodies').to.be.at.least(2);
+    // And the late result for a session nobody serves: let go, but counted.
+    expect(Number(/^wisp_ignored_messages_total\{role="edge",reason="no_session"\} (\d+)/m.exec(series)?.[1] ?? 0), 'the late result').to.be.at.least(1);
     const scriptedDead = dead.filter((d) => d.body.includes(sid)).map((d) => d.reason);
     expect(scriptedDead.some((r) => /^token_out_of_vocab: draft token 4096/.test(r)), scriptedDead.join(' | ')).to.equal(true);
     expect(scriptedDead.some((r) => /^not_owner: /.test(r)), scriptedDead.join(' | ')).to.equal(true);

@@ -196,7 +196,7 @@ describe('scheduler: a prompt fed over several passes', () => {
   function harness(over: Partial<SchedulerSettings> = {}) {
     const batches: VerifyBatch[] = [];
     const actor = createActor(
-      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, forgetSession: () => {}, scheduleWake: () => {} } }),
+      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, forgetSession: () => {}, countIgnored: () => {}, scheduleWake: () => {} } }),
       { input: { ...settings, ...over } },
     );
     actor.start();

@@ -110,6 +110,7 @@ async function runAll(policy: PolicyName, prompts: number[][], maxNewTokens: num
         },
         persistEstimator: () => {},
         forgetSession: () => {},
+        countIgnored: () => {},
         scheduleWake: (_, { atMs }) => later(Math.max(0, atMs - clock.now()), () => scheduler.send({ type: 'WAKE', atMs: clock.now() })),
       },
     }),

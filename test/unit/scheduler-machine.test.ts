@@ -64,6 +64,7 @@ function harness(policy: SchedulerSettings['policy']) {
   const refusals: { code: string; sessionId: string }[] = [];
   const wakes: number[] = [];
   const forgotten: string[] = [];
+  const ignored: string[] = [];
   const actor = createActor(
     schedulerMachine.provide({
       actions: {
@@ -71,6 +72,7 @@ function harness(policy: SchedulerSettings['policy']) {
         refuseRequest: (_, p) => void refusals.push({ code: p.code, sessionId: p.sessionId }),
         persistEstimator: () => {},
         forgetSession: (_, p) => void forgotten.push(p.sessionId),
+        countIgnored: (_, p) => void ignored.push(p.reason),
         scheduleWake: (_, p) => void wakes.push(p.atMs),
       },
     }),
@@ -78,7 +80,7 @@ function harness(policy: SchedulerSettings['policy']) {
   );
   actor.subscribe({ error: (e) => { throw e; } });
   actor.start();
-  return { actor, batches, refusals, wakes, forgotten };
+  return { actor, batches, refusals, wakes, forgotten, ignored };
 }
 
 describe('Scheduler machine (no broker)', () => {
@@ -203,12 +205,16 @@ describe('Scheduler machine (no broker)', () => {
     h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'intruder', reason: 'done' }, atMs: 2 });
     expect(h.actor.getSnapshot().context.sessions['s1']).to.not.equal(undefined);
     expect(h.forgotten, 'another device cannot delete the record').to.deep.equal([]);
+    expect(h.ignored, 'and its close is counted as ignored').to.deep.equal(['foreign_close']);
     h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's1', deviceId: 'd1', reason: 'done' }, atMs: 3 });
     expect(h.actor.getSnapshot().context.sessions['s1']).to.equal(undefined);
     expect(h.forgotten).to.deep.equal(['s1']);
     // A close of a session this scheduler does not know (unchecked) deletes nothing.
     h.actor.send({ type: 'CLOSE', message: { v: PROTOCOL_VERSION, type: 'close', sessionId: 's9', deviceId: 'd9', reason: 'done' }, atMs: 3 });
     expect(h.forgotten).to.deep.equal(['s1']);
+    // A request of the closed session is let go, and counted.
+    h.actor.send({ type: 'OPEN', message: open('s1'), atMs: 4 });
+    expect(h.ignored).to.deep.equal(['foreign_close', 'ended_session']);
     h.actor.send({ type: 'WORKER_STATUS', message: worker('w1', { doneBatchId: h.batches[0].batchId }), atMs: 4 });
     h.actor.send({ type: 'OPEN', message: open('s2'), atMs: 5 });
     expect(h.batches[1].evict).to.deep.equal(['s1']);

@@ -251,7 +251,7 @@ describe('adaptive: the scheduler resolves the mode at admission and revisits it
   function harness() {
     const batches: VerifyBatch[] = [];
     const actor = createActor(
-      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, forgetSession: () => {}, scheduleWake: () => {} } }),
+      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, forgetSession: () => {}, countIgnored: () => {}, scheduleWake: () => {} } }),
       { input: settings },
     );
     actor.start();
@@ -361,7 +361,7 @@ describe('adaptive: the scheduler resolves the mode at admission and revisits it
   it('with mode switching off the mode is chosen once, at admission, and nothing is calibrated', () => {
     const batches: VerifyBatch[] = [];
     const actor = createActor(
-      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, forgetSession: () => {}, scheduleWake: () => {} } }),
+      schedulerMachine.provide({ actions: { dispatchBatch: (_, p) => void batches.push(p.batch), refuseRequest: () => {}, persistEstimator: () => {}, forgetSession: () => {}, countIgnored: () => {}, scheduleWake: () => {} } }),
       { input: { ...settings, modeSwitching: false } },
     );
     actor.start();
