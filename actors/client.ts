@@ -3,6 +3,7 @@
  * TokenChunks from its own result queue until the last one (or a typed error) arrives.
  */
 import { randomUUID } from 'node:crypto';
+import { publishUntilConfirmed } from '../broker/publish-retry.ts';
 import { ClientInboxSchema, PROTOCOL_VERSION, type PromptRequest, type Sampling, type SessionStats, type Slo, type StopReason } from '../protocol/messages.ts';
 import type { BrokerTransport, ConsumerHandle } from '../broker/transport.ts';
 import { PROMPTS_QUEUE, clientQueue, devicePromptQueue } from '../broker/topology.ts';
@@ -138,7 +139,18 @@ export class WispClient {
       };
       this.#pending.set(requestId, p);
     });
-    await this.#broker.publish(spec.deviceId ? devicePromptQueue(spec.deviceId) : PROMPTS_QUEUE, message);
+    // Resent until confirmed, so a broker restart does not fail the request (a copy that did
+    // arrive is served twice; this client keeps one answer by its offsets).
+    let failure: Error | null = null;
+    const sent = await publishUntilConfirmed(this.#broker, spec.deviceId ? devicePromptQueue(spec.deviceId) : PROMPTS_QUEUE, message, (err) => (failure = err), timeoutMs);
+    if (sent !== 'sent') {
+      const p = this.#pending.get(requestId);
+      if (p) {
+        clearTimeout(p.timer);
+        this.#pending.delete(requestId);
+      }
+      throw failure ?? new Error(`prompt ${requestId} not published`);
+    }
     return { requestId, result };
   }
 

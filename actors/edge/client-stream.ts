@@ -4,7 +4,7 @@
  * resent until the broker confirms it, so a broker restart loses no token; chunks carry the
  * token and text offsets they start at, so the client drops (or trims) a copy.
  */
-import { errorCode } from '../../common/errors.ts';
+import { publishUntilConfirmed } from '../../broker/publish-retry.ts';
 import type { WispTokenizer } from '../../inference/tokenizer.ts';
 import { errorMessage } from '../../protocol/builders.ts';
 import { PROTOCOL_VERSION, type ClientInbox, type ErrorCode, type SessionStats, type StopReason, type TokenChunk } from '../../protocol/messages.ts';
@@ -41,7 +41,10 @@ export class ClientStream {
   #send(m: ClientInbox): Promise<void> {
     this.#replies = this.#replies.then(async () => {
       if (this.#gone) return;
-      if ((await publishUntilConfirmed(this.broker, this.replyTo, m, this.log)) === 'gone') {
+      const sent = await publishUntilConfirmed(this.broker, this.replyTo, m, (err, outcome) =>
+        this.log.warn({ err: err.message, queue: this.replyTo }, outcome === 'gone' ? 'client reply queue gone: the session is cancelled' : 'client reply failed'),
+      );
+      if (sent === 'gone') {
         this.#gone = true;
         this.onGone();
       }
@@ -68,27 +71,5 @@ export class ClientStream {
   /** A typed error ends the stream (stop reason `error`, or `cancelled` for an answer cut short on purpose). */
   error(code: ErrorCode, message: string, stopReason: 'error' | 'cancelled' = 'error'): Promise<void> {
     return this.#send({ ...errorMessage(code, message, { requestId: this.requestId, ...(this.sessionId !== undefined ? { sessionId: this.sessionId } : {}) }), stopReason });
-  }
-}
-
-/**
- * Publishes until the broker confirms (waiting out a broker restart), in at most `giveUpMs`.
- * Gives up at once where resending cannot help: the queue is gone or may not be reached.
- */
-async function publishUntilConfirmed(broker: BrokerTransport, queue: string, message: unknown, log: Logger, giveUpMs = 60_000): Promise<'sent' | 'failed' | 'gone'> {
-  const deadline = Date.now() + giveUpMs;
-  for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2_000)) {
-    try {
-      await broker.publish(queue, message);
-      return 'sent';
-    } catch (err) {
-      const code = errorCode(err);
-      const final = code === 'unroutable' || code === 'forbidden_route' || code === 'too_large' || code === 'broker_closed';
-      if (final || Date.now() + delayMs > deadline) {
-        log.warn({ err: (err as Error).message, queue }, code === 'unroutable' ? 'client reply queue gone: the session is cancelled' : 'client reply failed');
-        return code === 'unroutable' ? 'gone' : 'failed';
-      }
-      await new Promise((resolve) => setTimeout(resolve, delayMs));
-    }
   }
 }
