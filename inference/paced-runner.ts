@@ -5,8 +5,8 @@
  * (physics/pass-cost.ts) × the run's time scale has passed since the pass started. To the
  * scheduler, its estimator and the devices the worker then behaves like that GPU: memory-bound
  * passes, nearly free extra members up to the knee. A pass whose real compute took longer than
- * its paced time is late (it cannot be held back in time); late passes are counted, so a run can
- * say how faithfully it was paced.
+ * its paced time is late (it cannot be held back in time); each pass is reported (`onPass`), so a
+ * run can count how faithfully it was paced (bench/live.ts).
  */
 import type { EngineModel } from '../physics/pass-cost.ts';
 import { enginePassCurveMs, enginePassMs } from './cost-model-runner.ts';
@@ -18,14 +18,6 @@ export interface PacedPass {
   computeMs: number;
   /** The real compute overran the paced time (the pass ended `computeMs − pacedMs` late). */
   late: boolean;
-}
-
-/** What pacing achieved so far. */
-export interface PaceStats {
-  passes: number;
-  late: number;
-  /** Largest overrun of a late pass, ms. */
-  worstLateMs: number;
 }
 
 export interface PacedRunnerOptions {
@@ -47,7 +39,6 @@ export class PacedRunner implements DecoderRunner {
   readonly #o: PacedRunnerOptions;
   readonly #now: () => number;
   readonly #sleep: (ms: number) => Promise<void>;
-  #stats: PaceStats = { passes: 0, late: 0, worstLateMs: 0 };
 
   /** @throws RangeError on a time scale that is not > 0 */
   constructor(inner: DecoderRunner, o: PacedRunnerOptions) {
@@ -68,10 +59,6 @@ export class PacedRunner implements DecoderRunner {
     return this.#inner.newCache();
   }
 
-  stats(): PaceStats {
-    return { ...this.#stats };
-  }
-
   async forward(items: ForwardItem[]): Promise<Float32Array[]> {
     // The members' shapes as they enter the pass (forward appends to their caches).
     const pacedMs = enginePassMs(this.#o.engine, items) * this.#o.timeScale;
@@ -80,8 +67,6 @@ export class PacedRunner implements DecoderRunner {
     const computeMs = this.#now() - t0;
     const late = computeMs > pacedMs;
     if (!late) await this.#sleep(pacedMs - computeMs);
-    const s = this.#stats;
-    this.#stats = { passes: s.passes + 1, late: s.late + (late ? 1 : 0), worstLateMs: late ? Math.max(s.worstLateMs, computeMs - pacedMs) : s.worstLateMs };
     this.#o.onPass?.({ pacedMs, computeMs, late });
     return logits;
   }

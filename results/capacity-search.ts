@@ -17,6 +17,9 @@ export interface CapacitySearch {
   precision: number;
 }
 
+/** The precision both searches state (the map's `--precision` default, the live bench's): ±12.5 %. */
+export const DEFAULT_SEARCH_PRECISION = 0.125;
+
 /** What the search needs of a load it ran. */
 export interface SearchedLoad {
   devices: number;

@@ -13,7 +13,7 @@ import { WispError } from '../common/errors.ts';
 import { applyScenarioOptions, parseMix } from './scenario-options.ts';
 import { scenario, type Scenario } from './scenarios.ts';
 import { DEFAULT_SETTINGS_LABEL, tuneSettings, tuningCandidates } from './map-tuning.ts';
-import type { CapacitySearch } from '../results/capacity-search.ts';
+import { DEFAULT_SEARCH_PRECISION, type CapacitySearch } from '../results/capacity-search.ts';
 import { searchCapacity, sweepVariants, type RunSummary, type SearchedResult } from './sweep.ts';
 
 export class MapConfigError extends WispError {
@@ -59,7 +59,7 @@ export const DEFAULT_MAP_GRID: MapGrid = {
  * to ±12.5 % (±1 device). Tuned (each policy at its best settings), the default grid takes most
  * of an hour on two cores; `--no-tune`, about a quarter of that (README).
  */
-export const DEFAULT_MAP_SETTINGS: MapRunSettings = { durationS: 60, warmupS: 10, search: { start: 1, max: 512, precision: 0.125 }, tune: true };
+export const DEFAULT_MAP_SETTINGS: MapRunSettings = { durationS: 60, warmupS: 10, search: { start: 1, max: 512, precision: DEFAULT_SEARCH_PRECISION }, tune: true };
 
 /** One cell of the grid. */
 export interface MapCellKey {

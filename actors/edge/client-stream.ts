@@ -34,10 +34,6 @@ export class ClientStream {
     this.sessionId = sessionId;
   }
 
-  get gone(): boolean {
-    return this.#gone;
-  }
-
   #send(m: ClientInbox): Promise<void> {
     this.#replies = this.#replies.then(async () => {
       if (this.#gone) return;

@@ -419,69 +419,46 @@ export class EdgeDevice {
     });
     actor.start();
     try {
-      return await this.#finish(prompt, { sessionId, log, client, trace, drafter, finished, startedAtMs, slo, maxNewTokens, cancelReason: () => cancelReason });
+      let ctx: EdgeSessionContext;
+      try {
+        ctx = await finished;
+      } finally {
+        this.#sessions.delete(sessionId);
+        await drafter.close();
+        this.pipelined.reused += drafter.pipelined.reused;
+        this.pipelined.discarded += drafter.pipelined.discarded;
+      }
+      const endedAtMs = clock.now();
+      const stats = sessionStats(ctx, slo, startedAtMs);
+      const energyJ = deviceEnergyJ(o.profile, ctx, endedAtMs - startedAtMs, o.timeScale);
+      this.energyJ += energyJ;
+      trace.end(ctx.generated.length, stats, ctx.error);
+      o.metrics?.sessionEnded({
+        ok: ctx.error === null,
+        ttftMs: stats.ttftMs,
+        tpotMs: stats.tpotMs,
+        e2eMs: endedAtMs - startedAtMs,
+        tokens: ctx.generated.length,
+        sloAttained: stats.sloAttained,
+        wastedDraftMs: stats.wastedDraftMs,
+      });
+      // The budget was clipped to the context when the prompt left less room than asked for.
+      const stopReason: StopReason = ctx.error ? 'error' : ctx.phase === 'cancelled' ? 'cancelled' : stopReasonOf(ctx, prompt.maxNewTokens);
+      if (ctx.error) {
+        log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
+        await client.error(ctx.error.code, ctx.error.message);
+      } else if (cancelReason === 'device_shutdown') {
+        await client.error('device_shutdown', `device ${this.id} shut down: the answer stops after ${ctx.generated.length} tokens`, 'cancelled');
+      } else if (cancelReason === 'client_gone') {
+        log.info({ tokens: ctx.generated.length }, 'session cancelled: its client is gone');
+      } else {
+        await client.done(stats, stopReason, maxNewTokens < prompt.maxNewTokens ? { maxNewTokens } : undefined);
+      }
+      const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, stopReason, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
+      o.onServed?.(served);
+      return served;
     } finally {
       servedDone();
     }
-  }
-
-  /** The end of a session: its stats, metrics and trace, and the client's last message. */
-  async #finish(
-    prompt: PromptRequest,
-    s: {
-      sessionId: string;
-      log: Logger;
-      client: ClientStream;
-      trace: SessionTrace;
-      drafter: SessionDrafter;
-      finished: Promise<EdgeSessionContext>;
-      startedAtMs: number;
-      slo: Slo;
-      maxNewTokens: number;
-      cancelReason: () => CancelReason | null;
-    },
-  ): Promise<ServedPrompt> {
-    const o = this.#opts;
-    const clock = o.clock;
-    const { sessionId, log, client, trace, drafter, startedAtMs, slo, maxNewTokens } = s;
-    let ctx: EdgeSessionContext;
-    try {
-      ctx = await s.finished;
-    } finally {
-      this.#sessions.delete(sessionId);
-      await drafter.close();
-      this.pipelined.reused += drafter.pipelined.reused;
-      this.pipelined.discarded += drafter.pipelined.discarded;
-    }
-    const endedAtMs = clock.now();
-    const stats = sessionStats(ctx, slo, startedAtMs);
-    const energyJ = deviceEnergyJ(o.profile, ctx, endedAtMs - startedAtMs, o.timeScale);
-    this.energyJ += energyJ;
-    trace.end(ctx.generated.length, stats, ctx.error);
-    o.metrics?.sessionEnded({
-      ok: ctx.error === null,
-      ttftMs: stats.ttftMs,
-      tpotMs: stats.tpotMs,
-      e2eMs: endedAtMs - startedAtMs,
-      tokens: ctx.generated.length,
-      sloAttained: stats.sloAttained,
-      wastedDraftMs: stats.wastedDraftMs,
-    });
-    const cancelReason = s.cancelReason();
-    // The budget was clipped to the context when the prompt left less room than asked for.
-    const stopReason: StopReason = ctx.error ? 'error' : ctx.phase === 'cancelled' ? 'cancelled' : stopReasonOf(ctx, prompt.maxNewTokens);
-    if (ctx.error) {
-      log.warn({ code: ctx.error.code, err: ctx.error.message }, 'session failed');
-      await client.error(ctx.error.code, ctx.error.message);
-    } else if (cancelReason === 'device_shutdown') {
-      await client.error('device_shutdown', `device ${this.id} shut down: the answer stops after ${ctx.generated.length} tokens`, 'cancelled');
-    } else if (cancelReason === 'client_gone') {
-      log.info({ tokens: ctx.generated.length }, 'session cancelled: its client is gone');
-    } else {
-      await client.done(stats, stopReason, maxNewTokens < prompt.maxNewTokens ? { maxNewTokens } : undefined);
-    }
-    const served: ServedPrompt = { requestId: prompt.requestId, sessionId, deviceId: this.id, profileName: o.profileName, tokens: ctx.generated, stats, error: ctx.error, stopReason, startedAtMs, endedAtMs, energyJ, draftMs: ctx.counters.draftMs, promptTokens: ctx.promptTokens.length };
-    o.onServed?.(served);
-    return served;
   }
 }

@@ -282,9 +282,7 @@ export class BatchExecutor {
     if (!s) return this.refuse(item, 'unknown_session', `session ${m.sessionId} is not open (closed, expired, or never opened)`);
     if (s.deviceId !== m.deviceId) return this.refuse(item, 'not_owner', `session ${m.sessionId} belongs to another device`);
     if (s.prefilled !== undefined) return; // its prompt is still being fed: the first token is yet to come
-    if (m.committedLength > s.tokens.length) {
-      return this.refuse(item, 'malformed', `session ${m.sessionId}: committedLength ${m.committedLength} is ahead of the server's ${s.tokens.length} (tokens the server never committed)`);
-    }
+    if (m.committedLength > s.tokens.length) return this.#refuseAhead(item, m, s);
     const last = s.tokens[s.tokens.length - 1];
     const finished = this.#finished(s, last);
     // Handed back to its device before the stall (nothing verified since): it drafts on.
@@ -298,6 +296,11 @@ export class BatchExecutor {
     s.lastAccessMs = this.deps.now();
     const missing = s.tokens.slice(m.committedLength);
     if (missing.length > 0) await this.deps.reply(m.replyTo, { ...this.streamChunk(s, missing, finished), ...(handedBack && !finished ? { speculate: true } : {}) });
+  }
+
+  /** A request claiming more committed tokens than the server holds (forged, or a device bug). */
+  #refuseAhead(item: BatchItem, m: VerifyRequest, s: WorkerSession): Promise<void> {
+    return this.refuse(item, 'malformed', `session ${m.sessionId}: committedLength ${m.committedLength} is ahead of the server's ${s.tokens.length} (tokens the server never committed)`);
   }
 
   private async planVerify(item: BatchItem, m: VerifyRequest): Promise<Job | null> {
@@ -348,7 +351,7 @@ export class BatchExecutor {
         this.deps.onIgnored?.('stale_length'); // stale: the device has moved on
         return null;
       }
-      await this.refuse(item, 'malformed', `session ${m.sessionId}: committedLength ${m.committedLength} is ahead of the server's ${s.tokens.length} (tokens the server never committed)`);
+      await this.#refuseAhead(item, m, s);
       return null;
     }
     const badDraft = this.outOfVocab(m.draftTokens) ?? m.draftDists?.flatMap((d) => d.ids).find((t) => t >= this.deps.runner.info.vocabSize);

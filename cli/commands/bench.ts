@@ -31,9 +31,6 @@ interface BenchFlags {
   repeats?: string;
 }
 
-/** Bisection of a live capacity search stops within this share of the passing count (the map's precision). */
-const LIVE_SEARCH_PRECISION = 0.125;
-
 export function registerBench(program: Command): void {
   program
     .command('bench')
@@ -63,6 +60,7 @@ export function registerBench(program: Command): void {
     .action(async (flags: BenchFlags) => {
       const { runLiveBench, writeLiveReport } = await import('../../bench/live.ts');
       const { summaryTable } = await import('../../results/table.ts');
+      const { DEFAULT_SEARCH_PRECISION } = await import('../../results/capacity-search.ts');
       const { POLICIES, isPolicyName } = await import('../../config/schema.ts');
       const names = flags.policies.split(',').map((s) => s.trim());
       for (const p of names) if (!isPolicyName(p)) throw new Error(`--policies: unknown policy "${p}" (known: ${POLICIES.join(', ')})`);
@@ -75,7 +73,7 @@ export function registerBench(program: Command): void {
         policies,
         devices,
         repeats: parseNumber('repeats', flags.repeats ?? (flags.quick ? '2' : '3'), POSITIVE_INT),
-        ...(devices.length === 0 ? { search: { start: Math.min(2, maxDevices), max: maxDevices, precision: LIVE_SEARCH_PRECISION } } : {}),
+        ...(devices.length === 0 ? { search: { start: Math.min(2, maxDevices), max: maxDevices, precision: DEFAULT_SEARCH_PRECISION } } : {}),
         warmupMs: parseNumber('warmup-s', flags.warmupS ?? (flags.quick ? '2' : '4'), POSITIVE) * 1_000,
         windowMs: parseNumber('window-s', flags.windowS ?? (flags.quick ? '6' : '20'), POSITIVE) * 1_000,
         timeScale: parseNumber('time-scale', flags.timeScale, POSITIVE),

@@ -90,6 +90,14 @@ export function registerEnqueue(program: Command): void {
       await client.start();
       let failed = 0;
       let interrupted = false;
+      // Ctrl-C gives the answers up: the reply queue goes, so the devices cancel those sessions
+      // (their caches and records freed) instead of generating for nobody.
+      const onSigint = () => {
+        if (interrupted) return;
+        interrupted = true;
+        process.stderr.write('\nwisp enqueue: SIGINT: giving up the answers still coming (their sessions are cancelled)\n');
+        void client.abandon();
+      };
       try {
         const sent = await Promise.all(
           prompts.map((prompt) =>
@@ -100,14 +108,6 @@ export function registerEnqueue(program: Command): void {
           process.stdout.write(`enqueued ${sent.map((s) => s.requestId).join(' ')}\n`);
           return;
         }
-        // Ctrl-C gives the answers up: the reply queue goes, so the devices cancel those sessions
-        // (their caches and records freed) instead of generating for nobody.
-        const onSigint = () => {
-          if (interrupted) return;
-          interrupted = true;
-          process.stderr.write('\nwisp enqueue: SIGINT: giving up the answers still coming (their sessions are cancelled)\n');
-          void client.abandon();
-        };
         process.once('SIGINT', onSigint);
         for (const pending of sent) {
           const r = await pending.result;
@@ -123,7 +123,7 @@ export function registerEnqueue(program: Command): void {
           }
         }
       } finally {
-        process.removeAllListeners('SIGINT');
+        process.off('SIGINT', onSigint);
         await client.close();
         await broker.close();
       }

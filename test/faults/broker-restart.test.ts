@@ -13,12 +13,7 @@ import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
 import type { BrokerClient } from '../../broker/connection.ts';
 import type { LaunchHooks } from '../../actors/launch.ts';
 import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
-import { assertBrokerCanRestart, ensureVhost, faultConfig, rabbitmqctl, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
-
-async function restoreBroker(): Promise<void> {
-  await rabbitmqctl(['start_app']).catch(() => {});
-  await rabbitmqctl(['await_startup']).catch(() => {});
-}
+import { assertBrokerCanRestart, ensureVhost, faultConfig, rabbitmqctl, restoreBroker, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
 
 const VHOST = 'wisp-faults-broker';
 

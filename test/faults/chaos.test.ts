@@ -30,6 +30,7 @@ import {
   faultConfig,
   faultsRedis,
   rabbitmqctl,
+  restoreBroker,
   sleep,
   spawnReadyWorkers,
   spawnWorker,
@@ -47,11 +48,6 @@ const SEED = 9;
 const VHOST = 'wisp-faults-chaos';
 
 type Fault = 'kill' | 'broker' | 'flush';
-
-async function restoreBroker(): Promise<void> {
-  await rabbitmqctl(['start_app']).catch(() => {});
-  await rabbitmqctl(['await_startup']).catch(() => {});
-}
 
 describe('faults 9: chaos under load — a verifier killed and restarted, the broker restarted, Redis emptied', function () {
   this.timeout(600_000);

@@ -112,6 +112,12 @@ export async function deleteQueues(broker: BrokerClient, queues: readonly string
   for (let i = 0; i < queues.length; i += 100) await Promise.all(queues.slice(i, i + 100).map((q) => broker.deleteQueue(q).catch(() => {})));
 }
 
+/** Starts the broker's app again and waits for it (a test that stopped the shared broker must restore it, whatever happened). */
+export async function restoreBroker(): Promise<void> {
+  await rabbitmqctl(['start_app']).catch(() => {});
+  await rabbitmqctl(['await_startup']).catch(() => {});
+}
+
 /**
  * Throws unless the broker can restart safely: a node recovers every durable queue at boot and
  * needs file handles for them; with too many queues for its limit, its boot stalls (seen here:

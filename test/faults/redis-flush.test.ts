@@ -9,10 +9,9 @@
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { SCHEDULER_QUEUE } from '../../broker/topology.ts';
-import { openRedisStore, type RedisStore } from '../../store/redis-store.ts';
 import { ensureModelPair } from '../../inference/forge/index.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
-import { TEST_PROMPTS, tapBroker, targetTokens } from '../helpers/system.ts';
+import { TEST_PROMPTS, historiesAtClose, tapBroker, targetTokens } from '../helpers/system.ts';
 import { countKeys, ensureVhost, faultConfig, faultsRedis, startFaultSystem, waitFor, type FaultSystem } from './helpers.ts';
 
 const VHOST = 'wisp-faults-flush';
@@ -23,8 +22,7 @@ describe('faults 3: Redis is emptied mid-run', function () {
   let redis: Redis;
   let verifies = 0;
   /** Each session's history as its close finds it (the close then deletes the record). */
-  const atClose = new Map<string, number[] | null>();
-  let reader: Promise<RedisStore> | null = null;
+  const atClose = historiesAtClose(() => sys.config);
 
   before(async () => {
     await ensureVhost(VHOST);
@@ -32,10 +30,7 @@ describe('faults 3: Redis is emptied mid-run', function () {
       workers: 2,
       devices: 16,
       hooks: {
-        beforeForget: async (sessionId) => {
-          reader ??= openRedisStore({ url: sys.config.redisUrl, keyPrefix: sys.config.redisKeyPrefix });
-          atClose.set(sessionId, await (await reader).getHistory(sessionId));
-        },
+        beforeForget: atClose.beforeForget,
         wrapBroker: (role, b) =>
           role !== 'edge'
             ? b
@@ -49,7 +44,7 @@ describe('faults 3: Redis is emptied mid-run', function () {
     redis = faultsRedis();
   });
   after(async () => {
-    await (await reader)?.close();
+    await atClose.close();
     await sys?.stop();
     redis?.disconnect();
   });
@@ -75,9 +70,9 @@ describe('faults 3: Redis is emptied mid-run', function () {
     });
     // Each session's record was back at its close with its whole history (prompt + every committed token).
     const tok = await loadTokenizer((await ensureModelPair('tiny')).targetDir);
-    await waitFor(() => results.every((r) => atClose.has(r.sessionId!)), 'every session closed', 10_000);
+    await waitFor(() => results.every((r) => atClose.histories.has(r.sessionId!)), 'every session closed', 10_000);
     for (let i = 0; i < results.length; i++) {
-      expect(atClose.get(results[i].sessionId!), `session ${i}: record re-published`).to.deep.equal([...tok.encode(prompts[i]), ...results[i].tokens]);
+      expect(atClose.histories.get(results[i].sessionId!), `session ${i}: record re-published`).to.deep.equal([...tok.encode(prompts[i]), ...results[i].tokens]);
     }
     await waitFor(async () => (await redis.keys(`${prefix}estimator:*`)).length > 0, 'estimator statistics saved again', 20_000, 50);
     console.log(

@@ -16,6 +16,7 @@ import { loadDecoder } from '../../inference/onnx-runner.ts';
 import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 import type { DecoderRunner } from '../../inference/types.ts';
+import { openRedisStore, type RedisStore } from '../../store/redis-store.ts';
 
 import { testAmqpUrl } from './vhost.ts';
 import { SHORT_PROMPTS } from '../../bench/live.ts';
@@ -173,4 +174,27 @@ export class ScriptedDevice {
     }
     return this.inbox[index];
   }
+}
+
+/**
+ * Each session's history as its close finds it (LaunchHooks.beforeForget: the close then
+ * deletes the record). `config` is read at the first close (the system's, once started).
+ */
+export function historiesAtClose(config: () => Pick<WispConfig, 'redisUrl' | 'redisKeyPrefix'>): {
+  beforeForget: (sessionId: string) => Promise<void>;
+  histories: Map<string, number[] | null>;
+  close(): Promise<void>;
+} {
+  const histories = new Map<string, number[] | null>();
+  let reader: Promise<RedisStore> | null = null;
+  return {
+    histories,
+    async beforeForget(sessionId) {
+      reader ??= openRedisStore({ url: config().redisUrl, keyPrefix: config().redisKeyPrefix });
+      histories.set(sessionId, await (await reader).getHistory(sessionId));
+    },
+    async close() {
+      await (await reader)?.close();
+    },
+  };
 }

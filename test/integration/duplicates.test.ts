@@ -21,7 +21,7 @@ import { loadTokenizer } from '../../inference/tokenizer.ts';
 import { generateTarget } from '../../inference/speculative.ts';
 import { waitFor } from '../helpers/wait.ts';
 import { processMetrics } from '../../telemetry/metrics.ts';
-import { ScriptedDevice, TEST_PROMPTS as PROMPTS, startTestSystem, tapBroker, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
+import { ScriptedDevice, TEST_PROMPTS as PROMPTS, historiesAtClose, startTestSystem, tapBroker, targetTokens as referenceTokens, type TestSystem } from '../helpers/system.ts';
 
 function asResult(m: DeviceInbox | null, what: string): VerifyResult {
   expect(m, `${what}: no answer`).to.not.equal(null);
@@ -199,18 +199,13 @@ describe('duplicates and stale rounds change nothing', function () {
       const expected = await referenceTokens(prompts, maxNewTokens);
       const lastRequest = new Map<string, unknown>();
       const lastResult = new Map<string, unknown>();
-      // Each session's history as its close finds it (the close then deletes the record).
-      const atClose = new Map<string, number[] | null>();
-      let reader = null as Promise<RedisStore> | null;
+      const atClose = historiesAtClose(() => sys.config);
       sys = await startTestSystem(
         {
           devices: 4,
           workers: 1,
           hooks: {
-            beforeForget: async (sessionId) => {
-              reader ??= openRedisStore({ url: sys.config.redisUrl, keyPrefix: sys.config.redisKeyPrefix });
-              atClose.set(sessionId, await (await reader).getHistory(sessionId));
-            },
+            beforeForget: atClose.beforeForget,
             wrapBroker: (role, broker) => {
               if (role === 'edge') {
                 return tapBroker(broker, {
@@ -251,15 +246,15 @@ describe('duplicates and stale rounds change nothing', function () {
       // The history in Redis at each close is the prompt plus the generated tokens, nothing doubled.
       const tok = await loadTokenizer((await ensureModelPair('tiny')).targetDir);
       try {
-        await waitFor(() => results.every((r) => atClose.has(r.sessionId!)), 'every session closed', 10_000);
+        await waitFor(() => results.every((r) => atClose.histories.has(r.sessionId!)), 'every session closed', 10_000);
         for (let i = 0; i < results.length; i++) {
-          const h = atClose.get(results[i].sessionId!);
+          const h = atClose.histories.get(results[i].sessionId!);
           const want = [...tok.encode(prompts[i]), ...expected[i]];
           expect(h?.slice(0, want.length), `history of prompt ${i}`).to.deep.equal(want);
           expect(h!.length - want.length, `history of prompt ${i} is at most one token longer`).to.be.at.most(1);
         }
       } finally {
-        await (await reader)?.close();
+        await atClose.close();
       }
     });
   });
